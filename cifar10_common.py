@@ -1,0 +1,233 @@
+"""What every module of the tutorial shares: TensorFlow 1.x, quietly, on TF 2.
+
+The tutorial is TensorFlow 1.x code. On TensorFlow 2 it runs through
+`tensorflow.compat.v1` in graph mode, which this module sets up once:
+
+    from cifar10_common import tf
+
+gives `tensorflow.compat.v1` with eager execution off. It also keeps the
+output readable: the queue-based input pipeline and the other v1 APIs that the
+tutorial uses on purpose each log a "deprecated" notice, and TensorFlow's C++
+runtime prints start-up banners (oneDNN, CUDA) before its logging is set up.
+Exactly those are silenced; every other warning is kept. Set
+TF_CPP_MIN_LOG_LEVEL=0 to see all of TensorFlow's own messages again.
+
+The module also holds the small pieces the scripts share: the error type for
+problems a user can fix, and `run()`, which turns such an error into one clear
+line and a non-zero exit status instead of a traceback.
+"""
+
+import atexit
+import glob
+import logging as _std_logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+# The banners TensorFlow's shared libraries print while loading, before its
+# logging is initialised (so TF_CPP_MIN_LOG_LEVEL does not apply to them).
+_TF_BANNER_LINES = (
+    r'WARNING: All log messages before absl::InitializeLog\(\) is called'
+    r'|^I\d{4} [\d:. ]+\d+ (port|cudart_stub|cpu_feature_guard)\.cc:\d+\]'
+    r'|^To enable the following instructions: .* rebuild TensorFlow')
+# The CUDA build of TensorFlow fails to initialise CUDA on a machine with no
+# GPU and says so as an error; it is only noise where no GPU is installed.
+_NO_GPU_CUDA_ERROR = r'|^E\d{4} [\d:. ]+\d+ cuda_platform\.cc:\d+\] failed call to cuInit'
+
+# TF_CPP_MIN_LOG_LEVEL=0 asks for every message of TensorFlow: then nothing is
+# filtered.
+_USER_WANTS_TF_LOGS = os.environ.get('TF_CPP_MIN_LOG_LEVEL') == '0'
+
+
+def _import_tensorflow_quietly():
+  """Imports tensorflow.compat.v1, dropping only TensorFlow's start-up banners.
+
+  Returns:
+    The `tensorflow.compat.v1` module.
+  """
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # C++ INFO off, WARNING on.
+  if _USER_WANTS_TF_LOGS:
+    import tensorflow.compat.v1 as tf_v1  # pylint: disable=g-import-not-at-top
+    return tf_v1
+  # The banners are written straight to file descriptor 2 by C++ code while
+  # the libraries load, so they can only be caught there.
+  noise = _TF_BANNER_LINES
+  if not glob.glob('/dev/nvidia[0-9]*'):
+    noise += _NO_GPU_CUDA_ERROR
+  noise = re.compile(noise)
+  sys.stderr.flush()
+  saved_stderr_fd = os.dup(2)
+  with tempfile.TemporaryFile(mode='w+b') as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      import tensorflow.compat.v1 as tf_v1  # pylint: disable=g-import-not-at-top
+      # Looks for GPUs now, while the CUDA error above can still be caught.
+      tf_v1.config.list_physical_devices('GPU')
+    finally:
+      os.dup2(saved_stderr_fd, 2)
+      os.close(saved_stderr_fd)
+      captured.seek(0)
+      for line in captured.read().decode('utf-8', 'replace').splitlines(True):
+        if not noise.search(line):
+          sys.stderr.write(line)
+      sys.stderr.flush()
+  return tf_v1
+
+
+tf = _import_tensorflow_quietly()
+tf.disable_eager_execution()
+
+# TensorFlow's Python logger prints its own lines (WARNING:tensorflow:...);
+# passing them on to absl's root handler too would print each twice. Its INFO
+# lines (hooks starting, "Calling checkpoint listeners", ...) are for TensorFlow
+# developers: the scripts print what a user needs.
+tf.get_logger().propagate = False
+tf.get_logger().setLevel(_std_logging.INFO if _USER_WANTS_TF_LOGS
+                         else _std_logging.WARNING)
+
+# The v1 APIs this tutorial is built on, on purpose: the queue-based input
+# pipeline and its helpers. TensorFlow notes each as deprecated once per
+# process; those notes are dropped, any other deprecation is still shown.
+INTENTIONAL_V1_APIS = frozenset([
+    'BaseResourceVariable.count_up_to',  # The epoch limit of input producers.
+    'FixedLengthRecordReader.__init__',
+    'QueueRunner.__init__',
+    'add_queue_runner',
+    'batch',
+    'input_producer',
+    'get_checkpoint_mtimes',  # Used by Saver itself when it restores.
+    'limit_epochs',
+    'shuffle_batch',
+    'start_queue_runners',
+    'string_input_producer',
+])
+
+
+class _IntentionalV1DeprecationFilter(_std_logging.Filter):
+  """Drops TensorFlow's deprecation notices for INTENTIONAL_V1_APIS only."""
+
+  def filter(self, record):
+    message_format = str(record.msg)
+    if ('is deprecated and will be removed' in message_format and
+        isinstance(record.args, tuple) and len(record.args) >= 2 and
+        record.args[1] in INTENTIONAL_V1_APIS):
+      return False
+    return True
+
+
+_DEPRECATION_FILTER = _IntentionalV1DeprecationFilter()
+tf.get_logger().addFilter(_DEPRECATION_FILTER)
+
+
+# Runtime messages of TensorFlow's C++ core that are noise for this tutorial:
+# every stop of a queue-based input pipeline cancels the reader threads' pending
+# enqueues, which TensorFlow 2 logs as warnings, and oneDNN reports, wrongly on
+# AVX-512 machines, falling back to Eigen for uint8 ops. Each is followed by
+# indented detail lines.
+_RUNTIME_NOISE = (
+    r'local_rendezvous\.cc:\d+\] Local rendezvous is aborting with status: '
+    r'CANCELLED: (Enqueue|Dequeue) operation was cancelled'
+    r'|util\.cc:\d+\] oneDNN supports DT_UINT8 only on platforms with AVX-512')
+
+# The filter process: copies its stdin to its stdout, line by line, without
+# the lines matching argv[1] and the indented lines that follow them.
+_FILTER_PROGRAM = r"""
+import re, sys
+noise = re.compile(sys.argv[1].encode())
+dropping = False
+for line in sys.stdin.buffer:
+  if noise.search(line):
+    dropping = True
+  elif not (dropping and line[:1] in (b'\t', b' ')):
+    dropping = False
+    sys.stdout.buffer.write(line)
+    sys.stdout.buffer.flush()
+"""
+
+
+def _filter_runtime_noise_from_stderr():
+  """Routes file descriptor 2 through a process dropping _RUNTIME_NOISE.
+
+  C++ code writes to the descriptor directly, so the filter must sit behind
+  it. It is a separate process so that nothing is lost if this one dies: it
+  sees the end of its input and writes out what it has.
+  """
+  if _USER_WANTS_TF_LOGS:
+    return
+  sys.stderr.flush()
+  original_stderr_fd = os.dup(2)
+  filter_process = subprocess.Popen(
+      [sys.executable, '-S', '-c', _FILTER_PROGRAM, _RUNTIME_NOISE],
+      stdin=subprocess.PIPE, stdout=original_stderr_fd, close_fds=True)
+  os.dup2(filter_process.stdin.fileno(), 2)
+  filter_process.stdin.close()
+
+  def restore_stderr():
+    sys.stderr.flush()
+    os.dup2(original_stderr_fd, 2)  # Closes the pipe: the filter finishes.
+    try:
+      filter_process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+      pass  # A child process still holds the pipe; the filter ends with it.
+
+  atexit.register(restore_stderr)
+
+
+class UserError(Exception):
+  """A problem the user can fix (data, flags, files); its message says how.
+
+  Scripts report it as one line, without a traceback (see `run`).
+  """
+
+
+def ensure_writable_dir(path, flag_name):
+  """Creates directory `path` if needed and checks that it can be written.
+
+  Args:
+    path: The directory.
+    flag_name: The flag that gave it, for the error message.
+
+  Raises:
+    UserError: it cannot be created or written.
+  """
+  if not path:
+    raise UserError('--%s is empty: give a directory.' % flag_name)
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise UserError('--%s=%s cannot be created: %s.' %
+                    (flag_name, path, e.strerror)) from None
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise UserError('--%s=%s is not writable.' % (flag_name, path))
+
+
+def run(main):
+  """Runs a script's `main` with absl; a bad flag or a UserError is one line.
+
+  Args:
+    main: the script's main function, taking the remaining argv.
+  """
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+
+  _filter_runtime_noise_from_stderr()
+
+  def parse_flags_reporting_errors(argv):
+    try:
+      return flags.FLAGS(argv)
+    except flags.Error as error:
+      sys.stderr.write('Error: %s (see --helpshort)\n' % error)
+      sys.stderr.flush()
+      sys.exit(2)
+
+  def main_reporting_user_errors(argv):
+    try:
+      main(argv)
+    except UserError as error:
+      sys.stderr.write('Error: %s\n' % error)
+      sys.stderr.flush()
+      sys.exit(1)
+
+  app.run(main_reporting_user_errors, flags_parser=parse_flags_reporting_errors)

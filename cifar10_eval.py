@@ -1,0 +1,220 @@
+# Copyright 2015 The TensorFlow Authors. All Rights Reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+# ==============================================================================
+
+"""Evaluation for CIFAR-10.
+
+Accuracy:
+cifar10_train.py achieves 83.0%% accuracy after 100K steps (256 epochs
+of data) as judged by cifar10_eval.py.
+
+Speed:
+On a single Tesla K40, cifar10_train.py processes a single batch of 128 images
+in 0.25-0.35 sec (i.e. 350 - 600 images /sec). The model reaches ~86%%
+accuracy after 100K steps in 8 hours of training time.
+
+Usage:
+Please see the tutorial and website for how to download the CIFAR-10
+data set, compile the program and train the model.
+
+http://tensorflow.org/tutorials/deep_cnn/
+
+Each evaluation reads every image of the chosen set exactly once, with the
+moving averages of the weights from the latest checkpoint. Without --run_once,
+it evaluates each new checkpoint as training writes it, checking every
+--eval_interval_secs.
+"""
+
+from datetime import datetime
+import time
+
+from absl import flags
+import numpy as np
+
+import cifar10
+import cifar10_common
+from cifar10_common import tf
+from cifar10_common import UserError
+import cifar10_input
+
+FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(cifar10)  # --helpshort lists the model's flags.
+
+flags.DEFINE_string('eval_dir', '/tmp/cifar10_eval',
+                    'Directory where to write event logs.')
+flags.DEFINE_enum('eval_data', 'test', ['test', 'train_eval'],
+                  'Either "test" (the 10,000 test images) or "train_eval" '
+                  '(the 50,000 training images, undistorted).')
+flags.DEFINE_string('checkpoint_dir', '/tmp/cifar10_train',
+                    'Directory where to read model checkpoints.')
+flags.DEFINE_integer('eval_interval_secs', 60 * 5,
+                     'How often to look for a new checkpoint to evaluate.',
+                     lower_bound=1)
+flags.DEFINE_boolean('run_once', False,
+                     'Whether to run eval only once.')
+
+
+class CheckpointError(UserError):
+  """A checkpoint is missing, unreadable, or not one of this model."""
+
+
+def checkpoint_step(checkpoint_path):
+  """The global step stored in a checkpoint.
+
+  Args:
+    checkpoint_path: Path prefix of the checkpoint.
+
+  Returns:
+    The global step, an int.
+
+  Raises:
+    CheckpointError: it has no readable global step.
+  """
+  try:
+    return int(tf.train.load_variable(checkpoint_path, 'global_step'))
+  except (tf.errors.OpError, ValueError) as e:
+    raise CheckpointError('cannot read the global step of checkpoint %s: %s' %
+                          (checkpoint_path, _first_line(e))) from None
+
+
+def _first_line(error):
+  """The first line of an error's message, without TensorFlow's details."""
+  message = getattr(error, 'message', None) or str(error)
+  return message.strip().splitlines()[0] if message.strip() else repr(error)
+
+
+def eval_once(saver, summary_writer, top_k_op, summary_op, local_init_op,
+              checkpoint_path, num_examples):
+  """Run Eval once.
+
+  Args:
+    saver: Saver of the moving averages, as the model's variables.
+    summary_writer: Summary writer.
+    top_k_op: Top K op.
+    summary_op: Summary op.
+    local_init_op: Initialises the input pipeline's epoch counter.
+    checkpoint_path: The checkpoint to evaluate.
+    num_examples: The number of images the pass must see.
+
+  Returns:
+    The precision @ 1, a float.
+
+  Raises:
+    CheckpointError: the checkpoint cannot be restored into this model.
+  """
+  global_step = checkpoint_step(checkpoint_path)
+  with tf.Session() as sess:
+    try:
+      saver.restore(sess, checkpoint_path)
+    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError,
+            tf.errors.DataLossError, ValueError) as e:
+      raise CheckpointError(
+          'cannot restore %s: %s. It is not a readable checkpoint of this '
+          'model (its moving averages are needed).' %
+          (checkpoint_path, _first_line(e))) from None
+    sess.run(local_init_op)
+
+    # Start the queue runners.
+    coord = tf.train.Coordinator()
+    threads = tf.train.start_queue_runners(sess=sess, coord=coord)
+    true_count = 0  # Counts the number of correct predictions.
+    total_sample_count = 0
+    summary_str = None
+    try:
+      while not coord.should_stop():
+        if summary_str is None:
+          # The summaries read a batch too: take them with the first one.
+          predictions, summary_str = sess.run([top_k_op, summary_op])
+        else:
+          predictions = sess.run(top_k_op)
+        true_count += np.sum(predictions)
+        total_sample_count += len(predictions)
+    except tf.errors.OutOfRangeError:
+      pass  # Every image has been seen once.
+    finally:
+      coord.request_stop()
+      coord.join(threads, stop_grace_period_secs=10)
+
+  if total_sample_count != num_examples:
+    raise RuntimeError('evaluated %d images, but the data holds %d.' %
+                       (total_sample_count, num_examples))
+  # Compute precision @ 1.
+  precision = true_count / total_sample_count
+  print('%s: precision @ 1 = %.3f (%d of %d images, step %d)' %
+        (datetime.now(), precision, true_count, total_sample_count,
+         global_step), flush=True)
+
+  summary = tf.Summary()
+  summary.ParseFromString(summary_str)
+  summary.value.add(tag='Precision @ 1', simple_value=precision)
+  summary_writer.add_summary(summary, global_step)
+  summary_writer.flush()
+  return precision
+
+
+def evaluate():
+  """Eval CIFAR-10 for a number of steps."""
+  cifar10_common.ensure_writable_dir(FLAGS.eval_dir, 'eval_dir')
+  with tf.Graph().as_default() as g:
+    # Get images and labels for CIFAR-10.
+    eval_data = FLAGS.eval_data == 'test'
+    images, labels = cifar10.inputs(eval_data=eval_data)
+    num_examples = cifar10_input.count_records(
+        cifar10_input.data_filenames(cifar10.data_batches_dir(), eval_data))
+
+    # Build a Graph that computes the logits predictions from the
+    # inference model.
+    logits = cifar10.inference(images)
+
+    # Calculate predictions.
+    top_k_op = tf.nn.in_top_k(logits, labels, 1)
+
+    # Restore the moving average version of the learned variables for eval.
+    variable_averages = tf.train.ExponentialMovingAverage(
+        cifar10.MOVING_AVERAGE_DECAY)
+    variables_to_restore = variable_averages.variables_to_restore()
+    saver = tf.train.Saver(variables_to_restore)
+
+    # Build the summary operation based on the TF collection of Summaries.
+    summary_op = tf.summary.merge_all()
+    local_init_op = tf.local_variables_initializer()
+
+    summary_writer = tf.summary.FileWriter(FLAGS.eval_dir, g)
+
+    last_evaluated = None
+    while True:
+      checkpoint_path = tf.train.latest_checkpoint(FLAGS.checkpoint_dir)
+      if checkpoint_path is None:
+        message = ('no checkpoint in --checkpoint_dir=%s yet: train first '
+                   '(cifar10_train.py --train_dir=%s).' %
+                   (FLAGS.checkpoint_dir, FLAGS.checkpoint_dir))
+        if FLAGS.run_once:
+          raise CheckpointError(message)
+        print('%s: %s Waiting.' % (datetime.now(), message), flush=True)
+      elif checkpoint_path != last_evaluated:
+        eval_once(saver, summary_writer, top_k_op, summary_op, local_init_op,
+                  checkpoint_path, num_examples)
+        last_evaluated = checkpoint_path
+      if FLAGS.run_once:
+        break
+      time.sleep(FLAGS.eval_interval_secs)
+
+
+def main(argv=None):  # pylint: disable=unused-argument
+  cifar10.maybe_download_and_extract()
+  evaluate()
+
+
+if __name__ == '__main__':
+  cifar10_common.run(main)

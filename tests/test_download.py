@@ -1,0 +1,245 @@
+"""maybe_download_and_extract(), against file:// URLs and a local HTTP server."""
+
+import functools
+import hashlib
+import http.server
+import io
+import os
+import tarfile
+import threading
+
+import numpy as np
+import pytest
+
+import cifar10
+import cifar10_input
+from cifar10_common import UserError
+import cifar_data
+from conftest import FLAGS
+
+ARCHIVE_NAME = 'cifar-10-binary.tar.gz'
+ALL_FILES = cifar10_input.TRAIN_FILENAMES + cifar10_input.EVAL_FILENAMES
+
+
+def _make_archive(path, skip=(), records=3):
+  """Writes a small CIFAR-10 binary archive; returns its MD5."""
+  with tarfile.open(path, 'w:gz') as archive:
+    for i, name in enumerate(ALL_FILES + ('batches.meta.txt',)):
+      if name in skip:
+        continue
+      if name.endswith('.bin'):
+        labels = (np.arange(records) + i) % 10
+        data = cifar_data.encode_records(
+            labels, cifar_data.learnable_images(labels, seed=i))
+      else:
+        data = b'airplane\nautomobile\n'
+      info = tarfile.TarInfo('cifar-10-batches-bin/' + name)
+      info.size = len(data)
+      archive.addfile(info, io.BytesIO(data))
+  with open(path, 'rb') as f:
+    return hashlib.md5(f.read()).hexdigest()
+
+
+@pytest.fixture
+def archive(tmp_path):
+  """A good archive outside the data dir: (path, md5)."""
+  source = tmp_path / 'mirror'
+  source.mkdir()
+  path = str(source / ARCHIVE_NAME)
+  return path, _make_archive(path)
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+  truncate_to = None  # Send only this many bytes, announcing them all.
+
+  def log_message(self, *args):
+    pass
+
+  def copyfile(self, source, outputfile):
+    if self.truncate_to is None:
+      super().copyfile(source, outputfile)
+    else:
+      outputfile.write(source.read(self.truncate_to))
+
+
+@pytest.fixture
+def http_server(archive):
+  """Serves the archive's folder on 127.0.0.1; yields (base URL, handler)."""
+  handler = type('Handler', (_Handler,), {})
+  server = http.server.ThreadingHTTPServer(
+      ('127.0.0.1', 0),
+      functools.partial(handler, directory=os.path.dirname(archive[0])))
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  try:
+    yield 'http://127.0.0.1:%d/' % server.server_address[1], handler
+  finally:
+    server.shutdown()
+    server.server_close()
+
+
+def _listing(data_dir):
+  """Every file under data_dir, relative."""
+  found = []
+  for root, _, files in os.walk(data_dir):
+    for name in files:
+      found.append(os.path.relpath(os.path.join(root, name), data_dir))
+  return sorted(found)
+
+
+def _extracted_ok(data_dir):
+  batches_dir = os.path.join(data_dir, cifar10_input.BATCHES_DIR_NAME)
+  return cifar10_input.check_data_files(
+      [os.path.join(batches_dir, name) for name in ALL_FILES]) == 6 * 3
+
+
+EXTRACTED = sorted(['cifar-10-batches-bin/' + name
+                    for name in ALL_FILES + ('batches.meta.txt',)])
+
+
+def test_defaults_are_the_official_archive():
+  assert FLAGS.data_url == (
+      'https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz')
+  assert FLAGS.data_md5 == 'c32a1d4ab5d03f1284b67883e8d87530'
+  assert FLAGS.data_dir == '/tmp/cifar10_data'
+
+
+def test_file_url_download_and_extract(tmp_path, archive, capsys):
+  data_dir = str(tmp_path / 'data')
+  batches_dir = cifar10.maybe_download_and_extract(
+      data_dir, 'file://' + archive[0], archive[1])
+  assert batches_dir == os.path.join(data_dir, 'cifar-10-batches-bin')
+  assert _listing(data_dir) == sorted([ARCHIVE_NAME] + EXTRACTED)
+  assert _extracted_ok(data_dir)
+  out = capsys.readouterr().out
+  assert '>> Downloaded %s: ' % ARCHIVE_NAME in out
+  assert 'MD5 %s' % archive[1] in out
+  assert '>> Extracting' in out
+
+
+def test_http_download_with_progress(tmp_path, archive, http_server, capsys):
+  data_dir = str(tmp_path / 'data')
+  url, _ = http_server
+  cifar10.maybe_download_and_extract(data_dir, url + ARCHIVE_NAME, archive[1])
+  assert _listing(data_dir) == sorted([ARCHIVE_NAME] + EXTRACTED)
+  assert _extracted_ok(data_dir)
+  out = capsys.readouterr().out
+  assert '>> Downloading %s 100.0%%' % ARCHIVE_NAME in out
+
+
+def test_checksum_mismatch_keeps_nothing(tmp_path, archive, http_server):
+  data_dir = str(tmp_path / 'data')
+  url, _ = http_server
+  with pytest.raises(UserError) as error:
+    cifar10.maybe_download_and_extract(data_dir, url + ARCHIVE_NAME, '0' * 32)
+  message = str(error.value)
+  assert 'has MD5 %s, expected %s' % (archive[1], '0' * 32) in message
+  assert 'was not kept' in message
+  assert _listing(data_dir) == []  # No archive, no partial file, no data.
+  # A later run with the right checksum downloads it again, and works.
+  cifar10.maybe_download_and_extract(data_dir, url + ARCHIVE_NAME, archive[1])
+  assert _extracted_ok(data_dir)
+
+
+def test_interrupted_download_keeps_nothing(tmp_path, archive, http_server):
+  data_dir = str(tmp_path / 'data')
+  url, handler = http_server
+  handler.truncate_to = 1000
+  with pytest.raises(UserError) as error:
+    cifar10.maybe_download_and_extract(data_dir, url + ARCHIVE_NAME, '')
+  assert 'download of %s' % (url + ARCHIVE_NAME) in str(error.value)
+  assert _listing(data_dir) == []
+
+
+def test_no_network_says_where_to_put_the_archive(tmp_path):
+  data_dir = str(tmp_path / 'data')
+  with pytest.raises(UserError) as error:
+    cifar10.maybe_download_and_extract(
+        data_dir, 'http://127.0.0.1:9/' + ARCHIVE_NAME, cifar10.DATA_MD5)
+  message = str(error.value)
+  assert message.startswith('could not download http://127.0.0.1:9/')
+  assert 'put the archive at %s' % os.path.join(data_dir, ARCHIVE_NAME) in (
+      message)
+  assert '--data_url=file://' in message
+  assert _listing(data_dir) == []
+
+
+def test_extracted_data_is_used_as_it_is(tmp_path):
+  data_dir = str(tmp_path / 'data')
+  cifar_data.make_data_dir(data_dir, records_per_train_file=5, test_records=5)
+  before = _listing(data_dir)
+  # No download is tried: the URL would fail.
+  cifar10.maybe_download_and_extract(data_dir, 'http://127.0.0.1:9/x.tar.gz',
+                                     cifar10.DATA_MD5)
+  assert _listing(data_dir) == before
+
+
+def test_archive_put_by_hand_is_checked_and_extracted(tmp_path, archive):
+  data_dir = tmp_path / 'data'
+  data_dir.mkdir()
+  by_hand = str(data_dir / ARCHIVE_NAME)
+  _make_archive(by_hand)
+  with open(by_hand, 'rb') as f:
+    md5 = hashlib.md5(f.read()).hexdigest()
+  cifar10.maybe_download_and_extract(str(data_dir), 'http://127.0.0.1:9/' +
+                                     ARCHIVE_NAME, md5)
+  assert _extracted_ok(str(data_dir))
+
+
+def test_archive_by_hand_with_wrong_checksum_is_kept(tmp_path):
+  data_dir = tmp_path / 'data'
+  data_dir.mkdir()
+  by_hand = str(data_dir / ARCHIVE_NAME)
+  actual_md5 = _make_archive(by_hand)
+  with pytest.raises(UserError) as error:
+    cifar10.maybe_download_and_extract(str(data_dir), 'http://127.0.0.1:9/' +
+                                       ARCHIVE_NAME, cifar10.DATA_MD5)
+  assert str(error.value) == (
+      '%s has MD5 %s, expected %s: it is corrupt or not the CIFAR-10 binary '
+      'archive. Delete it to download it again, or pass --data_md5=%s if you '
+      'trust it.' % (by_hand, actual_md5, cifar10.DATA_MD5, actual_md5))
+  assert _listing(str(data_dir)) == [ARCHIVE_NAME]
+
+
+def test_truncated_archive_is_reported(tmp_path):
+  data_dir = tmp_path / 'data'
+  data_dir.mkdir()
+  by_hand = str(data_dir / ARCHIVE_NAME)
+  _make_archive(by_hand, records=300)
+  with open(by_hand, 'r+b') as f:
+    f.truncate(os.path.getsize(by_hand) // 2)
+  with pytest.raises(UserError) as error:
+    cifar10.maybe_download_and_extract(
+        str(data_dir), 'http://127.0.0.1:9/' + ARCHIVE_NAME, '')
+  assert str(error.value).startswith('cannot extract %s: ' % by_hand)
+  assert 'corrupt or truncated' in str(error.value)
+  # The user's archive stays; no partial batch file is left to be trusted.
+  listing = _listing(str(data_dir))
+  assert ARCHIVE_NAME in listing
+  assert not [f for f in listing if f.endswith('.part')]
+  assert not cifar10._data_files_present(  # pylint: disable=protected-access
+      os.path.join(str(data_dir), cifar10_input.BATCHES_DIR_NAME))
+
+
+def test_downloaded_corrupt_archive_is_not_kept(tmp_path):
+  source = tmp_path / 'mirror'
+  source.mkdir()
+  with open(str(source / ARCHIVE_NAME), 'wb') as f:
+    f.write(b'this is not a tar.gz archive')
+  data_dir = str(tmp_path / 'data')
+  with pytest.raises(UserError) as error:
+    cifar10.maybe_download_and_extract(
+        data_dir, 'file://' + str(source / ARCHIVE_NAME), '')
+  assert 'cannot extract' in str(error.value)
+  assert ARCHIVE_NAME not in _listing(data_dir)
+
+
+def test_archive_without_test_batch_is_not_cifar10(tmp_path):
+  source = tmp_path / 'mirror'
+  source.mkdir()
+  path = str(source / ARCHIVE_NAME)
+  md5 = _make_archive(path, skip=('test_batch.bin',))
+  with pytest.raises(UserError) as error:
+    cifar10.maybe_download_and_extract(str(tmp_path / 'data'),
+                                       'file://' + path, md5)
+  assert 'has no cifar-10-batches-bin/test_batch.bin' in str(error.value)

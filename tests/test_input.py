@@ -1,0 +1,231 @@
+"""Reading and preprocessing of CIFAR-10 binary files (cifar10_input.py)."""
+
+import os
+
+import numpy as np
+import pytest
+
+import cifar10_input
+from cifar10_common import tf
+import cifar_data
+
+
+def _run_queued(tensors, runs, local_init=False):
+  """Runs `tensors` `runs` times with the queue runners started."""
+  with tf.Session() as sess:
+    if local_init:
+      sess.run(tf.local_variables_initializer())
+    coord = tf.train.Coordinator()
+    threads = tf.train.start_queue_runners(sess, coord)
+    try:
+      return [sess.run(tensors) for _ in range(runs)]
+    finally:
+      coord.request_stop()
+      coord.join(threads, stop_grace_period_secs=5)
+
+
+def _run_until_exhausted(tensors):
+  """Runs `tensors` until the input is exhausted; returns every result."""
+  results = []
+  with tf.Session() as sess:
+    sess.run(tf.local_variables_initializer())
+    coord = tf.train.Coordinator()
+    threads = tf.train.start_queue_runners(sess, coord)
+    try:
+      while True:
+        results.append(sess.run(tensors))
+    except tf.errors.OutOfRangeError:
+      pass
+    finally:
+      coord.request_stop()
+      coord.join(threads, stop_grace_period_secs=5)
+  return results
+
+
+def _data_dir_of(tmp_path, train_images, train_labels, test_images=None,
+                 test_labels=None):
+  """A batches folder: the training images in every data_batch_N.bin."""
+  batches_dir = tmp_path / cifar10_input.BATCHES_DIR_NAME
+  batches_dir.mkdir()
+  for name in cifar10_input.TRAIN_FILENAMES:
+    cifar_data.write_batch_file(str(batches_dir / name), train_labels,
+                                train_images)
+  if test_images is None:
+    test_images, test_labels = train_images, train_labels
+  cifar_data.write_batch_file(str(batches_dir / 'test_batch.bin'), test_labels,
+                              test_images)
+  return str(batches_dir)
+
+
+def test_record_decodes_label_and_planes_in_order(tmp_path):
+  # Every pixel value says where it is: channel c, row y, column x.
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
+  labels = [7, 0, 9]
+  path = str(tmp_path / 'records.bin')
+  raw = cifar_data.encode_records(labels, images)
+  # The layout, written out by hand for the first record: label, R, G, B.
+  assert raw[0] == 7
+  assert raw[1:1025] == images[0, :, :, 0].tobytes()
+  assert raw[1025:2049] == images[0, :, :, 1].tobytes()
+  assert raw[2049:3073] == images[0, :, :, 2].tobytes()
+  with open(path, 'wb') as f:
+    f.write(raw)
+  with tf.Graph().as_default():
+    queue = tf.train.string_input_producer([path], shuffle=False)
+    record = cifar10_input.read_cifar10(queue)
+    assert (record.height, record.width, record.depth) == (32, 32, 3)
+    results = _run_queued([record.label, record.uint8image, record.key], 3)
+  for i, (label, image, key) in enumerate(results):
+    assert label.tolist() == [labels[i]]
+    assert image.dtype == np.uint8
+    np.testing.assert_array_equal(image, images[i])
+    assert key.decode().endswith('records.bin:%d' % i)
+
+
+def _marker_image():
+  """A grey image with one bright pixel at row 16, column 10."""
+  image = np.full((32, 32, 3), 100, dtype=np.uint8)
+  image[16, 10] = 255
+  return image
+
+
+def test_eval_input_is_the_central_crop_standardised(tmp_path):
+  rng = np.random.default_rng(2)
+  images = rng.integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
+  labels = np.arange(5)
+  batches_dir = _data_dir_of(tmp_path, images, labels)
+  with tf.Graph().as_default():
+    eval_images, eval_labels = cifar10_input.inputs(
+        eval_data=True, data_dir=batches_dir, batch_size=5)
+    first_pass = _run_until_exhausted([eval_images, eval_labels])
+    second_pass = _run_until_exhausted([eval_images, eval_labels])
+  (got_images, got_labels), = first_pass
+  order = np.argsort(got_labels)
+  crops = images[:, 4:28, 4:28, :].astype(np.float64)
+  means = crops.mean(axis=(1, 2, 3), keepdims=True)
+  stddevs = np.maximum(crops.std(axis=(1, 2, 3), keepdims=True),
+                       1.0 / np.sqrt(24 * 24 * 3))
+  np.testing.assert_allclose(got_images[order], (crops - means) / stddevs,
+                             rtol=1e-4, atol=1e-4)
+  # Deterministic: a second pass gives the same images.
+  (again_images, again_labels), = second_pass
+  np.testing.assert_allclose(again_images[np.argsort(again_labels)],
+                             got_images[order])
+
+
+def test_training_crops_and_flips_vary(tmp_path):
+  images = np.stack([_marker_image()] * 20)
+  batches_dir = _data_dir_of(tmp_path, images, np.zeros(20))
+  with tf.Graph().as_default():
+    train_images, _ = cifar10_input.distorted_inputs(
+        data_dir=batches_dir, batch_size=100,
+        min_fraction_of_examples_in_queue=0.001)
+    batch, = _run_queued(train_images, 1)
+  rows, columns = [], []
+  for image in batch:
+    # Brightness, contrast and standardisation keep the bright pixel
+    # brightest: where it lands gives the crop offset (and the flip).
+    row, column = np.unravel_index(np.argmax(image[:, :, 0]), (24, 24))
+    rows.append(row)
+    columns.append(column)
+  # The marker is at row 16 of the 32x32 image: crop rows start at 0..8.
+  assert set(16 - np.array(rows)) <= set(range(9))
+  assert len(set(rows)) >= 5  # The crops vary.
+  # Column 10, unflipped at 10 - offset, flipped at 23 - (10 - offset).
+  unflipped = [c for c in columns if 2 <= c <= 10]
+  flipped = [c for c in columns if 13 <= c <= 21]
+  assert len(unflipped) + len(flipped) == len(columns)
+  assert 20 <= len(flipped) <= 80
+
+
+def test_eval_crop_keeps_the_marker_in_place(tmp_path):
+  images = np.stack([_marker_image()] * 3)
+  batches_dir = _data_dir_of(tmp_path, images, np.zeros(3))
+  with tf.Graph().as_default():
+    eval_images, _ = cifar10_input.inputs(
+        eval_data=True, data_dir=batches_dir, batch_size=3)
+    (batch,), = _run_until_exhausted([eval_images])
+  for image in batch:
+    assert np.unravel_index(np.argmax(image[:, :, 0]), (24, 24)) == (12, 6)
+
+
+def test_training_images_are_standardised_and_distorted(tmp_path):
+  rng = np.random.default_rng(3)
+  images = rng.integers(0, 256, size=(50, 32, 32, 3), dtype=np.uint8)
+  batches_dir = _data_dir_of(tmp_path, images, np.arange(50) % 10)
+  with tf.Graph().as_default():
+    train_images, train_labels = cifar10_input.distorted_inputs(
+        data_dir=batches_dir, batch_size=64,
+        min_fraction_of_examples_in_queue=0.001)
+    assert train_images.shape.as_list() == [64, 24, 24, 3]
+    assert train_labels.shape.as_list() == [64]
+    (batch, labels), = _run_queued([train_images, train_labels], 1)
+  assert labels.dtype == np.int32
+  assert set(labels) <= set(range(10))
+  np.testing.assert_allclose(batch.mean(axis=(1, 2, 3)), 0, atol=1e-4)
+  np.testing.assert_allclose(batch.std(axis=(1, 2, 3)), 1, atol=1e-3)
+
+
+def test_eval_pass_reads_every_record_exactly_once(tmp_path):
+  # 250 records and batches of 128: 128 + 122, with no wrap-around.
+  rng = np.random.default_rng(4)
+  labels = rng.integers(0, 10, size=250)
+  images = rng.integers(0, 256, size=(250, 32, 32, 3), dtype=np.uint8)
+  batches_dir = _data_dir_of(tmp_path, images[:10], labels[:10], images,
+                             labels)
+  with tf.Graph().as_default():
+    eval_images, eval_labels = cifar10_input.inputs(
+        eval_data=True, data_dir=batches_dir, batch_size=128)
+    results = _run_until_exhausted([eval_images, eval_labels])
+  assert [len(l) for _, l in results] == [128, 122]
+  seen_labels = np.concatenate([l for _, l in results])
+  seen_images = np.concatenate([i for i, _ in results]).reshape(250, -1)
+  # Match each image seen to the record it comes from: every record once.
+  crops = images[:, 4:28, 4:28, :].reshape(250, -1).astype(np.float64)
+  expected = (crops - crops.mean(axis=1, keepdims=True)) / crops.std(
+      axis=1, keepdims=True)
+  distances = ((seen_images[:, None, :] - expected[None, :, :]) ** 2).sum(-1)
+  sources = distances.argmin(axis=1)
+  assert distances.min(axis=1).max() < 1e-4
+  assert sorted(sources) == list(range(250))
+  np.testing.assert_array_equal(seen_labels, labels[sources])
+  assert cifar10_input.count_records(
+      cifar10_input.data_filenames(batches_dir, eval_data=True)) == 250
+
+
+def test_missing_files_are_named(tmp_path):
+  batches_dir = tmp_path / cifar10_input.BATCHES_DIR_NAME
+  batches_dir.mkdir()
+  cifar_data.write_batch_file(str(batches_dir / 'data_batch_1.bin'), [1],
+                              np.zeros((1, 32, 32, 3)))
+  with tf.Graph().as_default():
+    with pytest.raises(cifar10_input.DataError) as error:
+      cifar10_input.distorted_inputs(str(batches_dir), 8)
+  message = str(error.value)
+  assert 'data_batch_2.bin, data_batch_3.bin' in message
+  assert 'data_batch_1.bin' not in message
+  assert str(batches_dir) in message
+  assert 'cifar10_train.py' in message
+
+
+def test_truncated_file_is_reported(tmp_path):
+  batches_dir = _data_dir_of(tmp_path, np.zeros((4, 32, 32, 3)), np.zeros(4))
+  path = os.path.join(batches_dir, 'test_batch.bin')
+  with open(path, 'r+b') as f:
+    f.truncate(3 * 3073 + 100)
+  with tf.Graph().as_default():
+    with pytest.raises(cifar10_input.DataError) as error:
+      cifar10_input.inputs(True, batches_dir, 8)
+  assert str(error.value).startswith(
+      '%s is 9319 bytes, not a whole number of 3073-byte' % path)
+
+
+def test_label_out_of_range_is_reported(tmp_path):
+  batches_dir = _data_dir_of(tmp_path, np.zeros((4, 32, 32, 3)),
+                             [1, 2, 12, 3])
+  with tf.Graph().as_default():
+    with pytest.raises(cifar10_input.DataError) as error:
+      cifar10_input.distorted_inputs(batches_dir, 8)
+  assert 'data_batch_1.bin: record 2 has label 12, but labels must be 0-9' in (
+      str(error.value))

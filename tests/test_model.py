@@ -1,0 +1,212 @@
+"""The model of cifar10.py: layers, parameters, losses, learning rate, update."""
+
+import numpy as np
+import pytest
+
+import cifar10
+from cifar10_common import tf
+from conftest import FLAGS
+
+BATCH = 8
+DECAY_STEPS = 136718  # int(50,000 / 128 * 350): 350 epochs of batch 128.
+
+
+def _random_images(batch=BATCH, seed=0):
+  return np.random.default_rng(seed).normal(
+      size=(batch, 24, 24, 3)).astype(np.float32)
+
+
+def test_parameter_count_and_variable_shapes():
+  with tf.Graph().as_default():
+    cifar10.inference(tf.placeholder(tf.float32, [None, 24, 24, 3]))
+    shapes = {v.op.name: v.shape.as_list() for v in tf.trainable_variables()}
+    total = sum(np.prod(s) for s in shapes.values())
+  assert shapes == {
+      'conv1/weights': [5, 5, 3, 64], 'conv1/biases': [64],
+      'conv2/weights': [5, 5, 64, 64], 'conv2/biases': [64],
+      'local3/weights': [2304, 384], 'local3/biases': [384],
+      'local4/weights': [384, 192], 'local4/biases': [192],
+      'softmax_linear/weights': [192, 10], 'softmax_linear/biases': [10],
+  }
+  assert total == 1068298
+
+
+def test_layer_shapes_and_logits():
+  with tf.Graph().as_default() as graph:
+    images = tf.constant(_random_images())
+    logits = cifar10.inference(images)
+    shapes = {name: graph.get_tensor_by_name(name + ':0').shape.as_list()
+              for name in ['conv1/conv1', 'pool1', 'norm1', 'conv2/conv2',
+                           'norm2', 'pool2', 'local3/local3', 'local4/local4',
+                           'softmax_linear/softmax_linear']}
+    with tf.Session() as sess:
+      sess.run(tf.global_variables_initializer())
+      logits_value = sess.run(logits)
+  assert shapes == {
+      'conv1/conv1': [BATCH, 24, 24, 64], 'pool1': [BATCH, 12, 12, 64],
+      'norm1': [BATCH, 12, 12, 64], 'conv2/conv2': [BATCH, 12, 12, 64],
+      'norm2': [BATCH, 12, 12, 64], 'pool2': [BATCH, 6, 6, 64],
+      'local3/local3': [BATCH, 384], 'local4/local4': [BATCH, 192],
+      'softmax_linear/softmax_linear': [BATCH, 10],
+  }
+  # Un-normalised logits, finite, near zero at initialisation.
+  assert logits_value.shape == (BATCH, 10)
+  assert np.all(np.isfinite(logits_value))
+  assert not np.allclose(logits_value.sum(axis=1), 1.0)
+
+
+def test_layers_are_the_tutorials():
+  with tf.Graph().as_default() as graph:
+    cifar10.inference(tf.constant(_random_images()))
+    ops = {op.name: op for op in graph.get_operations()}
+  for pool in ['pool1', 'pool2']:
+    assert ops[pool].get_attr('ksize') == [1, 3, 3, 1]
+    assert ops[pool].get_attr('strides') == [1, 2, 2, 1]
+    assert ops[pool].get_attr('padding') == b'SAME'
+  for norm in ['norm1', 'norm2']:
+    assert ops[norm].type == 'LRN'
+    assert ops[norm].get_attr('depth_radius') == 4
+    assert ops[norm].get_attr('bias') == pytest.approx(1.0)
+    assert ops[norm].get_attr('alpha') == pytest.approx(0.001 / 9.0)
+    assert ops[norm].get_attr('beta') == pytest.approx(0.75)
+  # Order: pool1 -> norm1 -> conv2 -> norm2 -> pool2.
+  assert ops['norm1'].inputs[0].op.name == 'pool1'
+  assert ops['norm2'].inputs[0].op.name == 'conv2/conv2'
+  assert ops['pool2'].inputs[0].op.name == 'norm2'
+
+
+def test_initial_values_and_placement():
+  with tf.Graph().as_default():
+    cifar10.inference(tf.placeholder(tf.float32, [None, 24, 24, 3]))
+    variables = tf.trainable_variables()
+    with tf.Session() as sess:
+      sess.run(tf.global_variables_initializer())
+      values = dict(zip([v.op.name for v in variables], sess.run(variables)))
+  for v in variables:
+    assert 'CPU:0' in v.device.upper(), v.device
+  expected_biases = {'conv1': 0.0, 'conv2': 0.1, 'local3': 0.1, 'local4': 0.1,
+                     'softmax_linear': 0.0}
+  for layer, bias in expected_biases.items():
+    np.testing.assert_array_equal(values[layer + '/biases'], np.float32(bias))
+  # A truncated normal (cut at 2 stddevs) has 0.8796 of the stddev given.
+  expected_stddevs = {'conv1': 5e-2, 'conv2': 5e-2, 'local3': 0.04,
+                      'local4': 0.04, 'softmax_linear': 1 / 192.0}
+  for layer, stddev in expected_stddevs.items():
+    weights = values[layer + '/weights']
+    assert np.abs(weights).max() <= 2 * stddev + 1e-7
+    assert weights.std() == pytest.approx(0.8796 * stddev, rel=0.1), layer
+
+
+def test_loss_is_cross_entropy_plus_weight_decay_of_local3_and_local4():
+  labels = np.arange(BATCH) % 10
+  with tf.Graph().as_default() as graph:
+    logits = cifar10.inference(tf.constant(_random_images()))
+    total_loss = cifar10.loss(logits, tf.constant(labels, tf.int32))
+    loss_names = sorted(l.op.name for l in tf.get_collection('losses'))
+    cross_entropy = graph.get_tensor_by_name('cross_entropy:0')
+    variables = {v.op.name: v for v in tf.trainable_variables()}
+    with tf.Session() as sess:
+      sess.run(tf.global_variables_initializer())
+      values = dict(zip(
+          ['total', 'cross_entropy', 'logits', 'local3', 'local4'],
+          sess.run([total_loss, cross_entropy, logits,
+                    variables['local3/weights'],
+                    variables['local4/weights']])))
+  assert loss_names == ['cross_entropy', 'local3/weight_loss',
+                        'local4/weight_loss']
+  logits_value = values['logits'].astype(np.float64)
+  log_softmax = logits_value - np.log(
+      np.exp(logits_value).sum(axis=1, keepdims=True))
+  expected_cross_entropy = -log_softmax[np.arange(BATCH), labels].mean()
+  assert values['cross_entropy'] == pytest.approx(expected_cross_entropy,
+                                                  rel=1e-5)
+  weight_decay = 0.004 * sum(
+      np.sum(values[name].astype(np.float64) ** 2) / 2
+      for name in ['local3', 'local4'])
+  assert values['total'] - values['cross_entropy'] == pytest.approx(
+      weight_decay, rel=1e-5)
+
+
+@pytest.mark.parametrize('step, rate', [
+    (0, 0.1), (DECAY_STEPS - 1, 0.1), (DECAY_STEPS, 0.01),
+    (2 * DECAY_STEPS - 1, 0.01), (2 * DECAY_STEPS, 0.001)])
+def test_learning_rate_decays_tenfold_every_350_epochs(step, rate):
+  assert FLAGS.batch_size == 128
+  with tf.Graph().as_default():
+    global_step = tf.train.get_or_create_global_step()
+    lr = cifar10.learning_rate(global_step)
+    with tf.Session() as sess:
+      sess.run(global_step.assign(step))
+      assert sess.run(lr) == pytest.approx(rate, rel=1e-6)
+
+
+def test_train_op_is_gradient_descent_then_moving_averages():
+  labels = np.arange(BATCH) % 10
+  with tf.Graph().as_default():
+    global_step = tf.train.get_or_create_global_step()
+    logits = cifar10.inference(tf.constant(_random_images()))
+    total_loss = cifar10.loss(logits, tf.constant(labels, tf.int32))
+    train_op = cifar10.train(total_loss, global_step)
+    variables = tf.trainable_variables()
+    gradients = tf.gradients(total_loss, variables)
+    graph_variables = {v.op.name: v for v in tf.global_variables()}
+    average_variables = [
+        graph_variables[v.op.name + '/ExponentialMovingAverage']
+        for v in variables]
+    summary_op = tf.summary.merge_all()
+    with tf.Session() as sess:
+      sess.run(tf.global_variables_initializer())
+      before, grads = sess.run([variables, gradients])
+      sess.run(train_op)
+      after, averaged, step = sess.run([variables, average_variables,
+                                        global_step])
+      summaries = {value.tag: value for value in
+                   tf.Summary.FromString(sess.run(summary_op)).value}
+  assert step == 1
+  for w0, g, w1 in zip(before, grads, after):
+    np.testing.assert_allclose(w1, w0 - 0.1 * g, rtol=1e-5, atol=1e-7)
+  # The averages start at the initial values and decay by
+  # min(0.9999, (1 + step) / (10 + step)), with the step after the update.
+  decay = min(cifar10.MOVING_AVERAGE_DECAY, (1 + 1) / (10 + 1))
+  for w0, w1, avg in zip(before, after, averaged):
+    np.testing.assert_allclose(avg, decay * w0 + (1 - decay) * w1,
+                               rtol=1e-5, atol=1e-7)
+  # Losses raw and averaged, and the learning rate, are summarised.
+  for tag in ['cross_entropy', 'cross_entropy (raw)', 'total_loss',
+              'total_loss (raw)', 'local3/weight_loss',
+              'local3/weight_loss (raw)', 'local4/weight_loss',
+              'local4/weight_loss (raw)', 'learning_rate']:
+    assert np.isfinite(summaries[tag].simple_value), tag
+  assert summaries['learning_rate'].simple_value == pytest.approx(0.1)
+  for layer in ['conv1', 'conv2', 'local3', 'local4', 'softmax_linear']:
+    activations = '%s/%s/' % (layer, layer)  # The layer's output op.
+    assert 0 <= summaries[activations + 'sparsity'].simple_value <= 1
+    assert summaries[activations + 'activations'].histo.num == (
+        np.prod(graph_layer_size(layer)) * BATCH)
+    assert summaries[layer + '/weights'].histo.num > 0
+    assert summaries[layer + '/weights/gradients'].histo.num > 0
+
+
+def graph_layer_size(layer):
+  """Activations per image of a layer."""
+  return {'conv1': [24, 24, 64], 'conv2': [12, 12, 64], 'local3': [384],
+          'local4': [192], 'softmax_linear': [10]}[layer]
+
+
+def test_fp16_model_trains_one_step():
+  FLAGS.use_fp16 = True
+  with tf.Graph().as_default():
+    global_step = tf.train.get_or_create_global_step()
+    images = tf.cast(tf.constant(_random_images()), tf.float16)
+    logits = cifar10.inference(images)
+    total_loss = cifar10.loss(logits, tf.constant(np.arange(BATCH) % 10))
+    train_op = cifar10.train(total_loss, global_step)
+    dtypes = {v.dtype.base_dtype for v in tf.trainable_variables()}
+    with tf.Session() as sess:
+      sess.run(tf.global_variables_initializer())
+      loss_before = sess.run(total_loss)
+      sess.run(train_op)
+      assert sess.run(global_step) == 1
+  assert dtypes == {tf.float16}
+  assert logits.dtype == tf.float16
+  assert np.isfinite(loss_before)

@@ -1,0 +1,245 @@
+"""Training and evaluation, in process and as the scripts a user runs."""
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import cifar10
+import cifar10_eval
+import cifar10_train
+from cifar10_common import tf
+from conftest import FLAGS
+from conftest import REPO_DIR
+from conftest import SMALL_QUEUE_FRACTION
+from conftest import TRAINED_STEPS
+
+LOG_LINE = re.compile(
+    r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}: step (\d+), loss = (\d+\.\d\d) '
+    r'\((\d+\.\d) examples/sec; (\d+\.\d{3}) sec/batch\)$')
+EVAL_LINE = re.compile(
+    r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}: precision @ 1 = (\d\.\d{3}) '
+    r'\((\d+) of (\d+) images, step (\d+)\)$')
+TRAINABLE = ['conv1/weights', 'conv1/biases', 'conv2/weights', 'conv2/biases',
+             'local3/weights', 'local3/biases', 'local4/weights',
+             'local4/biases', 'softmax_linear/weights', 'softmax_linear/biases']
+
+
+def _train(max_steps, capsys):
+  """Trains to `max_steps` with the current flags; returns the stdout lines."""
+  FLAGS.max_steps = max_steps
+  cifar10_train.train()
+  return capsys.readouterr().out.splitlines()
+
+
+def _checkpoint(step):
+  return os.path.join(FLAGS.train_dir, 'model.ckpt-%d' % step)
+
+
+def _test_cross_entropy(checkpoint_path):
+  """Mean cross entropy on the test records, with a checkpoint's weights."""
+  with tf.Graph().as_default():
+    images, labels = cifar10.inputs(eval_data=True)
+    logits = cifar10.inference(images)
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.cast(labels, tf.int64), logits=logits)
+    saver = tf.train.Saver(tf.trainable_variables())
+    local_init_op = tf.local_variables_initializer()
+    values = []
+    with tf.Session() as sess:
+      saver.restore(sess, checkpoint_path)
+      sess.run(local_init_op)
+      coord = tf.train.Coordinator()
+      threads = tf.train.start_queue_runners(sess, coord)
+      try:
+        while True:
+          values.append(sess.run(losses))
+      except tf.errors.OutOfRangeError:
+        pass
+      coord.request_stop()
+      coord.join(threads)
+  return float(np.mean(np.concatenate(values)))
+
+
+def test_training_lowers_the_loss_and_saves_moving_averages(trained):
+  _, train_dir, lines = trained
+  last = os.path.join(train_dir, 'model.ckpt-%d' % TRAINED_STEPS)
+  logged = [LOG_LINE.match(line) for line in lines]
+  assert [int(m.group(1)) for m in logged if m] == list(
+      range(10, TRAINED_STEPS + 1, 10))
+  for m in filter(None, logged):
+    assert float(m.group(3)) > 0 and float(m.group(4)) > 0
+  assert lines[-1] == 'Done training: step %d; checkpoint %s.' % (
+      TRAINED_STEPS, last)
+  assert tf.train.latest_checkpoint(train_dir) == last
+
+  stored = dict(tf.train.list_variables(last))
+  for name in TRAINABLE:
+    assert name in stored
+    assert stored[name + '/ExponentialMovingAverage'] == stored[name]
+  assert tf.train.load_variable(last, 'global_step') == TRAINED_STEPS
+  # The averages lag behind the weights.
+  raw = tf.train.load_variable(last, 'local4/weights')
+  averaged = tf.train.load_variable(last,
+                                    'local4/weights/ExponentialMovingAverage')
+  assert not np.allclose(raw, averaged)
+
+  # The first checkpoint (step 0) is the untrained model: about ln(10).
+  FLAGS.data_dir = trained[0]
+  initial = _test_cross_entropy(os.path.join(train_dir, 'model.ckpt-0'))
+  final = _test_cross_entropy(last)
+  assert initial == pytest.approx(np.log(10), abs=0.1)
+  assert final < 0.5 * initial
+
+
+def test_evaluation_of_the_moving_averages_counts_every_test_record(
+    trained, capsys, tmp_path):
+  data_dir, train_dir, _ = trained
+  checkpoint = os.path.join(train_dir, 'model.ckpt-%d' % TRAINED_STEPS)
+  # A copy of the checkpoint whose raw weights are useless: only the moving
+  # averages can give a good precision.
+  reader = tf.train.load_checkpoint(checkpoint)
+  with tf.Graph().as_default():
+    stored = {}
+    for name, _ in tf.train.list_variables(checkpoint):
+      value = reader.get_tensor(name)
+      if name in TRAINABLE:
+        value = np.zeros_like(value)
+      stored[name] = tf.Variable(value, name=name)
+    saver = tf.train.Saver(stored)
+    with tf.Session() as sess:
+      sess.run(tf.global_variables_initializer())
+      saver.save(sess, str(tmp_path / 'scrambled' / 'model.ckpt'),
+                 global_step=TRAINED_STEPS)
+  FLAGS.data_dir = data_dir
+  FLAGS.checkpoint_dir = str(tmp_path / 'scrambled')
+  FLAGS.eval_dir = str(tmp_path / 'eval')
+  FLAGS.run_once = True
+  cifar10_eval.evaluate()
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == 1
+  match = EVAL_LINE.match(lines[0])
+  assert match, lines
+  precision, correct, total, step = match.groups()
+  assert (int(total), int(step)) == (250, TRAINED_STEPS)
+  assert float(precision) == pytest.approx(int(correct) / 250, abs=5e-4)
+  assert float(precision) > 0.5  # Ten classes: chance is 0.1.
+
+  # The summary holds the precision at the checkpoint's step.
+  events = [os.path.join(FLAGS.eval_dir, f) for f in os.listdir(FLAGS.eval_dir)]
+  values = [(e.step, v.simple_value)
+            for path in events for e in tf.train.summary_iterator(path)
+            for v in e.summary.value if v.tag == 'Precision @ 1']
+  assert values == [(TRAINED_STEPS,
+                     pytest.approx(float(precision), abs=5e-4))]
+
+
+def test_a_second_run_resumes_at_the_saved_step(quick_flags, capsys):
+  _train(30, capsys)
+  first_files = set(os.listdir(FLAGS.train_dir))
+  lines = _train(50, capsys)
+  assert lines[0] == 'Resuming from %s, at step 30.' % _checkpoint(30)
+  steps = [int(m.group(1)) for m in map(LOG_LINE.match, lines) if m]
+  assert steps == [40, 50]
+  assert tf.train.load_variable(_checkpoint(50), 'global_step') == 50
+  # Nothing of the first run was deleted.
+  assert first_files <= set(os.listdir(FLAGS.train_dir))
+  # At --max_steps already: nothing to do, nothing written.
+  files = set(os.listdir(FLAGS.train_dir))
+  lines = _train(50, capsys)
+  assert lines == ['%s is at step 50, --max_steps=50: nothing to train.' %
+                   _checkpoint(50)]
+  assert set(os.listdir(FLAGS.train_dir)) == files
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(
+    quick_flags, capsys, monkeypatch):
+  monkeypatch.setattr(cifar10, 'INITIAL_LEARNING_RATE', 1e9)
+  with pytest.raises(cifar10_train.NanLossError) as error:
+    _train(1000, capsys)
+  match = re.match(r'loss is NaN at step (\d+): training diverged and was '
+                   r'stopped; the last checkpoint, (\S+), is kept\.',
+                   str(error.value))
+  assert match, str(error.value)
+  assert 1 <= int(match.group(1)) < 1000
+  assert match.group(2) == _checkpoint(0)
+  assert tf.train.latest_checkpoint(FLAGS.train_dir) == _checkpoint(0)
+  assert np.all(np.isfinite(tf.train.load_variable(_checkpoint(0),
+                                                   'local3/weights')))
+
+
+def _run_script(script, *args):
+  return subprocess.run([sys.executable, script] + list(args), cwd=REPO_DIR,
+                        capture_output=True, text=True, timeout=300)
+
+
+def _quick_args(data_dir, tmp_path):
+  return ['--data_dir=' + data_dir, '--batch_size=16',
+          '--min_fraction_of_examples_in_queue=%g' % SMALL_QUEUE_FRACTION]
+
+
+def test_scripts_train_then_evaluate_with_clean_output(data_dir, tmp_path):
+  train_dir = str(tmp_path / 'train')
+  common = _quick_args(data_dir, tmp_path)
+  train = _run_script('cifar10_train.py', '--train_dir=' + train_dir,
+                      '--max_steps=20', *common)
+  assert train.returncode == 0, train.stderr
+  lines = train.stdout.splitlines()
+  assert lines[0] == ('Filling the input queue with 200 CIFAR images before '
+                      'starting to train.')
+  assert [int(LOG_LINE.match(l).group(1)) for l in lines
+          if LOG_LINE.match(l)] == [10, 20]
+  assert lines[-1].startswith('Done training: step 20; checkpoint ')
+  # No deprecation notices of the v1 APIs, no banners, no cancelled-enqueue
+  # warnings of the input threads: nothing at all, here.
+  assert train.stderr == ''
+
+  evaluation = _run_script('cifar10_eval.py', '--run_once',
+                           '--checkpoint_dir=' + train_dir,
+                           '--eval_dir=' + str(tmp_path / 'eval'), *common)
+  assert evaluation.returncode == 0, evaluation.stderr
+  assert evaluation.stderr == ''
+  match = EVAL_LINE.match(evaluation.stdout.strip())
+  assert match, evaluation.stdout
+  assert match.group(3, 4) == ('250', '20')
+
+
+@pytest.mark.parametrize('script, flag, message', [
+    ('cifar10_train.py', '--batch_size=0',
+     'flag --batch_size=0: 0 is not a positive integer'),
+    ('cifar10_train.py', '--max_steps=-5',
+     'flag --max_steps=-5: -5 is not a positive integer'),
+    ('cifar10_train.py', '--log_frequency=0',
+     'flag --log_frequency=0: 0 is not a positive integer'),
+    ('cifar10_train.py', '--min_fraction_of_examples_in_queue=1.5',
+     'flag --min_fraction_of_examples_in_queue=1.5: 1.5 is not a number in '
+     'the range [0.0, 1.0]'),
+    ('cifar10_train.py', '--no_such_flag=3',
+     'Unknown command line flag \'no_such_flag\''),
+    ('cifar10_eval.py', '--eval_interval_secs=0',
+     'flag --eval_interval_secs=0: 0 is not a positive integer'),
+    ('cifar10_eval.py', '--eval_data=validation',
+     'flag --eval_data=validation: value should be one of <test|train_eval>'),
+])
+def test_bad_flags_are_one_clear_line(script, flag, message, tmp_path):
+  result = _run_script(script, flag, '--train_dir=' + str(tmp_path / 'out'),
+                       '--eval_dir=' + str(tmp_path / 'out'))
+  assert result.returncode == 2
+  assert result.stderr == 'Error: %s (see --helpshort)\n' % message
+  assert result.stdout == ''
+  assert not os.path.exists(str(tmp_path / 'out'))
+
+
+def test_eval_without_checkpoint_says_so(data_dir, tmp_path):
+  empty = str(tmp_path / 'empty')
+  os.makedirs(empty)
+  result = _run_script('cifar10_eval.py', '--run_once', '--data_dir=' +
+                       data_dir, '--checkpoint_dir=' + empty,
+                       '--eval_dir=' + str(tmp_path / 'eval'))
+  assert result.returncode == 1
+  assert result.stderr == (
+      'Error: no checkpoint in --checkpoint_dir=%s yet: train first '
+      '(cifar10_train.py --train_dir=%s).\n' % (empty, empty))
