@@ -359,7 +359,7 @@ def loss(logits, labels):
   return tf.add_n(tf.get_collection('losses'), name='total_loss')
 
 
-def _add_loss_summaries(total_loss):
+def add_loss_summaries(total_loss, losses=None):
   """Add summaries for losses in CIFAR-10 model.
 
   Generates moving average for all losses and associated summaries for
@@ -367,13 +367,16 @@ def _add_loss_summaries(total_loss):
 
   Args:
     total_loss: Total loss from loss().
+    losses: The loss terms that make it up; the 'losses' collection by
+      default.
   Returns:
     loss_averages_op: op for generating moving averages of losses.
   """
   # Compute the moving average of all individual losses and the total loss.
   loss_averages = tf.train.ExponentialMovingAverage(LOSS_AVERAGE_DECAY,
                                                     name='avg')
-  losses = tf.get_collection('losses')
+  if losses is None:
+    losses = tf.get_collection('losses')
   loss_averages_op = loss_averages.apply(losses + [total_loss])
 
   # Attach a scalar summary to all individual losses and the total loss; do the
@@ -387,17 +390,20 @@ def _add_loss_summaries(total_loss):
   return loss_averages_op
 
 
-def learning_rate(global_step):
+def learning_rate(global_step, examples_per_step=None):
   """The learning rate: decayed exponentially, in steps, with the epochs.
 
   Args:
     global_step: Integer Variable counting the number of training steps
       processed.
+    examples_per_step: Images trained on per step (all towers together);
+      --batch_size by default.
 
   Returns:
     A scalar float32 Tensor, also summarised as 'learning_rate'.
   """
-  num_batches_per_epoch = NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN / FLAGS.batch_size
+  examples_per_step = examples_per_step or FLAGS.batch_size
+  num_batches_per_epoch = NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN / examples_per_step
   decay_steps = int(num_batches_per_epoch * NUM_EPOCHS_PER_DECAY)
 
   # Decay the learning rate exponentially based on the number of steps.
@@ -457,7 +463,7 @@ def train(total_loss, global_step):
   lr = learning_rate(global_step)
 
   # Generate moving averages of all losses and associated summaries.
-  loss_averages_op = _add_loss_summaries(total_loss)
+  loss_averages_op = add_loss_summaries(total_loss)
 
   # Compute gradients.
   with tf.control_dependencies([loss_averages_op]):

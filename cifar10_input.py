@@ -354,3 +354,29 @@ def inputs(eval_data, data_dir, batch_size):
   return _generate_image_and_label_batch(float_image, label,
                                          min_queue_examples, batch_size,
                                          shuffle=False, num_epochs=1)
+
+
+def prefetch_batches(tensors, capacity, name='batch_prefetch'):
+  """Queues whole batches, so that several consumers each take one at once.
+
+  With one model replica per device ("tower"), every tower dequeues its own
+  batch from this queue: the towers share one input pipeline (one set of
+  reader threads, one shuffling queue), and none waits for the others'
+  batches to be assembled.
+
+  Args:
+    tensors: The tensors of one batch, e.g. [images, labels].
+    capacity: How many batches the queue holds.
+    name: Name scope of the queue.
+
+  Returns:
+    A tf.FIFOQueue; `dequeue()` gives one batch.
+  """
+  with tf.name_scope(name):
+    queue = tf.FIFOQueue(capacity, dtypes=[t.dtype for t in tensors],
+                         shapes=[t.shape for t in tensors])
+    tf.train.add_queue_runner(
+        tf.train.QueueRunner(queue, [queue.enqueue(tensors)]))
+    tf.summary.scalar('fraction_of_%d_full' % capacity,
+                      tf.cast(queue.size(), tf.float32) / capacity)
+  return queue

@@ -76,9 +76,9 @@ class NanLossError(UserError):
 class _LoggerHook(tf.train.SessionRunHook):
   """Logs loss and runtime, and stops training the moment the loss is NaN."""
 
-  def __init__(self, loss, examples_per_step, log_frequency, summary_dir):
+  def __init__(self, loss, batches_per_step, log_frequency, summary_dir):
     self._loss = loss
-    self._examples_per_step = examples_per_step
+    self._batches_per_step = batches_per_step
     self._log_frequency = log_frequency
     self._summary_dir = summary_dir
 
@@ -106,10 +106,10 @@ class _LoggerHook(tf.train.SessionRunHook):
       self._last_log_step, self._last_log_time = self.step, now
       return
     if self.step % self._log_frequency == 0:
-      steps = self.step - self._last_log_step
+      batches = (self.step - self._last_log_step) * self._batches_per_step
       duration = now - self._last_log_time
-      examples_per_sec = self._examples_per_step * steps / duration
-      sec_per_batch = duration / steps
+      examples_per_sec = FLAGS.batch_size * batches / duration
+      sec_per_batch = duration / batches
       format_str = ('%s: step %d, loss = %.2f (%.1f examples/sec; %.3f '
                     'sec/batch)')
       print(format_str % (datetime.now(), self.step, loss_value,
@@ -201,7 +201,7 @@ def session_config(**kwargs):
                         **kwargs)
 
 
-def run_training(train_op, loss, examples_per_step, config=None):
+def run_training(train_op, loss, batches_per_step=1, config=None):
   """Runs `train_op` until --max_steps, with logs, summaries and checkpoints.
 
   Resumes from the latest checkpoint in --train_dir, if any. Checkpoints are
@@ -211,7 +211,8 @@ def run_training(train_op, loss, examples_per_step, config=None):
   Args:
     train_op: The op of one training step.
     loss: The loss tensor, logged and checked for NaN.
-    examples_per_step: Images processed per step, for examples/sec.
+    batches_per_step: Batches of --batch_size images trained on per step:
+      one per tower.
     config: tf.ConfigProto of the session; session_config() by default.
 
   Raises:
@@ -226,8 +227,10 @@ def run_training(train_op, loss, examples_per_step, config=None):
             (latest, step, FLAGS.max_steps), flush=True)
       return
     print('Resuming from %s, at step %d.' % (latest, step), flush=True)
-  scaffold = tf.train.Scaffold()
-  logger = _LoggerHook(loss, examples_per_step, FLAGS.log_frequency,
+  # Relative paths in the 'checkpoint' file: the train dir can be moved.
+  scaffold = tf.train.Scaffold(
+      saver=tf.train.Saver(sharded=True, save_relative_paths=True))
+  logger = _LoggerHook(loss, batches_per_step, FLAGS.log_frequency,
                        FLAGS.train_dir)
   hooks = [tf.train.StopAtStepHook(last_step=FLAGS.max_steps), logger]
   hooks.append(_QueueWarmupHook())
@@ -279,7 +282,7 @@ def train():
     # updates the model parameters.
     train_op = cifar10.train(loss, global_step)
 
-    run_training(train_op, loss, examples_per_step=FLAGS.batch_size)
+    run_training(train_op, loss)
 
 
 def main(argv=None):  # pylint: disable=unused-argument

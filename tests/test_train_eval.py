@@ -2,8 +2,6 @@
 
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,16 +11,13 @@ import cifar10_eval
 import cifar10_train
 from cifar10_common import tf
 from conftest import FLAGS
-from conftest import REPO_DIR
-from conftest import SMALL_QUEUE_FRACTION
 from conftest import TRAINED_STEPS
+from helpers import cross_entropy_on_test_set
+from helpers import EVAL_LINE
+from helpers import LOG_LINE
+from helpers import quick_args
+from helpers import run_script
 
-LOG_LINE = re.compile(
-    r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}: step (\d+), loss = (\d+\.\d\d) '
-    r'\((\d+\.\d) examples/sec; (\d+\.\d{3}) sec/batch\)$')
-EVAL_LINE = re.compile(
-    r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}: precision @ 1 = (\d\.\d{3}) '
-    r'\((\d+) of (\d+) images, step (\d+)\)$')
 TRAINABLE = ['conv1/weights', 'conv1/biases', 'conv2/weights', 'conv2/biases',
              'local3/weights', 'local3/biases', 'local4/weights',
              'local4/biases', 'softmax_linear/weights', 'softmax_linear/biases']
@@ -37,31 +32,6 @@ def _train(max_steps, capsys):
 
 def _checkpoint(step):
   return os.path.join(FLAGS.train_dir, 'model.ckpt-%d' % step)
-
-
-def _test_cross_entropy(checkpoint_path):
-  """Mean cross entropy on the test records, with a checkpoint's weights."""
-  with tf.Graph().as_default():
-    images, labels = cifar10.inputs(eval_data=True)
-    logits = cifar10.inference(images)
-    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=tf.cast(labels, tf.int64), logits=logits)
-    saver = tf.train.Saver(tf.trainable_variables())
-    local_init_op = tf.local_variables_initializer()
-    values = []
-    with tf.Session() as sess:
-      saver.restore(sess, checkpoint_path)
-      sess.run(local_init_op)
-      coord = tf.train.Coordinator()
-      threads = tf.train.start_queue_runners(sess, coord)
-      try:
-        while True:
-          values.append(sess.run(losses))
-      except tf.errors.OutOfRangeError:
-        pass
-      coord.request_stop()
-      coord.join(threads)
-  return float(np.mean(np.concatenate(values)))
 
 
 def test_training_lowers_the_loss_and_saves_moving_averages(trained):
@@ -89,8 +59,8 @@ def test_training_lowers_the_loss_and_saves_moving_averages(trained):
 
   # The first checkpoint (step 0) is the untrained model: about ln(10).
   FLAGS.data_dir = trained[0]
-  initial = _test_cross_entropy(os.path.join(train_dir, 'model.ckpt-0'))
-  final = _test_cross_entropy(last)
+  initial = cross_entropy_on_test_set(os.path.join(train_dir, 'model.ckpt-0'))
+  final = cross_entropy_on_test_set(last)
   assert initial == pytest.approx(np.log(10), abs=0.1)
   assert final < 0.5 * initial
 
@@ -171,20 +141,10 @@ def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(
                                                    'local3/weights')))
 
 
-def _run_script(script, *args):
-  return subprocess.run([sys.executable, script] + list(args), cwd=REPO_DIR,
-                        capture_output=True, text=True, timeout=300)
-
-
-def _quick_args(data_dir, tmp_path):
-  return ['--data_dir=' + data_dir, '--batch_size=16',
-          '--min_fraction_of_examples_in_queue=%g' % SMALL_QUEUE_FRACTION]
-
-
 def test_scripts_train_then_evaluate_with_clean_output(data_dir, tmp_path):
   train_dir = str(tmp_path / 'train')
-  common = _quick_args(data_dir, tmp_path)
-  train = _run_script('cifar10_train.py', '--train_dir=' + train_dir,
+  common = quick_args(data_dir)
+  train = run_script('cifar10_train.py', '--train_dir=' + train_dir,
                       '--max_steps=20', *common)
   assert train.returncode == 0, train.stderr
   lines = train.stdout.splitlines()
@@ -197,7 +157,7 @@ def test_scripts_train_then_evaluate_with_clean_output(data_dir, tmp_path):
   # warnings of the input threads: nothing at all, here.
   assert train.stderr == ''
 
-  evaluation = _run_script('cifar10_eval.py', '--run_once',
+  evaluation = run_script('cifar10_eval.py', '--run_once',
                            '--checkpoint_dir=' + train_dir,
                            '--eval_dir=' + str(tmp_path / 'eval'), *common)
   assert evaluation.returncode == 0, evaluation.stderr
@@ -225,7 +185,7 @@ def test_scripts_train_then_evaluate_with_clean_output(data_dir, tmp_path):
      'flag --eval_data=validation: value should be one of <test|train_eval>'),
 ])
 def test_bad_flags_are_one_clear_line(script, flag, message, tmp_path):
-  result = _run_script(script, flag, '--train_dir=' + str(tmp_path / 'out'),
+  result = run_script(script, flag, '--train_dir=' + str(tmp_path / 'out'),
                        '--eval_dir=' + str(tmp_path / 'out'))
   assert result.returncode == 2
   assert result.stderr == 'Error: %s (see --helpshort)\n' % message
@@ -236,7 +196,7 @@ def test_bad_flags_are_one_clear_line(script, flag, message, tmp_path):
 def test_eval_without_checkpoint_says_so(data_dir, tmp_path):
   empty = str(tmp_path / 'empty')
   os.makedirs(empty)
-  result = _run_script('cifar10_eval.py', '--run_once', '--data_dir=' +
+  result = run_script('cifar10_eval.py', '--run_once', '--data_dir=' +
                        data_dir, '--checkpoint_dir=' + empty,
                        '--eval_dir=' + str(tmp_path / 'eval'))
   assert result.returncode == 1

@@ -1,0 +1,280 @@
+# Copyright 2015 The TensorFlow Authors. All Rights Reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+# ==============================================================================
+
+"""A binary to train CIFAR-10 using multiple GPUs with synchronous updates.
+
+Accuracy:
+cifar10_multi_gpu_train.py achieves ~86%% accuracy after 100K steps (256
+epochs of data) as judged by cifar10_eval.py.
+
+Speed: With batch_size 128.
+
+System        | Step Time (sec/batch)  |     Accuracy
+--------------------------------------------------------------------
+1 Tesla K20m  | 0.35-0.60              | ~86%% at 60K steps  (5 hours)
+1 Tesla K40m  | 0.25-0.35              | ~86%% at 100K steps (4 hours)
+2 Tesla K20m  | 0.13-0.20              | ~84%% at 30K steps  (2.5 hours)
+3 Tesla K20m  | 0.13-0.18              | ~84%% at 30K steps
+4 Tesla K20m  | ~0.10                  | ~84%% at 30K steps
+
+Usage:
+Please see the tutorial and website for how to download the CIFAR-10
+data set, compile the program and train the model.
+
+http://tensorflow.org/tutorials/deep_cnn/
+
+One model replica ("tower") per device trains on its own batch of
+--batch_size images; the variables live once, on the CPU, shared by all
+towers; their gradients are averaged and applied in one update per step. The
+towers share one input pipeline. Checkpoints are the same as those of
+cifar10_train.py: either script resumes from the other's, and
+cifar10_eval.py evaluates both.
+"""
+
+import re
+
+from absl import flags
+
+import cifar10
+import cifar10_common
+from cifar10_common import tf
+import cifar10_input
+import cifar10_train
+
+FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(cifar10)
+flags.adopt_module_key_flags(cifar10_train)
+
+flags.DEFINE_integer('num_gpus', 1, 'How many GPUs to use: one tower each.',
+                     lower_bound=1)
+
+
+def tower_loss(scope, images, labels):
+  """Calculate the total loss on a single tower running the CIFAR model.
+
+  Args:
+    scope: unique prefix string identifying the CIFAR tower, e.g. 'tower_0'
+    images: Images. 4D tensor of shape [batch_size, height, width, 3].
+    labels: Labels. 1D tensor of shape [batch_size].
+
+  Returns:
+     Tensor of shape [] containing the total loss for a batch of data, and
+     the list of the loss terms that make it up.
+  """
+
+  # Build inference Graph.
+  logits = cifar10.inference(images)
+
+  # Build the portion of the Graph calculating the losses. Note that we will
+  # assemble the total_loss using a custom function below.
+  _ = cifar10.loss(logits, labels)
+
+  # Assemble all of the losses for the current tower only.
+  losses = tf.get_collection('losses', scope)
+
+  # Calculate the total loss for the current tower.
+  total_loss = tf.add_n(losses, name='total_loss')
+  return total_loss, losses
+
+
+def average_gradients(tower_grads):
+  """Calculate the average gradient for each shared variable across all towers.
+
+  Note that this function provides a synchronization point across all towers.
+
+  Args:
+    tower_grads: List of lists of (gradient, variable) tuples. The outer list
+      is over individual gradients. The inner list is over the gradient
+      calculation for each tower.
+  Returns:
+     List of pairs of (gradient, variable) where the gradient has been averaged
+     across all towers.
+  """
+  average_grads = []
+  for grad_and_vars in zip(*tower_grads):
+    # Note that each grad_and_vars looks like the following:
+    #   ((grad0_gpu0, var0_gpu0), ... , (grad0_gpuN, var0_gpuN))
+    grads = [tf.expand_dims(g, 0) for g, _ in grad_and_vars]
+
+    # Average over the 'tower' dimension.
+    grad = tf.reduce_mean(tf.concat(axis=0, values=grads), 0)
+
+    # Keep in mind that the Variables are redundant because they are shared
+    # across towers. So .. we will just return the first tower's pointer to
+    # the Variable.
+    v = grad_and_vars[0][1]
+    grad_and_var = (grad, v)
+    average_grads.append(grad_and_var)
+  return average_grads
+
+
+def _untowered_name(name):
+  """An op name without its 'tower_N/' prefix."""
+  return re.sub('^%s_[0-9]*/' % cifar10.TOWER_NAME, '', name)
+
+
+def average_losses(tower_losses):
+  """Averages each loss term over the towers, under its single-device name.
+
+  So the loss summaries, and the loss averages in the checkpoints, are the
+  same as those of cifar10_train.py.
+
+  Args:
+    tower_losses: One list of loss terms per tower, in the same order.
+
+  Returns:
+    The averaged loss terms.
+  """
+  return [tf.identity(tf.add_n(terms) / len(terms),
+                      name=_untowered_name(terms[0].op.name))
+          for terms in zip(*tower_losses)]
+
+
+def tower_devices(num_gpus):
+  """The devices of the towers: '/gpu:0' ... '/gpu:N-1'.
+
+  Where there are fewer GPUs, soft placement puts the towers that have none
+  on the CPU; this is said once.
+
+  Args:
+    num_gpus: The number of towers asked for.
+
+  Returns:
+    A list of device names.
+  """
+  found = len(tf.config.list_physical_devices('GPU'))
+  if found < num_gpus:
+    if found == 0:
+      on_cpu = 'the tower runs' if num_gpus == 1 else (
+          'all %d towers run' % num_gpus)
+    elif found == num_gpus - 1:
+      on_cpu = 'tower %d runs' % found
+    else:
+      on_cpu = 'towers %d to %d run' % (found, num_gpus - 1)
+    print('--num_gpus=%d, but %s GPU found: %s on the CPU.' %
+          (num_gpus, found or 'no', on_cpu), flush=True)
+  return ['/gpu:%d' % i for i in range(num_gpus)]
+
+
+def build_training_graph(get_batch, devices, global_step):
+  """Builds one tower per device and the synchronous update of them all.
+
+  Args:
+    get_batch: Called once per tower, inside its device and name scope,
+      returns (images, labels) of that tower's batch.
+    devices: One device name per tower.
+    global_step: The global step variable.
+
+  Returns:
+    train_op: One update with the averaged gradients, then the moving
+      averages.
+    total_loss: The total loss averaged over the towers.
+    grads: The averaged (gradient, variable) pairs.
+  """
+  examples_per_step = FLAGS.batch_size * len(devices)
+  lr = cifar10.learning_rate(global_step, examples_per_step)
+
+  # Create an optimizer that performs gradient descent.
+  opt = tf.train.GradientDescentOptimizer(lr)
+
+  # Calculate the gradients for each model tower.
+  tower_grads = []
+  tower_losses = []
+  with tf.variable_scope(tf.get_variable_scope()):
+    for i, device in enumerate(devices):
+      with tf.device(device):
+        with tf.name_scope('%s_%d' % (cifar10.TOWER_NAME, i)) as scope:
+          images, labels = get_batch(i)
+          # Calculate the loss for one tower of the CIFAR model. This function
+          # constructs the entire CIFAR model but shares the variables across
+          # all towers.
+          loss, losses = tower_loss(scope, images, labels)
+
+          # Reuse variables for the next tower.
+          tf.get_variable_scope().reuse_variables()
+
+          # Calculate the gradients for the batch of data on this CIFAR tower.
+          grads = opt.compute_gradients(loss)
+
+          # Keep track of the gradients across all towers.
+          tower_grads.append(grads)
+          tower_losses.append(losses)
+
+  # Every tower made the same activation summaries: keep those of the first,
+  # without its tower prefix (see cifar10._activation_summary).
+  first_tower = '%s_0/' % cifar10.TOWER_NAME
+  graph = tf.get_default_graph()
+  summaries = graph.get_collection(tf.GraphKeys.SUMMARIES)
+  graph.clear_collection(tf.GraphKeys.SUMMARIES)
+  for summary in summaries:
+    if (not summary.op.name.startswith(cifar10.TOWER_NAME + '_') or
+        summary.op.name.startswith(first_tower)):
+      tf.add_to_collection(tf.GraphKeys.SUMMARIES, summary)
+
+  # The loss terms averaged over the towers, and their total: the loss of the
+  # whole step, summarised raw and averaged as in single-device training.
+  loss_terms = average_losses(tower_losses)
+  total_loss = tf.add_n(loss_terms, name='total_loss')
+  loss_averages_op = cifar10.add_loss_summaries(total_loss, loss_terms)
+
+  # We must calculate the mean of each gradient. Note that this is the
+  # synchronization point across all towers.
+  grads = average_gradients(tower_grads)
+
+  # Apply the gradients to adjust the shared variables.
+  with tf.control_dependencies([loss_averages_op]):
+    apply_gradient_op = opt.apply_gradients(grads, global_step=global_step)
+
+  # Add histograms for trainable variables and the averaged gradients.
+  cifar10.add_variable_and_gradient_summaries(grads)
+
+  # Track the moving averages of all trainable variables.
+  train_op = cifar10.apply_moving_averages(apply_gradient_op, global_step)
+  return train_op, total_loss, grads
+
+
+def train(devices=None, config=None):
+  """Train CIFAR-10 for a number of steps.
+
+  Args:
+    devices: The towers' devices; '/gpu:0' ... for --num_gpus by default.
+    config: The session's tf.ConfigProto; soft placement by default.
+  """
+  devices = devices or tower_devices(FLAGS.num_gpus)
+  with tf.Graph().as_default(), tf.device('/cpu:0'):
+    global_step = tf.train.get_or_create_global_step()
+
+    # One input pipeline for all towers, and a queue of whole batches.
+    images, labels = cifar10.distorted_inputs()
+    batch_queue = cifar10_input.prefetch_batches([images, labels],
+                                                 capacity=2 * len(devices))
+
+    train_op, total_loss, _ = build_training_graph(
+        lambda tower: batch_queue.dequeue(), devices, global_step)
+
+    cifar10_train.run_training(
+        train_op, total_loss,
+        batches_per_step=len(devices),
+        config=config or cifar10_train.session_config(
+            allow_soft_placement=True))
+
+
+def main(argv=None):  # pylint: disable=unused-argument
+  cifar10.maybe_download_and_extract()
+  train()
+
+
+if __name__ == '__main__':
+  cifar10_common.run(main)

@@ -1,0 +1,238 @@
+"""Multi-device training: towers on two CPU devices of this machine."""
+
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+import cifar10
+import cifar10_eval
+import cifar10_input
+import cifar10_multi_gpu_train
+import cifar10_train
+from cifar10_common import tf
+from conftest import FLAGS
+from conftest import TRAINED_BATCH_SIZE
+from conftest import TRAINED_STEPS
+import helpers
+
+TWO_CPUS = ['/cpu:0', '/cpu:1']
+
+
+def _two_cpu_config(**kwargs):
+  """A session with two CPU devices: real multi-device placement here."""
+  return tf.ConfigProto(device_count={'CPU': 2}, **kwargs)
+
+
+def _shadow(variable):
+  """The moving average of a trainable variable."""
+  graph_variables = {v.op.name: v for v in tf.global_variables()}
+  return graph_variables[variable.op.name + '/ExponentialMovingAverage']
+
+
+def _one_step(build, initial_values, config):
+  """Builds a graph with `build`, sets the weights, runs one training step.
+
+  Args:
+    build: Returns (train_op, total_loss, gradient tensors), given the global
+      step.
+    initial_values: {variable name: value}, or None to keep the initialiser's.
+    config: The session's ConfigProto.
+
+  Returns:
+    Dict of numpy results: 'initial', 'loss', 'grads', 'after', 'averages'
+    (lists in the order of the trainable variables) and 'step'.
+  """
+  with tf.Graph().as_default():
+    global_step = tf.train.get_or_create_global_step()
+    train_op, total_loss, grads = build(global_step)
+    variables = tf.trainable_variables()
+    shadows = [_shadow(v) for v in variables]
+    with tf.Session(config=config) as sess:
+      sess.run(tf.global_variables_initializer())
+      if initial_values:
+        for v, shadow in zip(variables, shadows):
+          v.load(initial_values[v.op.name], sess)
+          shadow.load(initial_values[v.op.name], sess)
+      initial = sess.run(variables)
+      loss, grad_values = sess.run([total_loss, grads])
+      sess.run(train_op)
+      after, averages, step = sess.run([variables, shadows, global_step])
+  return dict(initial=initial, loss=loss, grads=grad_values, after=after,
+              averages=averages, step=step,
+              names=[v.op.name for v in variables])
+
+
+def test_two_towers_of_64_update_as_one_tower_of_128():
+  rng = np.random.default_rng(7)
+  images = rng.normal(size=(128, 24, 24, 3)).astype(np.float32)
+  labels = rng.integers(0, 10, size=128).astype(np.int32)
+
+  def single_tower(global_step):
+    logits = cifar10.inference(tf.constant(images))
+    total_loss = cifar10.loss(logits, tf.constant(labels))
+    train_op = cifar10.train(total_loss, global_step)
+    return train_op, total_loss, tf.gradients(total_loss,
+                                              tf.trainable_variables())
+
+  def two_towers(global_step):
+    def halves(tower):
+      part = slice(64 * tower, 64 * (tower + 1))
+      return tf.constant(images[part]), tf.constant(labels[part])
+    train_op, total_loss, grads = (
+        cifar10_multi_gpu_train.build_training_graph(halves, TWO_CPUS,
+                                                     global_step))
+    by_variable = {v.op.name: g for g, v in grads}
+    return train_op, total_loss, [by_variable[v.op.name]
+                                  for v in tf.trainable_variables()]
+
+  FLAGS.batch_size = 128
+  single = _one_step(single_tower, None, tf.ConfigProto())
+  FLAGS.batch_size = 64
+  towers = _one_step(two_towers, dict(zip(single['names'], single['initial'])),
+                     _two_cpu_config())
+
+  assert towers['names'] == single['names']
+  assert single['step'] == towers['step'] == 1
+  assert towers['loss'] == pytest.approx(single['loss'], rel=1e-5)
+  for name, g1, g2 in zip(single['names'], single['grads'], towers['grads']):
+    scale = np.abs(g1).max()
+    np.testing.assert_allclose(g2, g1, rtol=1e-4, atol=1e-5 * scale,
+                               err_msg=name)
+  for key in ['after', 'averages']:
+    for name, v1, v2 in zip(single['names'], single[key], towers[key]):
+      np.testing.assert_allclose(v2, v1, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_variables_live_once_on_the_cpu_and_towers_on_their_devices(
+    quick_flags, tmp_path):
+  with tf.Graph().as_default() as graph, tf.device('/cpu:0'):
+    global_step = tf.train.get_or_create_global_step()
+    images, labels = cifar10.distorted_inputs()
+    batch_queue = cifar10_input.prefetch_batches(
+        [images, labels], capacity=4)
+    train_op, _, _ = cifar10_multi_gpu_train.build_training_graph(
+        lambda tower: batch_queue.dequeue(), TWO_CPUS, global_step)
+    variables = tf.global_variables()
+    trainable = tf.trainable_variables()
+    op_types = [op.type for op in graph.get_operations()]
+    queue_names = [runner.queue.name for runner in
+                   tf.get_collection(tf.GraphKeys.QUEUE_RUNNERS)]
+    saver = tf.train.Saver()
+    with tf.Session(config=_two_cpu_config()) as sess:
+      sess.run(tf.global_variables_initializer())
+      coord = tf.train.Coordinator()
+      threads = tf.train.start_queue_runners(sess, coord)
+      run_metadata = tf.RunMetadata()
+      sess.run(train_op, options=tf.RunOptions(
+          trace_level=tf.RunOptions.FULL_TRACE), run_metadata=run_metadata)
+      saved = saver.save(sess, str(tmp_path / 'model.ckpt'))
+      coord.request_stop()
+      coord.join(threads, stop_grace_period_secs=5)
+
+  names = [v.op.name for v in variables]
+  assert len(names) == len(set(names))
+  assert not [n for n in names if n.startswith('tower_')]
+  assert len(trainable) == 10
+  for v in variables:
+    assert v.device.upper().endswith('CPU:0'), (v.op.name, v.device)
+  # In the checkpoint too, every variable once, under its plain name.
+  stored = [name for name, _ in tf.train.list_variables(saved)]
+  assert sorted(stored) == sorted(names)
+
+  # Where the ops ran: each tower's convolutions on its own device.
+  placed = {}
+  for device in run_metadata.step_stats.dev_stats:
+    for node in device.node_stats:
+      placed[node.node_name] = device.device.upper()
+  for tower, device in enumerate(['CPU:0', 'CPU:1']):
+    convolutions = [n for n in placed if n.startswith('tower_%d/' % tower) and
+                    n.endswith(('Conv2D', 'Conv2DBackpropFilter',
+                                'Conv2DBackpropInput'))]
+    assert len(convolutions) >= 3, sorted(placed)
+    assert {placed[n][-5:] for n in convolutions} == {device}
+  # One input pipeline: one reader, and three queues: of file names, of
+  # shuffled images, of whole batches.
+  assert op_types.count('FixedLengthRecordReaderV2') == 1
+  assert sorted(queue_names) == ['batch_prefetch/fifo_queue',
+                                 'input_producer',
+                                 'shuffle_batch/random_shuffle_queue']
+
+
+def test_two_tower_training_learns_and_is_evaluated(quick_flags, capsys):
+  FLAGS.batch_size = TRAINED_BATCH_SIZE // 2  # Per tower.
+  FLAGS.max_steps = TRAINED_STEPS
+  cifar10_multi_gpu_train.train(
+      devices=TWO_CPUS, config=_two_cpu_config(allow_soft_placement=True))
+  lines = capsys.readouterr().out.splitlines()
+  # The shared queue is filled once, for both towers.
+  assert [l for l in lines if l.startswith('Filling the input queue with')] == [
+      'Filling the input queue with 200 CIFAR images before starting to train.']
+  logged = [helpers.LOG_LINE.match(l) for l in lines]
+  logged = [m for m in logged if m]
+  assert [int(m.group(1)) for m in logged] == list(
+      range(10, TRAINED_STEPS + 1, 10))
+  for m in logged:
+    # examples/sec counts both towers: times sec/batch, one batch of 32.
+    examples_per_sec, sec_per_batch = float(m.group(3)), float(m.group(4))
+    assert examples_per_sec * sec_per_batch == pytest.approx(32, rel=0.02)
+
+  last = os.path.join(FLAGS.train_dir, 'model.ckpt-%d' % TRAINED_STEPS)
+  initial = helpers.cross_entropy_on_test_set(
+      os.path.join(FLAGS.train_dir, 'model.ckpt-0'))
+  final = helpers.cross_entropy_on_test_set(last)
+  assert final < 0.5 * initial
+
+  cifar10_eval.evaluate()
+  match = helpers.EVAL_LINE.match(capsys.readouterr().out.strip())
+  assert match
+  assert match.group(3, 4) == ('250', str(TRAINED_STEPS))
+  assert float(match.group(1)) > 0.5
+
+
+def test_checkpoints_are_interchangeable_with_single_device_training(
+    trained, quick_flags, capsys):
+  data_dir, single_device_dir, _ = trained
+  shutil.copytree(single_device_dir, FLAGS.train_dir)
+  FLAGS.data_dir = data_dir
+  FLAGS.max_steps = TRAINED_STEPS + 20
+  cifar10_multi_gpu_train.train(
+      devices=TWO_CPUS, config=_two_cpu_config(allow_soft_placement=True))
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0] == 'Resuming from %s, at step %d.' % (
+      os.path.join(FLAGS.train_dir, 'model.ckpt-%d' % TRAINED_STEPS),
+      TRAINED_STEPS)
+  assert tf.train.load_variable(tf.train.latest_checkpoint(FLAGS.train_dir),
+                                'global_step') == TRAINED_STEPS + 20
+  FLAGS.max_steps = TRAINED_STEPS + 30
+  cifar10_train.train()
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0] == 'Resuming from %s, at step %d.' % (
+      os.path.join(FLAGS.train_dir, 'model.ckpt-%d' % (TRAINED_STEPS + 20)),
+      TRAINED_STEPS + 20)
+  assert lines[-1].startswith('Done training: step %d;' % (TRAINED_STEPS + 30))
+
+
+def test_script_on_a_machine_without_gpus(data_dir, tmp_path):
+  result = helpers.run_script(
+      'cifar10_multi_gpu_train.py', '--num_gpus=2', '--max_steps=10',
+      '--train_dir=' + str(tmp_path / 'train'),
+      *helpers.quick_args(data_dir))
+  assert result.returncode == 0, result.stderr
+  assert result.stderr == ''
+  lines = result.stdout.splitlines()
+  assert lines[0] == ('--num_gpus=2, but no GPU found: all 2 towers run on '
+                      'the CPU.')
+  assert sum('GPU' in l for l in lines) == 1
+  assert re.match(r'.*: step 10, loss = ', lines[-2])
+  assert lines[-1].startswith('Done training: step 10;')
+
+
+def test_num_gpus_below_one_is_refused(tmp_path):
+  result = helpers.run_script('cifar10_multi_gpu_train.py',
+                                      '--num_gpus=0')
+  assert result.returncode == 2
+  assert result.stderr == ('Error: flag --num_gpus=0: 0 is not a positive '
+                           'integer (see --helpshort)\n')
