@@ -621,20 +621,13 @@ def _extract(archive_path, data_dir):
                      ', '.join(missing)))
 
 
-def _data_files_present(batches_dir):
-  """True if every batch file is there with a whole number of records."""
-  return all(cifar10_input.holds_whole_records(os.path.join(batches_dir, name))
-             for name in cifar10_input.TRAIN_FILENAMES +
-             cifar10_input.EVAL_FILENAMES)
-
-
 def maybe_download_and_extract(data_dir=None, data_url=None,
                                expected_md5=None):
   """Download and extract the tarball from Alex's website.
 
-  Nothing is done when the batch files are already unpacked (with whole
-  records) in `data_dir`. An archive already in `data_dir` is used rather
-  than downloaded again.
+  Nothing is downloaded when the batch files are already unpacked in
+  `data_dir`; they are checked (whole records, labels 0-9). An archive
+  already in `data_dir` is used rather than downloaded again.
 
   Args:
     data_dir: Where the data goes; --data_dir by default.
@@ -653,8 +646,16 @@ def maybe_download_and_extract(data_dir=None, data_url=None,
   if not data_dir:
     raise UserError('--data_dir is empty: give the CIFAR-10 data directory.')
   batches_dir = os.path.join(data_dir, cifar10_input.BATCHES_DIR_NAME)
-  if _data_files_present(batches_dir):
+  data_files = (cifar10_input.data_filenames(batches_dir, eval_data=False) +
+                cifar10_input.data_filenames(batches_dir, eval_data=True))
+  missing = [os.path.basename(f) for f in data_files if not os.path.isfile(f)]
+  if not missing:
+    # Unpacked already (perhaps by hand): used as it is, if it is sound.
+    cifar10_input.check_data_files(data_files)
     return batches_dir
+  if len(missing) < len(data_files):
+    print('>> %s: %s missing; fetching the archive.' %
+          (batches_dir, ', '.join(missing)), flush=True)
 
   try:
     os.makedirs(data_dir, exist_ok=True)
@@ -683,7 +684,5 @@ def maybe_download_and_extract(data_dir=None, data_url=None,
     if downloaded_now:  # Ours, unverified (no MD5 given) and useless: drop it.
       os.remove(archive_path)
     raise
-  cifar10_input.check_data_files(
-      cifar10_input.data_filenames(batches_dir, eval_data=False) +
-      cifar10_input.data_filenames(batches_dir, eval_data=True))
+  cifar10_input.check_data_files(data_files)
   return batches_dir

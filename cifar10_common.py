@@ -22,9 +22,11 @@ import glob
 import logging as _std_logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 
 # The banners TensorFlow's shared libraries print while loading, before its
 # logging is initialised (so TF_CPP_MIN_LOG_LEVEL does not apply to them).
@@ -132,9 +134,13 @@ _RUNTIME_NOISE = (
     r'|util\.cc:\d+\] oneDNN supports DT_UINT8 only on platforms with AVX-512')
 
 # The filter process: copies its stdin to its stdout, line by line, without
-# the lines matching argv[1] and the indented lines that follow them.
+# the lines matching argv[1] and the indented lines that follow them. It
+# ignores Ctrl-C and SIGTERM, which may be sent to the whole process group:
+# it ends when the script's end closes its input.
 _FILTER_PROGRAM = r"""
-import re, sys
+import re, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
 noise = re.compile(sys.argv[1].encode())
 dropping = False
 for line in sys.stdin.buffer:
@@ -182,6 +188,121 @@ class UserError(Exception):
   """
 
 
+class Interrupted(Exception):
+  """A script was stopped by a signal, cleanly; its message says what was kept.
+
+  `run` prints the message and exits with status 128 + the signal's number,
+  as a shell does for a process killed by that signal.
+  """
+
+  def __init__(self, message, signum):
+    super().__init__(message)
+    self.signum = signum
+
+
+class StopSignals(object):
+  """Turns SIGINT (Ctrl-C) and SIGTERM into a request to stop cleanly.
+
+  Within `with StopSignals() as stop:`, the first such signal sets
+  `stop.received` (the signal's name) and `stop.signum`, and wakes
+  `stop.wait()`; the loop that checks them then finishes its work (saves a
+  checkpoint, stops its threads). A second signal acts as usual, for a user
+  who does not want to wait. Signals can only be caught in the main thread;
+  elsewhere this does nothing.
+  """
+
+  SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+  def __init__(self):
+    self.received = None
+    self.signum = None
+    self._event = threading.Event()
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    self.received = signal.Signals(signum).name
+    self.signum = signum
+    self._event.set()
+    self._restore()
+    print('Caught %s: stopping cleanly (send it again to stop at once).' %
+          self.received, flush=True)
+
+  def _restore(self):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous = {}
+
+  def wait(self, seconds):
+    """Sleeps `seconds`, or less if a signal comes; True if one came."""
+    return self._event.wait(seconds)
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for signum in self.SIGNALS:
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc_info):
+    self._restore()
+    return False
+
+
+class CheckpointError(UserError):
+  """A checkpoint is missing, unreadable, or not one of this model."""
+
+
+class CheckpointUnreadable(CheckpointError):
+  """A checkpoint's files are missing, truncated or corrupt."""
+
+
+def check_checkpoint(path, expected_shapes):
+  """Checks that a checkpoint can be read and fits the model.
+
+  Args:
+    path: The checkpoint's path prefix (e.g. /tmp/cifar10_train/model.ckpt-9).
+    expected_shapes: {name in the checkpoint: shape as a list} of every
+      variable the model restores from it.
+
+  Raises:
+    CheckpointUnreadable: its files are missing, truncated or corrupt.
+    CheckpointError: it holds another model (variables missing, or of other
+      shapes).
+  """
+  try:
+    reader = tf.train.load_checkpoint(path)
+    stored_shapes = reader.get_variable_to_shape_map()
+  except (tf.errors.OpError, ValueError) as e:
+    raise CheckpointUnreadable('checkpoint %s cannot be read: %s' %
+                               (path, first_line(e))) from None
+  missing = sorted(set(expected_shapes) - set(stored_shapes))
+  if missing:
+    raise CheckpointError(
+        'checkpoint %s is not one of this model: it has no %s%s.' %
+        (path, missing[0], ' (nor %d other variables)' % (len(missing) - 1)
+         if len(missing) > 1 else ''))
+  for name, shape in sorted(expected_shapes.items()):
+    if list(stored_shapes[name]) != list(shape):
+      raise CheckpointError(
+          'checkpoint %s is not one of this model: its %s has shape %s, where '
+          'this model has %s.' % (path, name, list(stored_shapes[name]),
+                                  list(shape)))
+  try:  # Reads every value: finds truncated or corrupt data files.
+    for name in expected_shapes:
+      reader.get_tensor(name)
+  except (tf.errors.OpError, ValueError, IndexError, RuntimeError) as e:
+    # A truncated data file raises IndexError ("Read less bytes than
+    # requested"), a corrupt one an OpError.
+    raise CheckpointUnreadable('checkpoint %s cannot be read: %s' %
+                               (path, first_line(e))) from None
+
+
+def first_line(error):
+  """The first line of an error's message, without TensorFlow's details."""
+  message = (getattr(error, 'message', None) or str(error)).strip()
+  return message.splitlines()[0] if message else repr(error)
+
+
 def ensure_writable_dir(path, flag_name):
   """Creates directory `path` if needed and checks that it can be written.
 
@@ -199,12 +320,19 @@ def ensure_writable_dir(path, flag_name):
   except OSError as e:
     raise UserError('--%s=%s cannot be created: %s.' %
                     (flag_name, path, e.strerror)) from None
-  if not os.access(path, os.W_OK | os.X_OK):
-    raise UserError('--%s=%s is not writable.' % (flag_name, path))
+  try:  # Writing is the only sure test (permissions, read-only disks, root).
+    with tempfile.TemporaryFile(dir=path):
+      pass
+  except OSError as e:
+    raise UserError('--%s=%s is not writable: %s.' %
+                    (flag_name, path, e.strerror)) from None
 
 
 def run(main):
   """Runs a script's `main` with absl; a bad flag or a UserError is one line.
+
+  A bad flag exits with status 2, a UserError with 1, a clean stop on a
+  signal (Interrupted) with 128 + the signal's number.
 
   Args:
     main: the script's main function, taking the remaining argv.
@@ -229,5 +357,8 @@ def run(main):
       sys.stderr.write('Error: %s\n' % error)
       sys.stderr.flush()
       sys.exit(1)
+    except Interrupted as stop:
+      print(stop, flush=True)
+      sys.exit(128 + stop.signum)
 
   app.run(main_reporting_user_errors, flags_parser=parse_flags_reporting_errors)

@@ -45,7 +45,6 @@ import numpy as np
 import cifar10
 import cifar10_common
 from cifar10_common import tf
-from cifar10_common import UserError
 import cifar10_input
 
 FLAGS = flags.FLAGS
@@ -65,10 +64,6 @@ flags.DEFINE_boolean('run_once', False,
                      'Whether to run eval only once.')
 
 
-class CheckpointError(UserError):
-  """A checkpoint is missing, unreadable, or not one of this model."""
-
-
 def checkpoint_step(checkpoint_path):
   """The global step stored in a checkpoint.
 
@@ -79,23 +74,18 @@ def checkpoint_step(checkpoint_path):
     The global step, an int.
 
   Raises:
-    CheckpointError: it has no readable global step.
+    CheckpointUnreadable: it has no readable global step.
   """
   try:
     return int(tf.train.load_variable(checkpoint_path, 'global_step'))
   except (tf.errors.OpError, ValueError) as e:
-    raise CheckpointError('cannot read the global step of checkpoint %s: %s' %
-                          (checkpoint_path, _first_line(e))) from None
-
-
-def _first_line(error):
-  """The first line of an error's message, without TensorFlow's details."""
-  message = getattr(error, 'message', None) or str(error)
-  return message.strip().splitlines()[0] if message.strip() else repr(error)
+    raise cifar10_common.CheckpointUnreadable(
+        'cannot read the global step of checkpoint %s: %s' %
+        (checkpoint_path, cifar10_common.first_line(e))) from None
 
 
 def eval_once(saver, summary_writer, top_k_op, summary_op, local_init_op,
-              checkpoint_path, num_examples):
+              checkpoint_path, num_examples, stop):
   """Run Eval once.
 
   Args:
@@ -106,23 +96,27 @@ def eval_once(saver, summary_writer, top_k_op, summary_op, local_init_op,
     local_init_op: Initialises the input pipeline's epoch counter.
     checkpoint_path: The checkpoint to evaluate.
     num_examples: The number of images the pass must see.
+    stop: cifar10_common.StopSignals; a signal abandons the pass.
 
   Returns:
-    The precision @ 1, a float.
+    The precision @ 1, a float; None if a signal stopped the pass.
 
   Raises:
-    CheckpointError: the checkpoint cannot be restored into this model.
+    CheckpointUnreadable: the checkpoint's files are missing or damaged.
+    CheckpointError: it cannot be restored into this model.
   """
   global_step = checkpoint_step(checkpoint_path)
   with tf.Session() as sess:
     try:
       saver.restore(sess, checkpoint_path)
-    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError,
-            tf.errors.DataLossError, ValueError) as e:
-      raise CheckpointError(
-          'cannot restore %s: %s. It is not a readable checkpoint of this '
-          'model (its moving averages are needed).' %
-          (checkpoint_path, _first_line(e))) from None
+    except (tf.errors.NotFoundError, tf.errors.DataLossError) as e:
+      raise cifar10_common.CheckpointUnreadable(
+          'checkpoint %s cannot be read: %s' %
+          (checkpoint_path, cifar10_common.first_line(e))) from None
+    except (tf.errors.InvalidArgumentError, ValueError) as e:
+      raise cifar10_common.CheckpointError(
+          'checkpoint %s cannot be restored into this model: %s' %
+          (checkpoint_path, cifar10_common.first_line(e))) from None
     sess.run(local_init_op)
 
     # Start the queue runners.
@@ -132,7 +126,7 @@ def eval_once(saver, summary_writer, top_k_op, summary_op, local_init_op,
     total_sample_count = 0
     summary_str = None
     try:
-      while not coord.should_stop():
+      while not coord.should_stop() and not stop.received:
         if summary_str is None:
           # The summaries read a batch too: take them with the first one.
           predictions, summary_str = sess.run([top_k_op, summary_op])
@@ -145,6 +139,8 @@ def eval_once(saver, summary_writer, top_k_op, summary_op, local_init_op,
     finally:
       coord.request_stop()
       coord.join(threads, stop_grace_period_secs=10)
+  if stop.received:
+    return None
 
   if total_sample_count != num_examples:
     raise RuntimeError('evaluated %d images, but the data holds %d.' %
@@ -164,7 +160,13 @@ def eval_once(saver, summary_writer, top_k_op, summary_op, local_init_op,
 
 
 def evaluate():
-  """Eval CIFAR-10 for a number of steps."""
+  """Eval CIFAR-10 for a number of steps.
+
+  Raises:
+    CheckpointError: no checkpoint (with --run_once), or one that cannot be
+      evaluated.
+    Interrupted: SIGINT or SIGTERM stopped the evaluation.
+  """
   cifar10_common.ensure_writable_dir(FLAGS.eval_dir, 'eval_dir')
   with tf.Graph().as_default() as g:
     # Get images and labels for CIFAR-10.
@@ -185,6 +187,8 @@ def evaluate():
         cifar10.MOVING_AVERAGE_DECAY)
     variables_to_restore = variable_averages.variables_to_restore()
     saver = tf.train.Saver(variables_to_restore)
+    expected_shapes = {name: v.shape.as_list()
+                       for name, v in variables_to_restore.items()}
 
     # Build the summary operation based on the TF collection of Summaries.
     summary_op = tf.summary.merge_all()
@@ -192,23 +196,39 @@ def evaluate():
 
     summary_writer = tf.summary.FileWriter(FLAGS.eval_dir, g)
 
-    last_evaluated = None
-    while True:
-      checkpoint_path = tf.train.latest_checkpoint(FLAGS.checkpoint_dir)
-      if checkpoint_path is None:
-        message = ('no checkpoint in --checkpoint_dir=%s yet: train first '
-                   '(cifar10_train.py --train_dir=%s).' %
-                   (FLAGS.checkpoint_dir, FLAGS.checkpoint_dir))
+    evaluated = set()  # Checkpoints evaluated, or found unreadable.
+    with cifar10_common.StopSignals() as stop:
+      while not stop.received:
+        checkpoint_path = tf.train.latest_checkpoint(FLAGS.checkpoint_dir)
+        if checkpoint_path is None:
+          message = ('no checkpoint in --checkpoint_dir=%s yet: train first '
+                     '(cifar10_train.py --train_dir=%s).' %
+                     (FLAGS.checkpoint_dir, FLAGS.checkpoint_dir))
+          if FLAGS.run_once:
+            raise cifar10_common.CheckpointError(message)
+          print('%s: %s Waiting.' % (datetime.now(), message), flush=True)
+        elif checkpoint_path not in evaluated:
+          try:
+            cifar10_common.check_checkpoint(checkpoint_path, expected_shapes)
+            if eval_once(saver, summary_writer, top_k_op, summary_op,
+                         local_init_op, checkpoint_path, num_examples,
+                         stop) is not None:
+              evaluated.add(checkpoint_path)
+          except cifar10_common.CheckpointUnreadable as e:
+            if FLAGS.run_once:
+              raise
+            # Training keeps its last 5 checkpoints: an old one can vanish
+            # between being listed and being read.
+            print('%s: skipping %s; waiting for the next checkpoint.' %
+                  (datetime.now(), e), flush=True)
+            evaluated.add(checkpoint_path)
         if FLAGS.run_once:
-          raise CheckpointError(message)
-        print('%s: %s Waiting.' % (datetime.now(), message), flush=True)
-      elif checkpoint_path != last_evaluated:
-        eval_once(saver, summary_writer, top_k_op, summary_op, local_init_op,
-                  checkpoint_path, num_examples)
-        last_evaluated = checkpoint_path
-      if FLAGS.run_once:
-        break
-      time.sleep(FLAGS.eval_interval_secs)
+          break
+        stop.wait(FLAGS.eval_interval_secs)
+    summary_writer.close()
+    if stop.received:
+      raise cifar10_common.Interrupted(
+          'Evaluation stopped by %s.' % stop.received, stop.signum)
 
 
 def main(argv=None):  # pylint: disable=unused-argument

@@ -201,12 +201,53 @@ def session_config(**kwargs):
                         **kwargs)
 
 
+def checkpoint_to_resume(train_dir, expected_shapes):
+  """The newest checkpoint in `train_dir` that can be read, if any.
+
+  A checkpoint whose files are missing or damaged is skipped, with a message,
+  for the one before; it is never trusted.
+
+  Args:
+    train_dir: The training directory.
+    expected_shapes: {variable name: shape} of the model being trained.
+
+  Returns:
+    The checkpoint's path, or None if there is no checkpoint.
+
+  Raises:
+    CheckpointError: the checkpoints are of another model, or none of them
+      can be read.
+  """
+  state = tf.train.get_checkpoint_state(train_dir)
+  if not state or not state.model_checkpoint_path:
+    return None
+  candidates = [state.model_checkpoint_path] + [
+      path for path in reversed(state.all_model_checkpoint_paths)
+      if path != state.model_checkpoint_path]
+  for path in candidates:
+    try:
+      cifar10_common.check_checkpoint(path, expected_shapes)
+      return path
+    except cifar10_common.CheckpointUnreadable as e:
+      print('Skipping %s.' % e, flush=True)
+    except cifar10_common.CheckpointError as e:
+      raise cifar10_common.CheckpointError(
+          '--train_dir=%s holds checkpoints of another model: %s Train in '
+          'another --train_dir.' % (train_dir, e)) from None
+  raise cifar10_common.CheckpointError(
+      'none of the checkpoints in --train_dir=%s can be read (see above). '
+      'They were kept: move them away to train from scratch there.' %
+      train_dir)
+
+
 def run_training(train_op, loss, batches_per_step=1, config=None):
   """Runs `train_op` until --max_steps, with logs, summaries and checkpoints.
 
-  Resumes from the latest checkpoint in --train_dir, if any. Checkpoints are
-  written every --save_checkpoint_secs and at the end, but never once the
-  loss has turned NaN: the last good one is kept.
+  Resumes from the newest readable checkpoint in --train_dir, if any.
+  Checkpoints are written every --save_checkpoint_secs and at the end, but
+  never once the loss has turned NaN: the last good one is kept. SIGINT
+  (Ctrl-C) or SIGTERM stops training cleanly, with a checkpoint of the
+  current step.
 
   Args:
     train_op: The op of one training step.
@@ -217,47 +258,60 @@ def run_training(train_op, loss, batches_per_step=1, config=None):
 
   Raises:
     NanLossError: the loss became NaN.
+    CheckpointError: --train_dir holds checkpoints that cannot be resumed.
+    Interrupted: SIGINT or SIGTERM stopped training (after the checkpoint).
   """
   cifar10_common.ensure_writable_dir(FLAGS.train_dir, 'train_dir')
-  latest = tf.train.latest_checkpoint(FLAGS.train_dir)
-  if latest:
-    step = tf.train.load_variable(latest, 'global_step')
+  resume_from = checkpoint_to_resume(
+      FLAGS.train_dir,
+      {v.op.name: v.shape.as_list() for v in tf.global_variables()})
+  if resume_from:
+    step = tf.train.load_variable(resume_from, 'global_step')
     if step >= FLAGS.max_steps:
       print('%s is at step %d, --max_steps=%d: nothing to train.' %
-            (latest, step, FLAGS.max_steps), flush=True)
+            (resume_from, step, FLAGS.max_steps), flush=True)
       return
-    print('Resuming from %s, at step %d.' % (latest, step), flush=True)
+    print('Resuming from %s, at step %d.' % (resume_from, step), flush=True)
   # Relative paths in the 'checkpoint' file: the train dir can be moved.
   scaffold = tf.train.Scaffold(
       saver=tf.train.Saver(sharded=True, save_relative_paths=True))
   logger = _LoggerHook(loss, batches_per_step, FLAGS.log_frequency,
                        FLAGS.train_dir)
-  hooks = [tf.train.StopAtStepHook(last_step=FLAGS.max_steps), logger]
-  hooks.append(_QueueWarmupHook())
-  # After the logger, so that a NaN step stops training before it is saved.
-  hooks.append(tf.train.CheckpointSaverHook(
-      FLAGS.train_dir, save_secs=FLAGS.save_checkpoint_secs,
-      scaffold=scaffold))
-  with tf.train.MonitoredTrainingSession(
-      checkpoint_dir=FLAGS.train_dir,
-      scaffold=scaffold,
-      hooks=hooks,
-      save_checkpoint_secs=None,
-      save_checkpoint_steps=None,
-      save_summaries_steps=FLAGS.save_summaries_steps,
-      log_step_count_steps=None,
-      config=config or session_config()) as mon_sess:
-    while not mon_sess.should_stop():
-      try:
-        mon_sess.run(train_op)
-      except tf.errors.InvalidArgumentError as e:
-        # A summary step runs the histograms before the logger sees the loss.
-        if 'Nan in summary histogram' in e.message:
-          raise NanLossError(nan_loss_message(logger.step + 1,
-                                              FLAGS.train_dir)) from None
-        raise
-  print('Done training: step %d; checkpoint %s.' %
-        (logger.step, tf.train.latest_checkpoint(FLAGS.train_dir)), flush=True)
+  hooks = [
+      tf.train.StopAtStepHook(last_step=FLAGS.max_steps),
+      tf.train.SummarySaverHook(save_steps=FLAGS.save_summaries_steps,
+                                output_dir=FLAGS.train_dir, scaffold=scaffold),
+      logger,
+      _QueueWarmupHook(),
+      # After the logger, so that a NaN step stops training before it is
+      # saved.
+      tf.train.CheckpointSaverHook(FLAGS.train_dir,
+                                   save_secs=FLAGS.save_checkpoint_secs,
+                                   scaffold=scaffold),
+  ]
+  session_creator = tf.train.ChiefSessionCreator(
+      scaffold=scaffold, checkpoint_filename_with_path=resume_from,
+      config=config or session_config())
+  with cifar10_common.StopSignals() as stop:
+    with tf.train.MonitoredSession(session_creator=session_creator,
+                                   hooks=hooks) as mon_sess:
+      while not mon_sess.should_stop() and not stop.received:
+        try:
+          mon_sess.run(train_op)
+        except tf.errors.InvalidArgumentError as e:
+          # A summary step runs the histograms before the logger sees the
+          # loss.
+          if 'Nan in summary histogram' in e.message:
+            raise NanLossError(nan_loss_message(logger.step + 1,
+                                                FLAGS.train_dir)) from None
+          raise
+  latest = tf.train.latest_checkpoint(FLAGS.train_dir)
+  if stop.received:
+    raise cifar10_common.Interrupted(
+        'Stopped by %s at step %d; checkpoint %s saved.' %
+        (stop.received, logger.step, latest), stop.signum)
+  print('Done training: step %d; checkpoint %s.' % (logger.step, latest),
+        flush=True)
 
 
 def train():

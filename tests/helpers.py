@@ -3,6 +3,8 @@
 import re
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 
@@ -54,3 +56,59 @@ def quick_args(data_dir):
   """Flags for a quick run of a script on the small data of `data_dir`."""
   return ['--data_dir=' + data_dir, '--batch_size=16',
           '--min_fraction_of_examples_in_queue=%g' % SMALL_QUEUE_FRACTION]
+
+
+class ScriptProcess(object):
+  """One of the scripts running in the background, its output collected.
+
+  Waits are bounded; `kill()` ends it whatever happens (use it in a finally).
+  """
+
+  def __init__(self, script, *args):
+    self.process = subprocess.Popen(
+        [sys.executable, script] + list(args), cwd=REPO_DIR,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    self.lines = []
+    self._stdout_reader = threading.Thread(target=self._read_stdout,
+                                           daemon=True)
+    self._stdout_reader.start()
+    self._stderr = []
+    self._stderr_reader = threading.Thread(
+        target=lambda: self._stderr.append(self.process.stderr.read()),
+        daemon=True)
+    self._stderr_reader.start()
+
+  def _read_stdout(self):
+    for line in self.process.stdout:
+      self.lines.append(line.rstrip('\n'))
+
+  def wait_for_line(self, pattern, timeout=60, count=1):
+    """Waits until `count` lines match `pattern`; returns the last match."""
+    deadline = time.time() + timeout
+    while True:
+      ended = not self._stdout_reader.is_alive()
+      matches = [m for m in map(re.compile(pattern).match, list(self.lines))
+                 if m]
+      if len(matches) >= count:
+        return matches[count - 1]
+      if ended or time.time() > deadline:
+        raise AssertionError(
+            'no line %r (%s) within %s s; output:\n%s\nstderr:\n%s' %
+            (pattern, 'the script ended' if ended else 'still running',
+             timeout, '\n'.join(self.lines), self.stderr()))
+      time.sleep(0.05)
+
+  def finish(self, timeout=60):
+    """Waits for the end; returns the exit status."""
+    returncode = self.process.wait(timeout)
+    self._stdout_reader.join(timeout)
+    self._stderr_reader.join(timeout)
+    return returncode
+
+  def stderr(self):
+    return ''.join(self._stderr)
+
+  def kill(self):
+    if self.process.poll() is None:
+      self.process.kill()
+      self.process.wait(10)

@@ -1,0 +1,423 @@
+"""Faults the scripts survive, and bad input they answer clearly.
+
+Each failure test checks the message a user sees and that nothing was lost.
+"""
+
+import os
+import re
+import shutil
+import signal
+import time
+
+import numpy as np
+import pytest
+
+import cifar10
+import cifar10_common
+import cifar10_eval
+import cifar10_multi_gpu_train
+import cifar10_train
+from cifar10_common import tf
+from conftest import FLAGS
+from conftest import TRAINED_STEPS
+import helpers
+from helpers import quick_args
+from helpers import run_script
+from helpers import ScriptProcess
+
+STOP_LINE = r'^Stopped by (SIG\w+) at step (\d+); checkpoint (\S+) saved\.$'
+
+
+def _snapshot(directory):
+  """{file: (size, mtime)} of every file under `directory`."""
+  found = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      path = os.path.join(root, name)
+      found[os.path.relpath(path, directory)] = (os.path.getsize(path),
+                                                 os.path.getmtime(path))
+  return found
+
+
+def _copy_trained(trained, tmp_path):
+  """A copy of the shared training's dir, to change."""
+  _, train_dir, _ = trained
+  copy = str(tmp_path / 'train')
+  shutil.copytree(train_dir, copy)
+  return copy
+
+
+def _checkpoints(train_dir):
+  state = tf.train.get_checkpoint_state(train_dir)
+  return list(state.all_model_checkpoint_paths) if state else []
+
+
+@pytest.fixture
+def processes():
+  """Scripts started by a test; all killed at its end, whatever happens."""
+  started = []
+  yield lambda *args: started.append(ScriptProcess(*args)) or started[-1]
+  for process in started:
+    process.kill()
+
+
+# Faults.
+
+
+def test_sigkill_mid_run_resumes_from_the_newest_complete_checkpoint(
+    data_dir, tmp_path, processes):
+  train_dir = str(tmp_path / 'train')
+  training = processes('cifar10_train.py', '--train_dir=' + train_dir,
+                       '--max_steps=100000', '--save_checkpoint_secs=1',
+                       *quick_args(data_dir))
+  deadline = time.time() + 90
+  while len(_checkpoints(train_dir)) < 3 and time.time() < deadline:
+    time.sleep(0.2)
+  assert len(_checkpoints(train_dir)) >= 3, training.lines
+  os.kill(training.process.pid, signal.SIGKILL)
+  assert training.finish() == -signal.SIGKILL
+
+  # Every checkpoint listed is complete; the newest is resumed, at its step,
+  # with its moving averages.
+  latest = tf.train.latest_checkpoint(train_dir)
+  for path in _checkpoints(train_dir):
+    cifar10_common.check_checkpoint(
+        path, {'global_step': [], 'local4/weights': [384, 192]})
+  step = int(tf.train.load_variable(latest, 'global_step'))
+  resumed = run_script('cifar10_train.py', '--train_dir=' + train_dir,
+                       '--max_steps=%d' % (step + 1), *quick_args(data_dir))
+  assert resumed.returncode == 0, resumed.stderr
+  assert resumed.stderr == ''
+  assert resumed.stdout.splitlines()[0] == 'Resuming from %s, at step %d.' % (
+      latest, step)
+  after = os.path.join(train_dir, 'model.ckpt-%d' % (step + 1))
+  # One update of the averages, with decay min(0.9999, (1 + s) / (10 + s)).
+  decay = min(0.9999, (1.0 + step + 1) / (10.0 + step + 1))
+  for name in ['local4/weights', 'conv1/biases']:
+    average_before = tf.train.load_variable(
+        latest, name + '/ExponentialMovingAverage')
+    weights_after = tf.train.load_variable(after, name)
+    np.testing.assert_allclose(
+        tf.train.load_variable(after, name + '/ExponentialMovingAverage'),
+        decay * average_before + (1 - decay) * weights_after,
+        rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize('script, stop_signal', [
+    ('cifar10_train.py', signal.SIGTERM),
+    ('cifar10_train.py', signal.SIGINT),
+    ('cifar10_multi_gpu_train.py', signal.SIGTERM),
+])
+def test_a_signal_stops_training_with_a_checkpoint_of_the_current_step(
+    script, stop_signal, data_dir, tmp_path, processes):
+  train_dir = str(tmp_path / 'train')
+  training = processes(script, '--train_dir=' + train_dir,
+                       '--max_steps=100000', *quick_args(data_dir))
+  training.wait_for_line(helpers.LOG_LINE.pattern)
+  os.kill(training.process.pid, stop_signal)
+  assert training.finish() == 128 + stop_signal
+  assert training.stderr() == ''  # No traceback, from any thread.
+  stop = training.wait_for_line(STOP_LINE)
+  assert stop.group(1) == stop_signal.name
+  step = int(stop.group(2))
+  assert stop.group(3) == os.path.join(train_dir, 'model.ckpt-%d' % step)
+  assert tf.train.latest_checkpoint(train_dir) == stop.group(3)
+  assert tf.train.load_variable(stop.group(3), 'global_step') == step
+  assert training.lines[-2] == ('Caught %s: stopping cleanly (send it again '
+                                'to stop at once).' % stop_signal.name) or (
+                                    helpers.LOG_LINE.match(training.lines[-2]))
+
+
+def test_evaluation_beside_training_evaluates_each_checkpoint_once(
+    data_dir, tmp_path, processes):
+  train_dir = str(tmp_path / 'train')
+  evaluation = processes('cifar10_eval.py', '--checkpoint_dir=' + train_dir,
+                         '--eval_dir=' + str(tmp_path / 'eval'),
+                         '--eval_interval_secs=1', *quick_args(data_dir))
+  evaluation.wait_for_line(r'.*: no checkpoint in --checkpoint_dir=%s yet: '
+                           r'train first .* Waiting\.$' % train_dir)
+  training = run_script('cifar10_train.py', '--train_dir=' + train_dir,
+                        '--max_steps=80', '--save_checkpoint_secs=1',
+                        *quick_args(data_dir))
+  assert training.returncode == 0, training.stderr
+  evaluation.wait_for_line(r'.*precision @ 1 = .*, step 80\)$')
+  time.sleep(2.5)  # Two more looks at the checkpoints: nothing new to do.
+  os.kill(evaluation.process.pid, signal.SIGTERM)
+  assert evaluation.finish() == 128 + signal.SIGTERM
+  assert evaluation.stderr() == ''
+  assert evaluation.lines[-1] == 'Evaluation stopped by SIGTERM.'
+  steps = [int(m.group(4)) for m in map(helpers.EVAL_LINE.match,
+                                        evaluation.lines) if m]
+  assert steps[-1] == 80
+  assert steps == sorted(set(steps))  # Each checkpoint once, in order.
+  assert len(steps) >= 2
+
+
+def test_evaluation_skips_a_checkpoint_deleted_before_it_is_read(
+    trained, quick_flags, tmp_path, capsys, monkeypatch):
+  FLAGS.data_dir = trained[0]
+  FLAGS.checkpoint_dir = _copy_trained(trained, tmp_path)
+  FLAGS.run_once = False
+  FLAGS.eval_interval_secs = 1
+  newest = os.path.join(FLAGS.checkpoint_dir, 'model.ckpt-%d' % TRAINED_STEPS)
+  moved = str(tmp_path / 'moved')
+  os.makedirs(moved)
+  list_newest = tf.train.latest_checkpoint
+  looks = []
+
+  def racing_training(checkpoint_dir):
+    """The newest checkpoint, as training changes them at the worst times."""
+    if len(looks) == 1:
+      # ... which appears by the next look.
+      for name in os.listdir(moved):
+        shutil.move(os.path.join(moved, name), os.path.join(
+            checkpoint_dir, name.replace('ckpt-%d' % TRAINED_STEPS,
+                                         'ckpt-999')))
+      with open(os.path.join(checkpoint_dir, 'checkpoint'), 'w') as f:
+        f.write('model_checkpoint_path: "model.ckpt-999"\n'
+                'all_model_checkpoint_paths: "model.ckpt-0"\n'
+                'all_model_checkpoint_paths: "model.ckpt-999"\n')
+    looks.append(list_newest(checkpoint_dir))
+    if len(looks) == 1:
+      # Keep-last-N deletes the checkpoint just listed, as a newer one is
+      # being written...
+      for name in os.listdir(checkpoint_dir):
+        if name.startswith('model.ckpt-%d.' % TRAINED_STEPS):
+          shutil.move(os.path.join(checkpoint_dir, name), moved)
+    elif len(looks) == 4:
+      os.kill(os.getpid(), signal.SIGINT)  # As a user would, with Ctrl-C.
+    return looks[-1]
+
+  monkeypatch.setattr(tf.train, 'latest_checkpoint', racing_training)
+  with pytest.raises(cifar10_common.Interrupted) as stop:
+    cifar10_eval.evaluate()
+  assert str(stop.value) == 'Evaluation stopped by SIGINT.'
+  assert stop.value.signum == signal.SIGINT
+  lines = capsys.readouterr().out.splitlines()
+  assert re.match(r'^[\d:. -]+: skipping checkpoint %s cannot be read: .+; '
+                  r'waiting for the next checkpoint\.$' % newest, lines[0])
+  assert helpers.EVAL_LINE.match(lines[1]).group(4) == str(TRAINED_STEPS)
+  assert lines[2] == ('Caught SIGINT: stopping cleanly (send it again to '
+                      'stop at once).')
+  assert len(lines) == 3  # The new checkpoint was evaluated once.
+  assert looks[1:] == [os.path.join(FLAGS.checkpoint_dir,
+                                    'model.ckpt-999')] * 3
+
+
+def test_unreadable_newest_checkpoint_is_skipped_not_trusted(
+    trained, quick_flags, tmp_path, capsys):
+  FLAGS.data_dir = trained[0]
+  FLAGS.train_dir = _copy_trained(trained, tmp_path)
+  newest = os.path.join(FLAGS.train_dir, 'model.ckpt-%d' % TRAINED_STEPS)
+  data_file = newest + '.data-00000-of-00002'
+  with open(data_file, 'r+b') as f:
+    f.truncate(os.path.getsize(data_file) // 2)
+  damaged = _snapshot(FLAGS.train_dir)[os.path.basename(data_file)]
+  FLAGS.max_steps = 5
+  cifar10_train.train()
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0].startswith('Skipping checkpoint %s cannot be read: ' % newest)
+  assert lines[1] == 'Resuming from %s, at step 0.' % os.path.join(
+      FLAGS.train_dir, 'model.ckpt-0')
+  assert lines[-1].startswith('Done training: step 5;')
+  # The damaged checkpoint is left where it was, for the user to look at.
+  assert _snapshot(FLAGS.train_dir)[os.path.basename(data_file)] == damaged
+
+
+def test_no_readable_checkpoint_stops_before_touching_them(
+    trained, quick_flags, tmp_path):
+  FLAGS.data_dir = trained[0]
+  FLAGS.train_dir = _copy_trained(trained, tmp_path)
+  for path in _checkpoints(FLAGS.train_dir):
+    os.remove(path + '.index')
+  before = _snapshot(FLAGS.train_dir)
+  with pytest.raises(cifar10_common.CheckpointError) as error:
+    cifar10_train.train()
+  assert str(error.value) == (
+      'none of the checkpoints in --train_dir=%s can be read (see above). '
+      'They were kept: move them away to train from scratch there.' %
+      FLAGS.train_dir)
+  assert _snapshot(FLAGS.train_dir) == before
+
+
+def test_nan_loss_in_multi_device_training(quick_flags, capsys, monkeypatch):
+  monkeypatch.setattr(cifar10, 'INITIAL_LEARNING_RATE', 1e9)
+  FLAGS.max_steps = 1000
+  with pytest.raises(cifar10_train.NanLossError) as error:
+    cifar10_multi_gpu_train.train(
+        devices=['/cpu:0', '/cpu:1'],
+        config=tf.ConfigProto(device_count={'CPU': 2},
+                              allow_soft_placement=True))
+  assert str(error.value).startswith('loss is NaN at step ')
+  assert 'the last checkpoint, %s, is kept' % os.path.join(
+      FLAGS.train_dir, 'model.ckpt-0') in str(error.value)
+  assert tf.train.latest_checkpoint(FLAGS.train_dir) == os.path.join(
+      FLAGS.train_dir, 'model.ckpt-0')
+
+
+# Bad data.
+
+
+@pytest.mark.parametrize('damage, message', [
+    ('truncate', '{path} is 9319 bytes, not a whole number of 3073-byte '
+                 'CIFAR-10 records (1 label byte + 32x32x3 pixel bytes): the '
+                 'file is truncated or not CIFAR-10 binary data. Unpack the '
+                 'archive again.'),
+    ('label', '{path}: record 1 has label 200, but labels must be 0-9; 1 of its '
+              '64 records are out of range. The file is corrupt or not '
+              'CIFAR-10 binary data.'),
+])
+def test_bad_data_stops_training_before_it_starts(damage, message, trained,
+                                                  tmp_path):
+  data_dir = str(tmp_path / 'data')
+  shutil.copytree(trained[0], data_dir)
+  train_dir = _copy_trained(trained, tmp_path)
+  path = os.path.join(data_dir, 'cifar-10-batches-bin', 'data_batch_3.bin')
+  if damage == 'truncate':
+    os.truncate(path, 3 * 3073 + 100)  # 3 records and a piece of one.
+  else:
+    with open(path, 'r+b') as f:
+      f.seek(3073)  # The label byte of record 1.
+      f.write(bytes([200]))
+  before = _snapshot(train_dir)
+  result = run_script('cifar10_train.py', '--train_dir=' + train_dir,
+                      '--max_steps=%d' % (TRAINED_STEPS + 10),
+                      *quick_args(data_dir))
+  assert result.returncode == 1
+  assert result.stderr == 'Error: %s\n' % message.format(path=path)
+  assert result.stdout == ''  # Stopped before the queue, before step one.
+  assert _snapshot(train_dir) == before
+
+
+def test_no_data_and_no_network_says_where_to_put_the_archive(tmp_path):
+  data_dir = str(tmp_path / 'nothing')
+  result = run_script('cifar10_train.py', '--data_dir=' + data_dir,
+                      '--data_url=http://127.0.0.1:9/cifar-10-binary.tar.gz',
+                      '--train_dir=' + str(tmp_path / 'train'))
+  assert result.returncode == 1
+  assert result.stderr.startswith(
+      'Error: could not download http://127.0.0.1:9/cifar-10-binary.tar.gz (')
+  assert ('put the archive at %s/cifar-10-binary.tar.gz' % data_dir in
+          result.stderr)
+  assert len(result.stderr.splitlines()) == 1
+  assert os.listdir(data_dir) == []
+
+
+def test_a_missing_batch_file_is_named(trained, tmp_path):
+  data_dir = str(tmp_path / 'data')
+  shutil.copytree(trained[0], data_dir)
+  batches_dir = os.path.join(data_dir, 'cifar-10-batches-bin')
+  os.remove(os.path.join(batches_dir, 'data_batch_3.bin'))
+  before = _snapshot(data_dir)
+  result = run_script(
+      'cifar10_train.py', '--train_dir=' + str(tmp_path / 'train'),
+      '--data_url=http://127.0.0.1:9/cifar-10-binary.tar.gz',
+      *quick_args(data_dir))
+  assert result.returncode == 1
+  assert result.stdout == ('>> %s: data_batch_3.bin missing; fetching the '
+                           'archive.\n' % batches_dir)
+  assert result.stderr.startswith('Error: could not download ')
+  assert _snapshot(data_dir) == before
+
+
+# Bad directories.
+
+
+@pytest.mark.parametrize('script, flag, more_flags', [
+    ('cifar10_train.py', 'train_dir', []),
+    ('cifar10_eval.py', 'eval_dir', ['--checkpoint_dir=/nonexistent']),
+])
+def test_a_directory_that_cannot_be_written(script, flag, more_flags, data_dir,
+                                            tmp_path):
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('not a directory')
+  result = run_script(script, '--%s=%s/sub' % (flag, blocker), *more_flags,
+                      *quick_args(data_dir))
+  assert result.returncode == 1
+  assert result.stderr == ('Error: --%s=%s/sub cannot be created: Not a '
+                           'directory.\n' % (flag, blocker))
+  assert blocker.read_text() == 'not a directory'
+
+
+def test_a_directory_that_exists_but_cannot_be_written(tmp_path):
+  if os.geteuid() == 0:
+    read_only = '/sys'  # Root may write anywhere, but not into sysfs.
+  else:
+    read_only = str(tmp_path / 'read_only')
+    os.makedirs(read_only, mode=0o555)
+  with pytest.raises(cifar10_common.UserError) as error:
+    cifar10_common.ensure_writable_dir(read_only, 'eval_dir')
+  assert str(error.value) == (
+      '--eval_dir=%s is not writable: Permission denied.' % read_only)
+
+
+# Bad checkpoints.
+
+
+def _save_other_model(directory):
+  """A checkpoint of another model: a conv1 of 32 filters of 3x3."""
+  with tf.Graph().as_default():
+    global_step = tf.train.get_or_create_global_step()
+    weights = tf.get_variable('conv1/weights', [3, 3, 3, 32])
+    averages = tf.train.ExponentialMovingAverage(0.9999, global_step)
+    averages.apply([weights])
+    with tf.Session() as sess:
+      sess.run(tf.global_variables_initializer())
+      return tf.train.Saver().save(sess, os.path.join(directory, 'model.ckpt'),
+                                   global_step=7)
+
+
+def test_evaluating_another_models_checkpoint(data_dir, tmp_path):
+  other = _save_other_model(str(tmp_path / 'other'))
+  result = run_script('cifar10_eval.py', '--run_once',
+                      '--checkpoint_dir=' + str(tmp_path / 'other'),
+                      '--eval_dir=' + str(tmp_path / 'eval'),
+                      *quick_args(data_dir))
+  assert result.returncode == 1
+  assert result.stderr == (
+      'Error: checkpoint %s is not one of this model: it has no '
+      'conv1/biases/ExponentialMovingAverage (nor 8 other variables).\n' %
+      other)
+
+
+def test_training_on_another_models_checkpoint(quick_flags, tmp_path):
+  other = _save_other_model(FLAGS.train_dir)
+  before = _snapshot(FLAGS.train_dir)
+  with pytest.raises(cifar10_common.CheckpointError) as error:
+    cifar10_train.train()
+  assert str(error.value) == (
+      '--train_dir=%s holds checkpoints of another model: checkpoint %s is '
+      'not one of this model: it has no conv1/biases (nor 21 other '
+      'variables). Train in another --train_dir.' % (FLAGS.train_dir, other))
+  assert _snapshot(FLAGS.train_dir) == before
+
+
+def test_evaluating_a_corrupt_checkpoint(trained, tmp_path):
+  data_dir, _, _ = trained
+  train_dir = _copy_trained(trained, tmp_path)
+  newest = os.path.join(train_dir, 'model.ckpt-%d' % TRAINED_STEPS)
+  with open(newest + '.index', 'r+b') as f:
+    f.seek(100)
+    f.write(b'\xff' * 64)
+  result = run_script('cifar10_eval.py', '--run_once',
+                      '--checkpoint_dir=' + train_dir,
+                      '--eval_dir=' + str(tmp_path / 'eval'),
+                      *quick_args(data_dir))
+  assert result.returncode == 1
+  assert result.stderr.startswith('Error: checkpoint %s cannot be read: ' %
+                                  newest)
+  assert len(result.stderr.splitlines()) == 1
+
+
+def test_evaluation_stops_cleanly_while_waiting(tmp_path, data_dir, processes):
+  evaluation = processes('cifar10_eval.py',
+                         '--checkpoint_dir=' + str(tmp_path / 'none'),
+                         '--eval_dir=' + str(tmp_path / 'eval'),
+                         *quick_args(data_dir))
+  evaluation.wait_for_line(r'.*no checkpoint in --checkpoint_dir=')
+  started = time.time()
+  os.kill(evaluation.process.pid, signal.SIGTERM)
+  assert evaluation.finish() == 128 + signal.SIGTERM
+  assert time.time() - started < 10  # Not after the 300 s interval.
+  assert evaluation.stderr() == ''
+  assert evaluation.lines[-1] == 'Evaluation stopped by SIGTERM.'
