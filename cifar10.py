@@ -373,7 +373,10 @@ def add_loss_summaries(total_loss, losses=None):
     loss_averages_op: op for generating moving averages of losses.
   """
   # Compute the moving average of all individual losses and the total loss.
+  # Zero-debiased: the averages start at the first losses, not at 0 (which
+  # would make the curves climb for the first 20 or so steps).
   loss_averages = tf.train.ExponentialMovingAverage(LOSS_AVERAGE_DECAY,
+                                                    zero_debias=True,
                                                     name='avg')
   if losses is None:
     losses = tf.get_collection('losses')
@@ -385,7 +388,10 @@ def add_loss_summaries(total_loss, losses=None):
     # Name each loss as '(raw)' and name the moving average version of the loss
     # as the original loss name.
     scalar_summary(l.op.name + ' (raw)', l)
-    scalar_summary(l.op.name, loss_averages.average(l))
+    # Read once this step's loss is in the average (at the first step, the
+    # average would be read as 0 otherwise).
+    with tf.control_dependencies([loss_averages_op]):
+      scalar_summary(l.op.name, tf.identity(loss_averages.average(l)))
 
   return loss_averages_op
 

@@ -36,6 +36,7 @@ it evaluates each new checkpoint as training writes it, checking every
 --eval_interval_secs.
 """
 
+import collections
 from datetime import datetime
 import time
 
@@ -84,16 +85,20 @@ def checkpoint_step(checkpoint_path):
         (checkpoint_path, cifar10_common.first_line(e))) from None
 
 
-def eval_once(saver, summary_writer, top_k_op, summary_op, local_init_op,
-              checkpoint_path, num_examples, stop):
+# The ops of one evaluation pass.
+EvalOps = collections.namedtuple(
+    'EvalOps', ['top_k', 'labels', 'summary', 'local_init'])
+
+
+def eval_once(saver, summary_writer, eval_ops, checkpoint_path, num_examples,
+              stop):
   """Run Eval once.
 
   Args:
     saver: Saver of the moving averages, as the model's variables.
     summary_writer: Summary writer.
-    top_k_op: Top K op.
-    summary_op: Summary op.
-    local_init_op: Initialises the input pipeline's epoch counter.
+    eval_ops: EvalOps: whether each prediction is right, the labels, the
+      summaries, the initialiser of the input's epoch counter.
     checkpoint_path: The checkpoint to evaluate.
     num_examples: The number of images the pass must see.
     stop: cifar10_common.StopSignals; a signal abandons the pass.
@@ -117,23 +122,26 @@ def eval_once(saver, summary_writer, top_k_op, summary_op, local_init_op,
       raise cifar10_common.CheckpointError(
           'checkpoint %s cannot be restored into this model: %s' %
           (checkpoint_path, cifar10_common.first_line(e))) from None
-    sess.run(local_init_op)
+    sess.run(eval_ops.local_init)
 
     # Start the queue runners.
     coord = tf.train.Coordinator()
     threads = tf.train.start_queue_runners(sess=sess, coord=coord)
-    true_count = 0  # Counts the number of correct predictions.
-    total_sample_count = 0
+    num_classes = cifar10_input.NUM_CLASSES
+    correct_by_class = np.zeros(num_classes, dtype=np.int64)
+    total_by_class = np.zeros(num_classes, dtype=np.int64)
     summary_str = None
     try:
       while not coord.should_stop() and not stop.received:
         if summary_str is None:
           # The summaries read a batch too: take them with the first one.
-          predictions, summary_str = sess.run([top_k_op, summary_op])
+          predictions, labels, summary_str = sess.run(
+              [eval_ops.top_k, eval_ops.labels, eval_ops.summary])
         else:
-          predictions = sess.run(top_k_op)
-        true_count += np.sum(predictions)
-        total_sample_count += len(predictions)
+          predictions, labels = sess.run([eval_ops.top_k, eval_ops.labels])
+        correct_by_class += np.bincount(labels[predictions],
+                                        minlength=num_classes)
+        total_by_class += np.bincount(labels, minlength=num_classes)
     except tf.errors.OutOfRangeError:
       pass  # Every image has been seen once.
     finally:
@@ -142,18 +150,29 @@ def eval_once(saver, summary_writer, top_k_op, summary_op, local_init_op,
   if stop.received:
     return None
 
+  true_count = correct_by_class.sum()  # The number of correct predictions.
+  total_sample_count = total_by_class.sum()
   if total_sample_count != num_examples:
     raise RuntimeError('evaluated %d images, but the data holds %d.' %
                        (total_sample_count, num_examples))
   # Compute precision @ 1.
   precision = true_count / total_sample_count
+  precision_by_class = correct_by_class / np.maximum(total_by_class, 1)
   print('%s: precision @ 1 = %.3f (%d of %d images, step %d)' %
         (datetime.now(), precision, true_count, total_sample_count,
          global_step), flush=True)
+  print('  by class: ' + ', '.join(
+      '%s %.3f' % (name, class_precision) for name, class_precision in zip(
+          cifar10_input.CLASS_NAMES, precision_by_class)), flush=True)
 
   summary = tf.Summary()
   summary.ParseFromString(summary_str)
   summary.value.add(tag='Precision @ 1', simple_value=precision)
+  for name, class_precision, count in zip(
+      cifar10_input.CLASS_NAMES, precision_by_class, total_by_class):
+    if count:  # A class with no test image has no precision.
+      summary.value.add(tag='Precision @ 1 by class/' + name,
+                        simple_value=class_precision)
   summary_writer.add_summary(summary, global_step)
   summary_writer.flush()
   return precision
@@ -191,8 +210,9 @@ def evaluate():
                        for name, v in variables_to_restore.items()}
 
     # Build the summary operation based on the TF collection of Summaries.
-    summary_op = tf.summary.merge_all()
-    local_init_op = tf.local_variables_initializer()
+    eval_ops = EvalOps(top_k=top_k_op, labels=labels,
+                       summary=tf.summary.merge_all(),
+                       local_init=tf.local_variables_initializer())
 
     summary_writer = tf.summary.FileWriter(FLAGS.eval_dir, g)
 
@@ -210,9 +230,8 @@ def evaluate():
         elif checkpoint_path not in evaluated:
           try:
             cifar10_common.check_checkpoint(checkpoint_path, expected_shapes)
-            if eval_once(saver, summary_writer, top_k_op, summary_op,
-                         local_init_op, checkpoint_path, num_examples,
-                         stop) is not None:
+            if eval_once(saver, summary_writer, eval_ops, checkpoint_path,
+                         num_examples, stop) is not None:
               evaluated.add(checkpoint_path)
           except cifar10_common.CheckpointUnreadable as e:
             if FLAGS.run_once:

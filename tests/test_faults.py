@@ -197,9 +197,10 @@ def test_evaluation_skips_a_checkpoint_deleted_before_it_is_read(
   assert re.match(r'^[\d:. -]+: skipping checkpoint %s cannot be read: .+; '
                   r'waiting for the next checkpoint\.$' % newest, lines[0])
   assert helpers.EVAL_LINE.match(lines[1]).group(4) == str(TRAINED_STEPS)
-  assert lines[2] == ('Caught SIGINT: stopping cleanly (send it again to '
+  assert lines[2].startswith('  by class: airplane ')
+  assert lines[3] == ('Caught SIGINT: stopping cleanly (send it again to '
                       'stop at once).')
-  assert len(lines) == 3  # The new checkpoint was evaluated once.
+  assert len(lines) == 4  # The new checkpoint was evaluated once.
   assert looks[1:] == [os.path.join(FLAGS.checkpoint_dir,
                                     'model.ckpt-999')] * 3
 
@@ -387,7 +388,7 @@ def test_training_on_another_models_checkpoint(quick_flags, tmp_path):
     cifar10_train.train()
   assert str(error.value) == (
       '--train_dir=%s holds checkpoints of another model: checkpoint %s is '
-      'not one of this model: it has no conv1/biases (nor 21 other '
+      'not one of this model: it has no conv1/biases (nor 29 other '
       'variables). Train in another --train_dir.' % (FLAGS.train_dir, other))
   assert _snapshot(FLAGS.train_dir) == before
 

@@ -90,7 +90,7 @@ def test_evaluation_of_the_moving_averages_counts_every_test_record(
   FLAGS.run_once = True
   cifar10_eval.evaluate()
   lines = capsys.readouterr().out.splitlines()
-  assert len(lines) == 1
+  assert len(lines) == 2
   match = EVAL_LINE.match(lines[0])
   assert match, lines
   precision, correct, total, step = match.groups()
@@ -162,7 +162,10 @@ def test_scripts_train_then_evaluate_with_clean_output(data_dir, tmp_path):
                            '--eval_dir=' + str(tmp_path / 'eval'), *common)
   assert evaluation.returncode == 0, evaluation.stderr
   assert evaluation.stderr == ''
-  match = EVAL_LINE.match(evaluation.stdout.strip())
+  lines = evaluation.stdout.splitlines()
+  assert len(lines) == 2
+  assert lines[1].startswith('  by class: airplane ')
+  match = EVAL_LINE.match(lines[0])
   assert match, evaluation.stdout
   assert match.group(3, 4) == ('250', '20')
 

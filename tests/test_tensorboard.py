@@ -1,0 +1,274 @@
+"""What TensorBoard shows: the event files, and a real TensorBoard serving them."""
+
+import collections
+import contextlib
+import glob
+import io
+import json
+import math
+import os
+import re
+import struct
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+from absl.testing import flagsaver
+import numpy as np
+import pytest
+
+import cifar10_eval
+import cifar10_input
+import cifar10_multi_gpu_train
+import cifar10_train
+from cifar10_common import tf
+import cifar_data
+from conftest import FLAGS
+from conftest import SMALL_QUEUE_FRACTION
+
+STEPS = 30
+SUMMARY_STEPS = [1, 11, 21]  # Every 10 steps; each labelled with the step it ends.
+LAYERS = ['conv1', 'conv2', 'local3', 'local4', 'softmax_linear']
+LOSSES = ['cross_entropy', 'local3/weight_loss', 'local4/weight_loss',
+          'total_loss']
+TRAIN_SCALARS = (
+    {'learning_rate', 'examples_per_sec'} |
+    {loss for loss in LOSSES} | {loss + ' (raw)' for loss in LOSSES} |
+    {'%s/%s/sparsity' % (layer, layer) for layer in LAYERS})
+# The input queues report how full they are (tf.train's own summaries).
+QUEUE_SCALAR = re.compile(r'^(input_producer|shuffle_batch|batch_prefetch)/'
+                          r'fraction_\w+_full$')
+HISTOGRAMS = (
+    {'%s/%s/activations' % (layer, layer) for layer in LAYERS} |
+    {'%s/%s' % (layer, part) for layer in LAYERS
+     for part in ['weights', 'biases']} |
+    {'%s/%s/gradients' % (layer, part) for layer in LAYERS
+     for part in ['weights', 'biases']})
+IMAGES = {'images/image/0', 'images/image/1', 'images/image/2'}
+
+
+def _read_events(log_dir):
+  """{'scalars'|'histograms'|'images': {tag: [(step, value)]}}, graphs."""
+  found = collections.defaultdict(lambda: collections.defaultdict(list))
+  graphs = 0
+  for path in sorted(glob.glob(os.path.join(log_dir, 'events.out.tfevents.*'))):
+    for event in tf.train.summary_iterator(path):
+      graphs += event.HasField('graph_def')
+      for value in event.summary.value:
+        kind = value.WhichOneof('value')
+        if kind == 'simple_value':
+          found['scalars'][value.tag].append((event.step, value.simple_value))
+        elif kind == 'histo':
+          found['histograms'][value.tag].append((event.step, value.histo))
+        elif kind == 'image':
+          found['images'][value.tag].append((event.step, value.image))
+  return found, graphs
+
+
+def _png_size(png):
+  """(width, height, colour type) of PNG bytes."""
+  assert png[:8] == b'\x89PNG\r\n\x1a\n'
+  width, height, _, colour_type = struct.unpack('>IIBB', png[16:26])
+  return width, height, colour_type
+
+
+@pytest.fixture(scope='module')
+def logs(tmp_path_factory):
+  """A short training and one evaluation (and a two-tower training)."""
+  root = str(tmp_path_factory.mktemp('tensorboard'))
+  data_dir = os.path.join(root, 'data')
+  cifar_data.make_data_dir(data_dir)
+  printed = io.StringIO()
+  with flagsaver.flagsaver(), contextlib.redirect_stdout(printed):
+    FLAGS.data_dir = data_dir
+    FLAGS.batch_size = 16
+    FLAGS.min_fraction_of_examples_in_queue = SMALL_QUEUE_FRACTION
+    FLAGS.max_steps = STEPS
+    FLAGS.save_summaries_steps = 10
+    FLAGS.log_frequency = 10
+    FLAGS.train_dir = os.path.join(root, 'logs', 'train')
+    cifar10_train.train()
+    FLAGS.checkpoint_dir = FLAGS.train_dir
+    FLAGS.eval_dir = os.path.join(root, 'logs', 'eval')
+    FLAGS.run_once = True
+    cifar10_eval.evaluate()
+    FLAGS.train_dir = os.path.join(root, 'multi', 'train')
+    FLAGS.max_steps = 20
+    cifar10_multi_gpu_train.train(
+        devices=['/cpu:0', '/cpu:1'],
+        config=tf.ConfigProto(device_count={'CPU': 2},
+                              allow_soft_placement=True))
+  labels = np.fromfile(os.path.join(data_dir, 'cifar-10-batches-bin',
+                                    'test_batch.bin'), np.uint8)[::3073]
+  return dict(root=root, printed=printed.getvalue().splitlines(),
+              test_labels=labels,
+              train=_read_events(os.path.join(root, 'logs', 'train')),
+              eval=_read_events(os.path.join(root, 'logs', 'eval')),
+              multi=_read_events(os.path.join(root, 'multi', 'train')))
+
+
+def test_training_events_hold_what_the_tutorial_promises(logs):
+  events, graphs = logs['train']
+  assert graphs >= 1
+  scalars = events['scalars']
+  assert {t for t in scalars if not QUEUE_SCALAR.match(t)} == TRAIN_SCALARS
+  assert set(events['histograms']) == HISTOGRAMS
+  assert set(events['images']) == IMAGES
+
+  for tag, points in scalars.items():
+    assert all(math.isfinite(value) for _, value in points), tag
+    if tag != 'examples_per_sec':
+      assert [step for step, _ in points] == SUMMARY_STEPS, tag
+  assert [step for step, _ in scalars['examples_per_sec']] == [10, 20, 30]
+  assert all(value > 0 for _, value in scalars['examples_per_sec'])
+  assert [value for _, value in scalars['learning_rate']] == pytest.approx(
+      [0.1] * 3)
+  # After one step, a loss's average is that step's loss.
+  for loss in LOSSES:
+    assert scalars[loss][0][1] == pytest.approx(scalars[loss + ' (raw)'][0][1],
+                                                rel=1e-5)
+  for layer in LAYERS:
+    for _, sparsity in scalars['%s/%s/sparsity' % (layer, layer)]:
+      assert 0 <= sparsity <= 1
+
+  for tag, points in events['histograms'].items():
+    assert [step for step, _ in points] == SUMMARY_STEPS, tag
+    for _, histogram in points:
+      assert histogram.num > 0 and math.isfinite(histogram.sum), tag
+  assert events['histograms']['conv1/conv1/activations'][0][1].num == (
+      16 * 24 * 24 * 64)
+  assert events['histograms']['local3/weights'][0][1].num == 2304 * 384
+
+  for tag, points in events['images'].items():
+    assert [step for step, _ in points] == SUMMARY_STEPS
+    for _, image in points:
+      assert (image.height, image.width, image.colorspace) == (24, 24, 3)
+      assert _png_size(image.encoded_image_string) == (24, 24, 2)  # RGB.
+
+
+def test_evaluation_events_line_up_with_training_steps(logs):
+  events, _ = logs['eval']
+  scalars = events['scalars']
+  precision_line = [l for l in logs['printed'] if 'precision @ 1 = ' in l][0]
+  assert scalars['Precision @ 1'] == [
+      (STEPS, pytest.approx(float(precision_line.split('= ')[1][:5]),
+                            abs=5e-4))]
+  by_class = {tag.split('/')[1]: points for tag, points in scalars.items()
+              if tag.startswith('Precision @ 1 by class/')}
+  assert sorted(by_class) == sorted(cifar10_input.CLASS_NAMES)
+  # The classes' precisions, weighted by their counts, make the precision.
+  counts = np.bincount(logs['test_labels'], minlength=10)
+  weighted = sum(by_class[name][0][1] * counts[i]
+                 for i, name in enumerate(cifar10_input.CLASS_NAMES))
+  assert weighted / counts.sum() == pytest.approx(
+      scalars['Precision @ 1'][0][1], abs=1e-5)
+  for points in by_class.values():
+    assert [step for step, _ in points] == [STEPS]
+    assert 0 <= points[0][1] <= 1
+  printed_by_class = [l for l in logs['printed'] if l.startswith('  by class:')]
+  assert printed_by_class == ['  by class: ' + ', '.join(
+      '%s %.3f' % (name, by_class[name][0][1])
+      for name in cifar10_input.CLASS_NAMES)]
+
+
+def test_multi_device_training_writes_the_same_tags(logs):
+  single, _ = logs['train']
+  multi, graphs = logs['multi']
+  assert graphs >= 1
+  for kind in ['scalars', 'histograms', 'images']:
+    tags = {t for t in multi[kind] if not QUEUE_SCALAR.match(t)}
+    assert tags == {t for t in single[kind] if not QUEUE_SCALAR.match(t)}
+    assert not [t for t in multi[kind] if 'tower' in t]
+  assert 'batch_prefetch/fraction_of_4_full' in multi['scalars']
+
+
+class _TensorBoard(object):
+  """A real TensorBoard on 127.0.0.1, on a port of its choosing."""
+
+  def __init__(self, log_dir, timeout=60):
+    self.process = subprocess.Popen(
+        [sys.executable, '-m', 'tensorboard.main', '--logdir', log_dir,
+         '--host', '127.0.0.1', '--port', '0', '--load_fast=false',
+         '--reload_interval=1'],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    self.output = []
+    deadline = time.time() + timeout
+    while True:  # It says where it listens; wait for that line, not longer.
+      line = self.process.stdout.readline()
+      if line:
+        self.output.append(line)
+      match = re.search(r'TensorBoard [\d.]+ at (http://127\.0\.0\.1:\d+)/',
+                        line)
+      if match:
+        self.url = match.group(1)
+        break
+      if not line or time.time() > deadline:
+        self.stop()
+        raise AssertionError('TensorBoard did not start in %d s:\n%s' %
+                             (timeout, ''.join(self.output)))
+
+  def get(self, path, raw=False, **params):
+    """GETs `path` with the query `params`: JSON, or the bytes if `raw`."""
+    url = self.url + path + ('?' + urllib.parse.urlencode(params)
+                             if params else '')
+    with urllib.request.urlopen(url, timeout=30) as response:
+      body = response.read()
+    return body if raw else json.loads(body)
+
+  def wait_for(self, path, ready, timeout=60):
+    """GETs `path` until `ready(data)`, for at most `timeout` seconds."""
+    deadline = time.time() + timeout
+    while True:
+      data = self.get(path)
+      if ready(data):
+        return data
+      if time.time() > deadline or self.process.poll() is not None:
+        raise AssertionError('TensorBoard never served %s as expected; last: '
+                             '%r' % (path, data))
+      time.sleep(0.5)
+
+  def stop(self):
+    self.process.terminate()
+    try:
+      self.process.wait(10)
+    except subprocess.TimeoutExpired:
+      self.process.kill()
+      self.process.wait(10)
+
+
+def test_a_real_tensorboard_serves_the_runs(logs):
+  events, _ = logs['train']
+  eval_events, _ = logs['eval']
+  board = _TensorBoard(os.path.join(logs['root'], 'logs'))
+  try:
+    assert sorted(board.wait_for(
+        '/data/runs', lambda runs: {'train', 'eval'} <= set(runs))) == [
+            'eval', 'train']
+    tags = board.wait_for(
+        '/data/plugin/scalars/tags',
+        lambda tags: 'Precision @ 1' in tags.get('eval', {}) and
+        'total_loss' in tags.get('train', {}))
+    assert TRAIN_SCALARS <= set(tags['train'])
+
+    for run, tag, expected in [
+        ('train', 'total_loss', events['scalars']['total_loss']),
+        ('train', 'total_loss (raw)', events['scalars']['total_loss (raw)']),
+        ('train', 'learning_rate', events['scalars']['learning_rate']),
+        ('eval', 'Precision @ 1', eval_events['scalars']['Precision @ 1'])]:
+      served = board.get('/data/plugin/scalars/scalars', run=run, tag=tag)
+      assert [(step, value) for _, step, value in served] == [
+          (step, pytest.approx(value, rel=1e-6)) for step, value in expected]
+
+    histogram_tags = board.get('/data/plugin/histograms/tags')['train']
+    assert HISTOGRAMS <= set(histogram_tags)
+
+    images = board.get('/data/plugin/images/images', run='train',
+                       tag='images/image/0', sample=0)
+    assert [image['step'] for image in images] == SUMMARY_STEPS
+    png = board.get('/data/plugin/images/individualImage?' +
+                    images[-1]['query'], raw=True)
+    assert _png_size(png) == (24, 24, 2)
+  finally:
+    board.stop()
