@@ -127,6 +127,7 @@ def eval_once(saver, summary_writer, eval_ops, checkpoint_path, num_examples,
     # Start the queue runners.
     coord = tf.train.Coordinator()
     threads = tf.train.start_queue_runners(sess=sess, coord=coord)
+    start_time = time.time()
     num_classes = cifar10_input.NUM_CLASSES
     correct_by_class = np.zeros(num_classes, dtype=np.int64)
     total_by_class = np.zeros(num_classes, dtype=np.int64)
@@ -145,6 +146,7 @@ def eval_once(saver, summary_writer, eval_ops, checkpoint_path, num_examples,
     except tf.errors.OutOfRangeError:
       pass  # Every image has been seen once.
     finally:
+      duration = time.time() - start_time
       coord.request_stop()
       coord.join(threads, stop_grace_period_secs=10)
   if stop.received:
@@ -158,9 +160,9 @@ def eval_once(saver, summary_writer, eval_ops, checkpoint_path, num_examples,
   # Compute precision @ 1.
   precision = true_count / total_sample_count
   precision_by_class = correct_by_class / np.maximum(total_by_class, 1)
-  print('%s: precision @ 1 = %.3f (%d of %d images, step %d)' %
-        (datetime.now(), precision, true_count, total_sample_count,
-         global_step), flush=True)
+  print('%s: precision @ 1 = %.3f (%d of %d images, step %d; %.1f images/sec)'
+        % (datetime.now(), precision, true_count, total_sample_count,
+           global_step, total_sample_count / duration), flush=True)
   print('  by class: ' + ', '.join(
       '%s %.3f' % (name, class_precision) for name, class_precision in zip(
           cifar10_input.CLASS_NAMES, precision_by_class)), flush=True)

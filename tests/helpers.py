@@ -18,7 +18,7 @@ LOG_LINE = re.compile(
     r'\((\d+\.\d) examples/sec; (\d+\.\d{3}) sec/batch\)$')
 EVAL_LINE = re.compile(
     r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}: precision @ 1 = (\d\.\d{3}) '
-    r'\((\d+) of (\d+) images, step (\d+)\)$')
+    r'\((\d+) of (\d+) images, step (\d+); (\d+\.\d) images/sec\)$')
 
 
 def cross_entropy_on_test_set(checkpoint_path):

@@ -140,7 +140,7 @@ def test_evaluation_beside_training_evaluates_each_checkpoint_once(
                         '--max_steps=80', '--save_checkpoint_secs=1',
                         *quick_args(data_dir))
   assert training.returncode == 0, training.stderr
-  evaluation.wait_for_line(r'.*precision @ 1 = .*, step 80\)$')
+  evaluation.wait_for_line(r'.*precision @ 1 = .*, step 80; .*')
   time.sleep(2.5)  # Two more looks at the checkpoints: nothing new to do.
   os.kill(evaluation.process.pid, signal.SIGTERM)
   assert evaluation.finish() == 128 + signal.SIGTERM

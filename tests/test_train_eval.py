@@ -93,7 +93,8 @@ def test_evaluation_of_the_moving_averages_counts_every_test_record(
   assert len(lines) == 2
   match = EVAL_LINE.match(lines[0])
   assert match, lines
-  precision, correct, total, step = match.groups()
+  precision, correct, total, step, images_per_sec = match.groups()
+  assert float(images_per_sec) > 0
   assert (int(total), int(step)) == (250, TRAINED_STEPS)
   assert float(precision) == pytest.approx(int(correct) / 250, abs=5e-4)
   assert float(precision) > 0.5  # Ten classes: chance is 0.1.
