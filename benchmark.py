@@ -17,9 +17,15 @@ threads or memory:
 - the machine's ceiling: float32 matrix multiply GFLOP/s (numpy, a large
   matmul), and the training FLOP rate as a share of it.
 
-It prints a table and writes the figures as JSON (--json).
+It prints a table, checks the speed targets, and writes the figures as JSON
+(--json). With --compare_with=REVISION it measures that git revision too, in
+turn with this checkout (each measurement of one, then of the other), for a
+before/after table from one run; --repeats=N runs everything N times and
+reports medians.
 """
 
+import collections
+import io
 import json
 import os
 import platform
@@ -27,6 +33,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 
@@ -46,6 +53,11 @@ flags.DEFINE_integer('steps', 300, 'Training steps of each training run.',
 flags.DEFINE_integer('warmup_steps', 50, 'Training steps not measured.',
                      lower_bound=10)
 flags.DEFINE_string('json', 'benchmark.json', 'Where to write the figures.')
+flags.DEFINE_string('compare_with', None,
+                    'A git revision to measure too, in turn with this '
+                    'checkout, for a before/after table.')
+flags.DEFINE_integer('repeats', 1, 'Runs of each measurement; the table '
+                     'shows their medians.', lower_bound=1)
 flags.DEFINE_enum('measure', None,
                   ['model_alone', 'forward_alone', 'input_alone'],
                   'Internal: measure one thing in this process, print JSON.')
@@ -155,13 +167,13 @@ def _timed(function):
   return time.perf_counter() - start
 
 
-def _run_measurement(kind, data_dir):
-  """Runs `--measure=kind` in a fresh process; returns its figures."""
+def _run_measurement(tree, kind, data_dir):
+  """Runs `--measure=kind` in a fresh process of `tree`; returns its figures."""
   output = subprocess.run(
-      [sys.executable, os.path.abspath(__file__), '--measure=' + kind,
+      [sys.executable, os.path.join(tree, 'benchmark.py'), '--measure=' + kind,
        '--data_dir=' + data_dir, '--steps=%d' % FLAGS.steps,
        '--batch_size=%d' % FLAGS.batch_size],
-      cwd=REPO_DIR, capture_output=True, text=True, check=False)
+      cwd=tree, capture_output=True, text=True, check=False)
   if output.returncode:
     raise RuntimeError('%s failed:\n%s' % (kind, output.stderr))
   return json.loads(output.stdout.strip().splitlines()[-1])
@@ -172,16 +184,17 @@ _EVAL_LINE = re.compile(r'.*: precision @ 1 = .* images, step \d+; '
                         r'([\d.]+) images/sec\)$')
 
 
-def _run_script(script, args):
-  """Runs a script; returns (stdout lines, seconds to the first step, peak RSS).
+def _run_script(tree, script, args):
+  """Runs a script of `tree`; returns (stdout lines, secs to first step, RSS).
 
   The first step's time is when its 'first step done' line is read, from
-  the launch: imports, graph building and the queue warm-up included.
+  the launch: imports, graph building and the queue warm-up included. The
+  peak resident memory is the process's own (wait4), in bytes.
   """
   start = time.perf_counter()
-  process = subprocess.Popen([sys.executable, script] + args, cwd=REPO_DIR,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+  process = subprocess.Popen([sys.executable, os.path.join(tree, script)] +
+                             args, cwd=tree, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
   lines = []
   first_step_secs = None
   for line in process.stdout:
@@ -196,19 +209,17 @@ def _run_script(script, args):
   return lines, first_step_secs, usage.ru_maxrss * 1024
 
 
-def _training_figures(script, extra_args, data_dir, work_dir):
-  """Runs a training script; returns its figures and train dir."""
-  train_dir = os.path.join(work_dir, os.path.splitext(script)[0])
+def _training_figures(tree, script, extra_args, data_dir, train_dir):
+  """Runs a training script; returns its figures."""
   lines, first_step_secs, peak_rss = _run_script(
-      script, ['--data_dir=' + data_dir, '--train_dir=' + train_dir,
-               '--max_steps=%d' % FLAGS.steps, '--log_frequency=10',
-               '--batch_size=%d' % FLAGS.batch_size] + extra_args)
+      tree, script, ['--data_dir=' + data_dir, '--train_dir=' + train_dir,
+                     '--max_steps=%d' % FLAGS.steps, '--log_frequency=10',
+                     '--batch_size=%d' % FLAGS.batch_size] + extra_args)
   rates = [float(m.group(2)) for m in map(_LOG_LINE.match, lines)
            if m and int(m.group(1)) > FLAGS.warmup_steps]
   return {'examples_per_sec': float(np.median(rates)),
-          'log_lines': len(rates),
           'first_step_secs': first_step_secs,
-          'peak_rss_bytes': peak_rss}, train_dir
+          'peak_rss_mb': peak_rss / 1e6}
 
 
 def _describe_machine():
@@ -219,8 +230,93 @@ def _describe_machine():
       model = re.search(r'model name\s*: (.*)', f.read()).group(1)
   except (OSError, AttributeError):
     pass
-  return {'cpu': model, 'cores': os.cpu_count(), 'python': platform.python_version(),
+  return {'cpu': model, 'cores': os.cpu_count(),
+          'python': platform.python_version(),
           'tensorflow': tf.version.VERSION}
+
+
+def _checkout(revision, work_dir):
+  """The files of `revision` in a folder, with this benchmark.py beside them.
+
+  The measurement processes started there import that revision's modules,
+  and measure them with the same code as the current ones.
+  """
+  tree = os.path.join(work_dir, 'tree_' + re.sub(r'\W', '_', revision))
+  os.makedirs(tree)
+  archive = subprocess.run(['git', 'archive', '--format=tar', revision],
+                           cwd=REPO_DIR, capture_output=True, check=False)
+  if archive.returncode:
+    raise cifar10_common.UserError('--compare_with=%s: %s' % (
+        revision, archive.stderr.decode().strip()))
+  with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+    tar.extractall(tree, filter='data')
+  shutil.copy(os.path.abspath(__file__), tree)
+  return tree
+
+
+def _measure_tree(tree, data_dir, work_dir):
+  """Every figure of one tree: a generator of (name, value), one at a time.
+
+  Yielding lets the caller interleave the trees, measurement by measurement.
+  """
+  train_dir = tempfile.mkdtemp(dir=work_dir)
+  training = _training_figures(tree, 'cifar10_train.py', [], data_dir,
+                               train_dir)
+  yield 'training_examples_per_sec', training['examples_per_sec']
+  yield 'first_step_secs', training['first_step_secs']
+  yield 'peak_rss_mb', training['peak_rss_mb']
+  eval_lines, _, _ = _run_script(
+      tree, 'cifar10_eval.py', [
+          '--data_dir=' + data_dir, '--run_once',
+          '--checkpoint_dir=' + train_dir,
+          '--eval_dir=' + tempfile.mkdtemp(dir=work_dir),
+          '--batch_size=%d' % FLAGS.batch_size])
+  yield 'evaluation_images_per_sec', float(
+      [m for m in map(_EVAL_LINE.match, eval_lines) if m][0].group(1))
+  for kind in ['model_alone', 'forward_alone', 'input_alone']:
+    yield kind + '_per_sec', _run_measurement(tree, kind, data_dir)['per_sec']
+  two_towers = _training_figures(tree, 'cifar10_multi_gpu_train.py',
+                                 ['--num_gpus=2'], data_dir,
+                                 tempfile.mkdtemp(dir=work_dir))
+  yield 'two_tower_examples_per_sec', two_towers['examples_per_sec']
+
+
+# name, unit, label: the rows of the table, in order.
+_ROWS = [
+    ('training_examples_per_sec', 'examples/sec',
+     'training, real input pipeline'),
+    ('first_step_secs', 's', '  launch to first step (queue fill included)'),
+    ('peak_rss_mb', 'MB', '  peak resident memory'),
+    ('model_alone_per_sec', 'examples/sec', 'training step alone, in memory'),
+    ('input_alone_per_sec', 'images/sec', 'input pipeline alone'),
+    ('evaluation_images_per_sec', 'images/sec', 'evaluation, whole test set'),
+    ('forward_alone_per_sec', 'images/sec', 'forward pass alone, in memory'),
+    ('two_tower_examples_per_sec', 'examples/sec', 'two-tower training'),
+    ('training_gflops', 'GFLOP/s', 'training FLOP rate'),
+    ('share_of_matmul', '%', '  as a share of the matmul rate'),
+]
+
+
+def _targets(figures, matmul_gflops):
+  """The speed targets, each (text, met?), for one tree's figures."""
+  training = figures['training_examples_per_sec']
+  return [
+      ('training >= 55%% of the matmul rate (%.0f%%)' %
+       (100 * figures['share_of_matmul']), figures['share_of_matmul'] >= 0.55),
+      ('training within 5%% of the step alone (%.1f%% below)' %
+       (100 * (1 - training / figures['model_alone_per_sec'])),
+       training >= 0.95 * figures['model_alone_per_sec']),
+      ('evaluation >= 3,000 images/sec (%.0f)' %
+       figures['evaluation_images_per_sec'],
+       figures['evaluation_images_per_sec'] >= 3000),
+      ('launch to first step <= 10 s (%.1f s)' % figures['first_step_secs'],
+       figures['first_step_secs'] <= 10),
+      ('peak resident memory <= 1 GB (%.0f MB)' % figures['peak_rss_mb'],
+       figures['peak_rss_mb'] <= 1000),
+      ('two towers no more than 5%% slower than one (%+.1f%%)' %
+       (100 * (figures['two_tower_examples_per_sec'] / training - 1)),
+       figures['two_tower_examples_per_sec'] >= 0.95 * training),
+  ]
 
 
 def run_benchmark():
@@ -232,66 +328,75 @@ def run_benchmark():
     if not real_data:
       data_dir = os.path.join(work_dir, 'data')
       _write_synthetic_data(data_dir)
-    results = {'machine': _describe_machine(),
-               'data': 'real: ' + data_dir if real_data else 'synthetic',
-               'batch_size': FLAGS.batch_size, 'steps': FLAGS.steps}
-    print('Measuring on %s (%d cores), TensorFlow %s; %s data.' % (
-        results['machine']['cpu'], results['machine']['cores'],
-        results['machine']['tensorflow'], 'real' if real_data else
-        'synthetic'), flush=True)
-
-    results['matmul_gflops'] = _matmul_gflops()
-    results['training'], train_dir = _training_figures(
-        'cifar10_train.py', [], data_dir, work_dir)
-    eval_lines, _, _ = _run_script(
-        'cifar10_eval.py', ['--data_dir=' + data_dir, '--run_once',
-                            '--checkpoint_dir=' + train_dir,
-                            '--eval_dir=' + os.path.join(work_dir, 'eval'),
-                            '--batch_size=%d' % FLAGS.batch_size])
-    results['evaluation_images_per_sec'] = float(
-        [m for m in map(_EVAL_LINE.match, eval_lines) if m][0].group(1))
-    for kind in ['model_alone', 'forward_alone', 'input_alone']:
-      results[kind + '_per_sec'] = _run_measurement(kind, data_dir)['per_sec']
-    results['two_towers'], _ = _training_figures(
-        'cifar10_multi_gpu_train.py', ['--num_gpus=2'], data_dir, work_dir)
+    trees = {'now': REPO_DIR}
+    if FLAGS.compare_with:
+      trees = {FLAGS.compare_with: _checkout(FLAGS.compare_with, work_dir),
+               'now': REPO_DIR}
+    machine = _describe_machine()
+    print('Measuring %s on %s (%d cores), TensorFlow %s, %s data, %d '
+          'repeat(s).' % (' and '.join(trees), machine['cpu'],
+                          machine['cores'], machine['tensorflow'],
+                          'real' if real_data else 'synthetic',
+                          FLAGS.repeats), flush=True)
+    samples = {name: collections.defaultdict(list) for name in trees}
+    matmul = []
+    for _ in range(FLAGS.repeats):
+      matmul.append(_matmul_gflops())
+      measuring = {name: _measure_tree(tree, data_dir, work_dir)
+                   for name, tree in trees.items()}
+      for figure in zip(*measuring.values()):  # Tree by tree, in turn.
+        for name, (key, value) in zip(trees, figure):
+          samples[name][key].append(value)
   finally:
     shutil.rmtree(work_dir, ignore_errors=True)
 
   flops, arithmetic = flops_per_training_image()
-  training_rate = results['training']['examples_per_sec']
-  results['training_gflops'] = training_rate * flops / 1e9
-  results['training_share_of_matmul'] = (results['training_gflops'] /
-                                         results['matmul_gflops'])
-  results['mflop_per_training_image'] = flops / 1e6
+  matmul_gflops = float(np.median(matmul))
+  figures = {}
+  for name in trees:
+    figures[name] = {key: float(np.median(values))
+                     for key, values in samples[name].items()}
+    figures[name]['training_gflops'] = (
+        figures[name]['training_examples_per_sec'] * flops / 1e9)
+    figures[name]['share_of_matmul'] = (figures[name]['training_gflops'] /
+                                        matmul_gflops)
 
-  table = [
-      ('training, real input pipeline', '%.0f examples/sec' % training_rate),
-      ('  start to first step', '%.1f s' %
-       results['training']['first_step_secs']),
-      ('  peak resident memory', '%.0f MB' %
-       (results['training']['peak_rss_bytes'] / 1e6)),
-      ('training step alone, batch in memory',
-       '%.0f examples/sec' % results['model_alone_per_sec']),
-      ('input pipeline alone', '%.0f images/sec' % results['input_alone_per_sec']),
-      ('evaluation, whole test set', '%.0f images/sec' %
-       results['evaluation_images_per_sec']),
-      ('forward pass alone, batch in memory', '%.0f images/sec' %
-       results['forward_alone_per_sec']),
-      ('two-tower training', '%.0f examples/sec' %
-       results['two_towers']['examples_per_sec']),
-      ('float32 matmul (numpy, 4096^2)', '%.0f GFLOP/s' %
-       results['matmul_gflops']),
-      ('training FLOP rate', '%.0f GFLOP/s = %.0f%% of matmul' %
-       (results['training_gflops'], 100 * results['training_share_of_matmul'])),
-  ]
-  print()
-  for name, figure in table:
-    print('%-40s %s' % (name, figure))
+  print('\nMedians of %d repeat(s), %d steps each, batch %d:\n' %
+        (FLAGS.repeats, FLAGS.steps, FLAGS.batch_size))
+  header = '%-46s' % '' + ''.join('%16s' % name for name in trees)
+  if len(trees) == 2:
+    header += '%10s' % 'ratio'
+  print(header)
+  for key, unit, label in _ROWS:
+    cells = []
+    for name in trees:
+      value = figures[name][key]
+      cells.append('%.0f%%' % (100 * value) if unit == '%' else
+                   '%.1f %s' % (value, unit) if unit == 's' else
+                   '%.0f %s' % (value, unit))
+    row = '%-46s' % label + ''.join('%16s' % cell for cell in cells)
+    if len(trees) == 2:
+      before, after = (figures[name][key] for name in trees)
+      row += '%9.2fx' % (after / before)
+    print(row)
+  print('%-46s%16s' % ('float32 matmul, numpy 4096x4096',
+                       '%.0f GFLOP/s' % matmul_gflops))
+  print('\nTargets (%s):' % 'now')
+  for text, met in _targets(figures['now'], matmul_gflops):
+    print('  [%s] %s' % ('met' if met else 'MISSED', text))
   print('\nFLOPs per training image, from the layer shapes:')
   for line in arithmetic:
     print('  ' + line)
   with open(FLAGS.json, 'w') as f:
-    json.dump(results, f, indent=2, sort_keys=True)
+    json.dump({'machine': machine, 'data': 'real' if real_data else
+               'synthetic', 'batch_size': FLAGS.batch_size,
+               'steps': FLAGS.steps, 'repeats': FLAGS.repeats,
+               'matmul_gflops': matmul_gflops,
+               'mflop_per_training_image': flops / 1e6,
+               'figures': figures,
+               'samples': {name: dict(values)
+                           for name, values in samples.items()}},
+              f, indent=2, sort_keys=True)
   print('\nFigures written to %s.' % FLAGS.json)
 
 
