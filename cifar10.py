@@ -45,6 +45,7 @@ import urllib.request
 import zlib
 
 from absl import flags
+import numpy as np
 
 import cifar10_input
 from cifar10_common import tf
@@ -248,6 +249,42 @@ def inputs(eval_data):
   return images, labels
 
 
+def local_response_normalization(x, depth_radius, bias, alpha, beta, name):
+  """tf.nn.lrn, computed with a matrix multiply: same values, 3x faster here.
+
+  Each output is x / (bias + alpha * sum of x**2 over the channels within
+  depth_radius of its own) ** beta, as tf.nn.lrn defines it. TensorFlow's CPU
+  kernels for LRN and its gradient run on one thread and took a fifth of a
+  training step; the windowed sum of squares is a product with a band
+  matrix, which oneDNN multiplies on every core, and the gradient follows by
+  differentiation. The results agree with tf.nn.lrn to float rounding (see
+  tests/test_model.py).
+
+  Args:
+    x: A 4-D [batch, height, width, channels] Tensor.
+    depth_radius: Half-width of the window of channels.
+    bias: Added to the weighted sum of squares.
+    alpha: Weight of the sum of squares.
+    beta: Exponent.
+    name: Name of the result.
+
+  Returns:
+    A Tensor of the shape of `x`.
+  """
+  with tf.name_scope(name + '_terms'):
+    depth = x.get_shape()[-1]
+    channel = np.arange(depth)
+    window = np.abs(channel[:, None] - channel[None, :]) <= depth_radius
+    square_sum = tf.matmul(tf.reshape(tf.square(x), [-1, depth]),
+                           tf.constant(window, dtype=x.dtype))
+    scale = bias + alpha * tf.reshape(square_sum, tf.shape(x))
+    if beta == 0.75:  # The tutorial's: two square roots beat a power.
+      scale = tf.math.rsqrt(scale) * tf.math.rsqrt(tf.sqrt(scale))
+    else:
+      scale = tf.pow(scale, -beta)
+  return tf.multiply(x, scale, name=name)
+
+
 def inference(images):
   """Build the CIFAR-10 model.
 
@@ -278,8 +315,8 @@ def inference(images):
   pool1 = tf.nn.max_pool(conv1, ksize=[1, 3, 3, 1], strides=[1, 2, 2, 1],
                          padding='SAME', name='pool1')
   # norm1
-  norm1 = tf.nn.lrn(pool1, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75,
-                    name='norm1')
+  norm1 = local_response_normalization(pool1, 4, bias=1.0, alpha=0.001 / 9.0,
+                                       beta=0.75, name='norm1')
 
   # conv2
   with tf.variable_scope('conv2') as scope:
@@ -294,8 +331,8 @@ def inference(images):
     _activation_summary(conv2)
 
   # norm2
-  norm2 = tf.nn.lrn(conv2, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75,
-                    name='norm2')
+  norm2 = local_response_normalization(conv2, 4, bias=1.0, alpha=0.001 / 9.0,
+                                       beta=0.75, name='norm2')
   # pool2
   pool2 = tf.nn.max_pool(norm2, ksize=[1, 3, 3, 1],
                          strides=[1, 2, 2, 1], padding='SAME', name='pool2')

@@ -57,22 +57,29 @@ def test_layer_shapes_and_logits():
 
 def test_layers_are_the_tutorials():
   with tf.Graph().as_default() as graph:
-    cifar10.inference(tf.constant(_random_images()))
+    cifar10.inference(tf.constant(_random_images() * 3))
     ops = {op.name: op for op in graph.get_operations()}
   for pool in ['pool1', 'pool2']:
     assert ops[pool].get_attr('ksize') == [1, 3, 3, 1]
     assert ops[pool].get_attr('strides') == [1, 2, 2, 1]
     assert ops[pool].get_attr('padding') == b'SAME'
-  for norm in ['norm1', 'norm2']:
-    assert ops[norm].type == 'LRN'
-    assert ops[norm].get_attr('depth_radius') == 4
-    assert ops[norm].get_attr('bias') == pytest.approx(1.0)
-    assert ops[norm].get_attr('alpha') == pytest.approx(0.001 / 9.0)
-    assert ops[norm].get_attr('beta') == pytest.approx(0.75)
   # Order: pool1 -> norm1 -> conv2 -> norm2 -> pool2.
   assert ops['norm1'].inputs[0].op.name == 'pool1'
   assert ops['norm2'].inputs[0].op.name == 'conv2/conv2'
   assert ops['pool2'].inputs[0].op.name == 'norm2'
+  # The normalisations are the tutorial's LRN: depth radius 4, bias 1.0,
+  # alpha 0.001 / 9, beta 0.75 (computed by a matrix multiply, see
+  # test_same_computation.py).
+  with graph.as_default():
+    expected = [tf.nn.lrn(ops[source].outputs[0], 4, bias=1.0,
+                          alpha=0.001 / 9.0, beta=0.75)
+                for source in ['pool1', 'conv2/conv2']]
+    with tf.Session() as sess:
+      sess.run(tf.global_variables_initializer())
+      values = sess.run([ops['norm1'].outputs[0], ops['norm2'].outputs[0]] +
+                        expected)
+  np.testing.assert_allclose(values[0], values[2], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(values[1], values[3], rtol=1e-5, atol=1e-6)
 
 
 def test_initial_values_and_placement():

@@ -1,0 +1,140 @@
+"""What the speed work must not change: the training step.
+
+The model's training step on a fixed batch, from fixed weights, is pinned by
+data/model_step_golden.json: loss, gradients, updated weights and moving
+averages. The file was written by this module, run as
+
+    PYTHONPATH=<checkout of commit 7fe0c3d> python tests/test_same_computation.py
+
+on the code before the speed work (tf.nn.lrn, distortions image by image).
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import cifar10
+from cifar10_common import tf
+
+GOLDEN = os.path.join(os.path.dirname(__file__), 'data',
+                      'model_step_golden.json')
+BATCH = 128
+SAMPLES = 16  # Values kept of each tensor, at fixed positions.
+
+# The tutorial's initial scales, for weights drawn here rather than by TF.
+_STDDEVS = {'conv1': 5e-2, 'conv2': 5e-2, 'local3': 0.04, 'local4': 0.04,
+            'softmax_linear': 1 / 192.0}
+
+
+def _initial_values(variables):
+  rng = np.random.default_rng(1)
+  values = {}
+  for v in variables:
+    layer, kind = v.op.name.split('/')
+    shape = v.shape.as_list()
+    if kind == 'weights':
+      values[v.op.name] = np.clip(rng.normal(0, _STDDEVS[layer], shape),
+                                  -2 * _STDDEVS[layer], 2 * _STDDEVS[layer])
+    else:
+      values[v.op.name] = rng.uniform(0.0, 0.2, shape)
+  return {name: value.astype(np.float32) for name, value in values.items()}
+
+
+def _fingerprint(array):
+  """What is kept of a tensor: sums that cannot cancel, and some values."""
+  flat = np.asarray(array, dtype=np.float64).ravel()
+  positions = np.random.default_rng(2).integers(0, flat.size, SAMPLES)
+  return {'shape': list(np.shape(array)), 'sum_abs': float(np.abs(flat).sum()),
+          'sum_squares': float((flat ** 2).sum()),
+          'values': [float(flat[i]) for i in positions]}
+
+
+def model_step():
+  """One training step of cifar10.train on a fixed batch: fingerprints."""
+  rng = np.random.default_rng(0)
+  images = rng.normal(0, 1, (BATCH, 24, 24, 3)).astype(np.float32)
+  labels = rng.integers(0, 10, BATCH).astype(np.int32)
+  with tf.Graph().as_default():
+    global_step = tf.train.get_or_create_global_step()
+    logits = cifar10.inference(tf.constant(images))
+    total_loss = cifar10.loss(logits, tf.constant(labels))
+    train_op = cifar10.train(total_loss, global_step)
+    variables = tf.trainable_variables()
+    gradients = tf.gradients(total_loss, variables)
+    by_name = {v.op.name: v for v in tf.global_variables()}
+    averages = [by_name[v.op.name + '/ExponentialMovingAverage']
+                for v in variables]
+    initial = _initial_values(variables)
+    with tf.Session() as sess:
+      sess.run(tf.global_variables_initializer())
+      for v, average in zip(variables, averages):
+        v.load(initial[v.op.name], sess)
+        average.load(initial[v.op.name], sess)
+      loss, logit_values, grads = sess.run([total_loss, logits, gradients])
+      sess.run(train_op)
+      after, averaged = sess.run([variables, averages])
+  result = {'loss': float(loss), 'logits': _fingerprint(logit_values)}
+  for v, grad, weight, average in zip(variables, grads, after, averaged):
+    result[v.op.name] = {'gradient': _fingerprint(grad),
+                         'after': _fingerprint(weight),
+                         'average': _fingerprint(average)}
+  return result
+
+
+def _assert_close(actual, expected, where):
+  assert actual['shape'] == expected['shape'], where
+  for key in ['sum_abs', 'sum_squares']:
+    assert actual[key] == pytest.approx(expected[key], rel=2e-4), (where, key)
+  scale = max(abs(v) for v in expected['values']) or 1.0
+  np.testing.assert_allclose(actual['values'], expected['values'], rtol=1e-3,
+                             atol=1e-4 * scale, err_msg=where)
+
+
+def test_the_training_step_computes_what_it_did_before_the_speed_work():
+  with open(GOLDEN) as f:
+    golden = json.load(f)
+  actual = model_step()
+  assert actual['loss'] == pytest.approx(golden['loss'], rel=1e-5)
+  _assert_close(actual['logits'], golden['logits'], 'logits')
+  names = [k for k in golden if '/' in k]
+  assert sorted(names) == sorted(k for k in actual if '/' in k)
+  for name in names:
+    for part in ['gradient', 'after', 'average']:
+      _assert_close(actual[name][part], golden[name][part],
+                    '%s %s' % (name, part))
+
+
+def test_local_response_normalization_is_tf_nn_lrn():
+  rng = np.random.default_rng(3)
+  x_value = (rng.normal(size=(8, 12, 12, 64)) * 3).astype(np.float32)
+  upstream = rng.normal(size=x_value.shape).astype(np.float32)
+  with tf.Graph().as_default():
+    x = tf.constant(x_value)
+    ours = cifar10.local_response_normalization(x, 4, bias=1.0,
+                                                alpha=0.001 / 9.0, beta=0.75,
+                                                name='ours')
+    reference = tf.nn.lrn(x, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75)
+    other_beta = cifar10.local_response_normalization(x, 2, bias=2.0,
+                                                      alpha=1e-3, beta=0.5,
+                                                      name='other')
+    other_reference = tf.nn.lrn(x, 2, bias=2.0, alpha=1e-3, beta=0.5)
+    gradients = [tf.gradients(y, x, grad_ys=upstream)[0]
+                 for y in [ours, reference]]
+    with tf.Session() as sess:
+      values = sess.run([ours, reference, other_beta, other_reference] +
+                        gradients)
+  np.testing.assert_allclose(values[0], values[1], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(values[2], values[3], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(values[4], values[5], rtol=1e-4, atol=1e-6)
+
+
+if __name__ == '__main__':
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.FLAGS(sys.argv[:1])
+  os.makedirs(os.path.dirname(GOLDEN), exist_ok=True)
+  with open(GOLDEN, 'w') as golden_file:
+    json.dump(model_step(), golden_file, indent=1, sort_keys=True)
+  print('wrote', GOLDEN)
