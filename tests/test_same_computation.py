@@ -1,4 +1,4 @@
-"""What the speed work must not change: the training step.
+"""What the speed work must not change: the training step, and the distortions.
 
 The model's training step on a fixed batch, from fixed weights, is pinned by
 data/model_step_golden.json: loss, gradients, updated weights and moving
@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import cifar10
+import cifar10_input
 from cifar10_common import tf
 
 GOLDEN = os.path.join(os.path.dirname(__file__), 'data',
@@ -129,6 +130,60 @@ def test_local_response_normalization_is_tf_nn_lrn():
   np.testing.assert_allclose(values[0], values[1], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(values[2], values[3], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(values[4], values[5], rtol=1e-4, atol=1e-6)
+
+
+def test_batched_distortions_are_the_per_image_ops():
+  rng = np.random.default_rng(4)
+  count = 6
+  images = rng.integers(0, 256, (count, 32, 32, 3)).astype(np.float32)
+  offsets = np.array([[0, 0], [8, 8], [3, 5], [8, 0], [1, 7], [4, 4]],
+                     np.int32)
+  flips = np.array([False, True, True, False, True, False])
+  deltas = np.array([-63, 62.9, 10.5, 0, -20, 33], np.float32)
+  factors = np.array([0.2, 1.79, 1.0, 0.5, 1.3, 0.9], np.float32)
+  with tf.Graph().as_default():
+    # The crops are queued as bytes; the rest is done after the queue.
+    crops = cifar10_input.crop_and_flip(tf.constant(images.astype(np.uint8)),
+                                        offsets, flips)
+    batched = cifar10_input.adjust_and_standardize(
+        tf.cast(crops, tf.float32), deltas, factors)
+    one_by_one = []
+    for i in range(count):
+      image = tf.image.crop_to_bounding_box(images[i], offsets[i, 0],
+                                            offsets[i, 1], 24, 24)
+      if flips[i]:
+        image = tf.image.flip_left_right(image)
+      image = tf.image.adjust_brightness(image, deltas[i])
+      image = tf.image.adjust_contrast(image, factors[i])
+      one_by_one.append(tf.image.per_image_standardization(image))
+    with tf.Session() as sess:
+      got, expected = sess.run([batched, tf.stack(one_by_one)])
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_random_distortions_are_drawn_as_the_tutorials_ops_draw_them():
+  count = 20000
+  with tf.Graph().as_default():
+    drawn = cifar10_input.random_crops_and_flips(tf.constant(count))
+    drawn.update(cifar10_input.random_brightness_and_contrast(
+        tf.constant(count)))
+    with tf.Session() as sess:
+      drawn = sess.run(drawn)
+  # Crop offsets: each of the 9 rows and 9 columns, about equally often.
+  for axis in range(2):
+    counts = np.bincount(drawn['offsets'][:, axis], minlength=9)
+    assert len(counts) == 9
+    assert counts.min() > 0.8 * count / 9
+  # Rows and columns drawn independently.
+  assert abs(np.corrcoef(drawn['offsets'].T)[0, 1]) < 0.05
+  assert 0.47 < drawn['flips'].mean() < 0.53
+  deltas, factors = drawn['brightness_deltas'], drawn['contrast_factors']
+  assert -63 <= deltas.min() < -62 and 62 < deltas.max() < 63
+  assert abs(deltas.mean()) < 1.5
+  assert 0.2 <= factors.min() < 0.21 and 1.79 < factors.max() < 1.8
+  assert abs(factors.mean() - 1.0) < 0.02
+  # Each image draws its own.
+  assert len(np.unique(deltas)) > 0.99 * count
 
 
 if __name__ == '__main__':
