@@ -407,7 +407,7 @@ def run_benchmark():
 
   print('\nMedians of %d repeat(s), %d steps each, batch %d:\n' %
         (FLAGS.repeats, FLAGS.steps, FLAGS.batch_size))
-  header = '%-46s' % '' + ''.join('%16s' % name for name in trees)
+  header = '%-46s' % '' + ''.join('%20s' % name for name in trees)
   if len(trees) == 2:
     header += '%10s' % 'ratio'
   print(header)
@@ -418,12 +418,12 @@ def run_benchmark():
       cells.append('%.0f%%' % (100 * value) if unit == '%' else
                    '%.1f %s' % (value, unit) if unit == 's' else
                    '%.0f %s' % (value, unit))
-    row = '%-46s' % label + ''.join('%16s' % cell for cell in cells)
+    row = '%-46s' % label + ''.join('%20s' % cell for cell in cells)
     if len(trees) == 2:
       before, after = (figures[name][key] for name in trees)
       row += '%9.2fx' % (after / before)
     print(row)
-  print('%-46s%16s' % ('float32 matmul, numpy 4096x4096',
+  print('%-46s%20s' % ('float32 matmul, numpy 4096x4096',
                        '%.0f GFLOP/s' % matmul_gflops))
   print('\nTargets (%s):' % 'now')
   for text, met in _targets(figures['now'], matmul_gflops):
