@@ -47,6 +47,7 @@ import zlib
 from absl import flags
 import numpy as np
 
+import cifar10_common
 import cifar10_input
 from cifar10_common import tf
 from cifar10_common import UserError
@@ -60,6 +61,17 @@ flags.DEFINE_string('data_dir', '/tmp/cifar10_data',
                     'Path to the CIFAR-10 data directory.')
 flags.DEFINE_boolean('use_fp16', False,
                      'Train the model using fp16.')
+flags.DEFINE_enum('top_layers', 'fully_connected',
+                  ['fully_connected', 'locally_connected'],
+                  'local3 and local4 fully connected, as in the tutorial, or '
+                  'locally connected, as in cuda-convnet\'s model (3x3 '
+                  'windows of 64, then 32 filters, weights not shared '
+                  'between positions).')
+flags.DEFINE_float('initial_learning_rate', 0.1,
+                   'Learning rate at step 0; it is divided by 10 every 350 '
+                   'epochs. The tutorial\'s 0.1 suits one worker; '
+                   'asynchronous distributed training with several may need '
+                   'less.', lower_bound=0.0)
 flags.DEFINE_float('min_fraction_of_examples_in_queue', 0.4,
                    'Fraction of an epoch of training images queued before '
                    'training starts: more mixes better, less starts sooner.',
@@ -77,7 +89,9 @@ flags.DEFINE_string('data_md5', DATA_MD5,
                     'Expected MD5 of the archive (the official one by '
                     'default); empty to skip the check.')
 
-# Global constants describing the CIFAR-10 data set.
+# Global constants describing the CIFAR-10 data set. Data of your own (see
+# prepare_data.py) brings its classes and sizes: see class_names() and
+# num_examples_per_epoch().
 IMAGE_SIZE = cifar10_input.IMAGE_SIZE
 NUM_CLASSES = cifar10_input.NUM_CLASSES
 NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN = cifar10_input.NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN
@@ -88,7 +102,7 @@ NUM_EXAMPLES_PER_EPOCH_FOR_EVAL = cifar10_input.NUM_EXAMPLES_PER_EPOCH_FOR_EVAL
 MOVING_AVERAGE_DECAY = 0.9999     # The decay to use for the moving average.
 NUM_EPOCHS_PER_DECAY = 350.0      # Epochs after which learning rate decays.
 LEARNING_RATE_DECAY_FACTOR = 0.1  # Learning rate decay factor.
-INITIAL_LEARNING_RATE = 0.1       # Initial learning rate.
+# The initial learning rate is a flag, --initial_learning_rate (0.1).
 LOSS_AVERAGE_DECAY = 0.9          # The decay of the losses' moving averages.
 
 # If a model is trained with multiple GPUs, prefix all Op names with tower_name
@@ -207,6 +221,33 @@ def data_batches_dir():
   return os.path.join(FLAGS.data_dir, cifar10_input.BATCHES_DIR_NAME)
 
 
+def class_names():
+  """The class names of the data in --data_dir, in label order.
+
+  Returns:
+    A tuple of names: from its batches.meta.txt, or CIFAR-10's ten when it
+    has none (or is not there yet).
+  """
+  return cifar10_input.read_class_names(data_batches_dir())
+
+
+def num_examples_per_epoch(eval_data=False):
+  """The number of training (or test) images in --data_dir.
+
+  Args:
+    eval_data: bool, the test set if True.
+
+  Returns:
+    The number of records, or CIFAR-10's 50,000 (10,000) while the data is
+    not there yet.
+  """
+  filenames = cifar10_input.data_filenames(data_batches_dir(), eval_data)
+  if all(os.path.isfile(f) for f in filenames):
+    return cifar10_input.count_records(filenames)
+  return (NUM_EXAMPLES_PER_EPOCH_FOR_EVAL if eval_data else
+          NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN)
+
+
 def distorted_inputs():
   """Construct distorted input for CIFAR training using the Reader ops.
 
@@ -285,11 +326,16 @@ def local_response_normalization(x, depth_radius, bias, alpha, beta, name):
   return tf.multiply(x, scale, name=name)
 
 
-def inference(images):
+def inference(images, num_classes=None):
   """Build the CIFAR-10 model.
+
+  The top layers, local3 and local4, are fully connected (the tutorial's), or
+  locally connected with --top_layers=locally_connected.
 
   Args:
     images: Images returned from distorted_inputs() or inputs().
+    num_classes: Outputs of the last layer; by default, the number of
+      classes of the data in --data_dir (10 for CIFAR-10).
 
   Returns:
     Logits.
@@ -337,39 +383,164 @@ def inference(images):
   pool2 = tf.nn.max_pool(norm2, ksize=[1, 3, 3, 1],
                          strides=[1, 2, 2, 1], padding='SAME', name='pool2')
 
-  # local3
-  with tf.variable_scope('local3') as scope:
-    # Move everything into depth so we can perform a single matrix multiply.
-    # The batch dimension stays open: an evaluation's last batch is smaller.
-    dim = pool2.get_shape()[1:].num_elements()
-    reshape = tf.reshape(pool2, [-1, dim])
-    weights = _variable_with_weight_decay('weights', shape=[dim, 384],
-                                          stddev=0.04, wd=0.004)
-    biases = _variable_on_cpu('biases', [384], tf.constant_initializer(0.1))
-    local3 = tf.nn.relu(tf.matmul(reshape, weights) + biases, name=scope.name)
-    _activation_summary(local3)
+  if FLAGS.top_layers == 'locally_connected':
+    # The top of Alex Krizhevsky's cuda-convnet model (the tutorial's
+    # exercise; layers-conv-local-11pct.cfg): two locally connected layers,
+    # then the linear layer.
+    local3 = _locally_connected('local3', pool2, filters=64, size=3)
+    local4 = _locally_connected('local4', local3, filters=32, size=3)
+    top = tf.reshape(local4, [-1, local4.get_shape()[1:].num_elements()])
+  else:
+    # local3
+    with tf.variable_scope('local3') as scope:
+      # Move everything into depth so we can perform a single matrix
+      # multiply. The batch dimension stays open: an evaluation's last batch
+      # is smaller.
+      dim = pool2.get_shape()[1:].num_elements()
+      reshape = tf.reshape(pool2, [-1, dim])
+      weights = _variable_with_weight_decay('weights', shape=[dim, 384],
+                                            stddev=0.04, wd=0.004)
+      biases = _variable_on_cpu('biases', [384], tf.constant_initializer(0.1))
+      local3 = tf.nn.relu(tf.matmul(reshape, weights) + biases,
+                          name=scope.name)
+      _activation_summary(local3)
 
-  # local4
-  with tf.variable_scope('local4') as scope:
-    weights = _variable_with_weight_decay('weights', shape=[384, 192],
-                                          stddev=0.04, wd=0.004)
-    biases = _variable_on_cpu('biases', [192], tf.constant_initializer(0.1))
-    local4 = tf.nn.relu(tf.matmul(local3, weights) + biases, name=scope.name)
-    _activation_summary(local4)
+    # local4
+    with tf.variable_scope('local4') as scope:
+      weights = _variable_with_weight_decay('weights', shape=[384, 192],
+                                            stddev=0.04, wd=0.004)
+      biases = _variable_on_cpu('biases', [192], tf.constant_initializer(0.1))
+      local4 = tf.nn.relu(tf.matmul(local3, weights) + biases,
+                          name=scope.name)
+      _activation_summary(local4)
+    top = local4
 
   # linear layer(WX + b),
   # We don't apply softmax here because
   # tf.nn.sparse_softmax_cross_entropy_with_logits accepts the unscaled logits
   # and performs the softmax internally for efficiency.
+  num_classes = num_classes or len(class_names())
   with tf.variable_scope('softmax_linear') as scope:
-    weights = _variable_with_weight_decay('weights', [192, NUM_CLASSES],
-                                          stddev=1/192.0, wd=None)
-    biases = _variable_on_cpu('biases', [NUM_CLASSES],
+    dim = top.get_shape()[-1]
+    weights = _variable_with_weight_decay('weights', [dim, num_classes],
+                                          stddev=1.0 / dim, wd=None)
+    biases = _variable_on_cpu('biases', [num_classes],
                               tf.constant_initializer(0.0))
-    softmax_linear = tf.add(tf.matmul(local4, weights), biases, name=scope.name)
+    softmax_linear = tf.add(tf.matmul(top, weights), biases, name=scope.name)
     _activation_summary(softmax_linear)
 
   return softmax_linear
+
+
+def _locally_connected(name, inputs, filters, size):
+  """A locally connected layer with ReLU: a convolution whose weights differ
+  at every position (cuda-convnet's 'local' layers).
+
+  Weights drawn with stddev 0.04 and decayed by 0.004, biases 0.1, as the
+  tutorial's local3 and local4.
+
+  Args:
+    name: Name of the layer (its variable scope).
+    inputs: 4-D Tensor [batch, height, width, depth].
+    filters: Output channels.
+    size: Side of the square window; SAME padding, stride 1.
+
+  Returns:
+    4-D Tensor [batch, height, width, filters].
+  """
+  with tf.variable_scope(name) as scope:
+    _, height, width, depth = inputs.get_shape().as_list()
+    positions, window = height * width, size * size * depth
+    patches = tf.image.extract_patches(inputs, sizes=[1, size, size, 1],
+                                       strides=[1, 1, 1, 1],
+                                       rates=[1, 1, 1, 1], padding='SAME')
+    weights = _variable_with_weight_decay(
+        'weights', shape=[positions, window, filters], stddev=0.04, wd=0.004)
+    biases = _variable_on_cpu('biases', [positions, filters],
+                              tf.constant_initializer(0.1))
+    # One matrix multiply per position: [positions, batch, window] x
+    # [positions, window, filters].
+    by_position = tf.transpose(tf.reshape(patches, [-1, positions, window]),
+                               [1, 0, 2])
+    outputs = tf.matmul(by_position, weights) + biases[:, None, :]
+    outputs = tf.reshape(tf.transpose(outputs, [1, 0, 2]),
+                         [-1, height, width, filters])
+    local = tf.nn.relu(outputs, name=scope.name)
+    _activation_summary(local)
+  return local
+
+
+def variables_to_restore(moving_average=True):
+  """What to restore from a checkpoint into the model's variables.
+
+  Args:
+    moving_average: Restore the moving averages of the weights (as the
+      tutorial evaluates), rather than the weights themselves.
+
+  Returns:
+    {name in the checkpoint: variable} for tf.train.Saver.
+  """
+  if moving_average:
+    return tf.train.ExponentialMovingAverage(
+        MOVING_AVERAGE_DECAY).variables_to_restore()
+  return {v.op.name: v for v in tf.global_variables()}
+
+
+def check_checkpoint(path, expected_shapes):
+  """cifar10_common.check_checkpoint, saying which option a mismatch is.
+
+  A checkpoint of the other --top_layers, or of data with another number of
+  classes, does not fit the model: the message says which, and what to pass.
+
+  Args:
+    path: The checkpoint's path prefix.
+    expected_shapes: {name in the checkpoint: shape as a list}.
+
+  Raises:
+    CheckpointUnreadable, CheckpointError: as cifar10_common.check_checkpoint.
+  """
+  try:
+    cifar10_common.check_checkpoint(path, expected_shapes)
+  except cifar10_common.CheckpointUnreadable:
+    raise
+  except cifar10_common.CheckpointError as e:
+    stored_shapes = tf.train.load_checkpoint(path).get_variable_to_shape_map()
+    hints = []
+    stored, expected = (_shape_of(shapes, 'local3/weights')
+                        for shapes in (stored_shapes, expected_shapes))
+    if stored and expected and len(stored) != len(expected):
+      hints.append('it was trained with --top_layers=%s' % (
+          'locally_connected' if len(stored) == 3 else 'fully_connected'))
+    stored, expected = (_shape_of(shapes, 'softmax_linear/biases')
+                        for shapes in (stored_shapes, expected_shapes))
+    if stored and expected and stored != expected:
+      hints.append('it has %d classes, where this model has %d (from the '
+                   'batches.meta.txt of the data, or its absence)' %
+                   (stored[0], expected[0]))
+    if not hints:
+      raise
+    raise cifar10_common.CheckpointError(
+        '%s Its model differs: %s.' % (e, '; '.join(hints))) from None
+
+
+def _shape_of(shapes, name):
+  """The shape of variable `name` (or of its moving average) in `shapes`."""
+  for key in (name, name + '/ExponentialMovingAverage'):
+    if key in shapes:
+      return list(shapes[key])
+  return None
+
+
+def predictions(logits):
+  """Normalised predictions: the probability of each class.
+
+  Args:
+    logits: Logits from inference().
+
+  Returns:
+    Tensor [batch, classes] whose rows sum to 1.
+  """
+  return tf.nn.softmax(logits, name='predictions')
 
 
 def loss(logits, labels):
@@ -446,11 +617,11 @@ def learning_rate(global_step, examples_per_step=None):
     A scalar float32 Tensor, also summarised as 'learning_rate'.
   """
   examples_per_step = examples_per_step or FLAGS.batch_size
-  num_batches_per_epoch = NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN / examples_per_step
+  num_batches_per_epoch = num_examples_per_epoch() / examples_per_step
   decay_steps = int(num_batches_per_epoch * NUM_EPOCHS_PER_DECAY)
 
   # Decay the learning rate exponentially based on the number of steps.
-  lr = tf.train.exponential_decay(INITIAL_LEARNING_RATE,
+  lr = tf.train.exponential_decay(FLAGS.initial_learning_rate,
                                   global_step,
                                   decay_steps,
                                   LEARNING_RATE_DECAY_FACTOR,
@@ -640,7 +811,7 @@ def _extract(archive_path, data_dir):
         name = os.path.basename(member.name)
         parent = os.path.basename(os.path.dirname(member.name))
         if (not member.isfile() or parent != cifar10_input.BATCHES_DIR_NAME or
-            (name not in wanted and name != 'batches.meta.txt')):
+            (name not in wanted and name != cifar10_input.META_FILENAME)):
           continue
         part_fd, part_path = tempfile.mkstemp(dir=batches_dir,
                                               prefix=name + '.',
@@ -694,7 +865,8 @@ def maybe_download_and_extract(data_dir=None, data_url=None,
   missing = [os.path.basename(f) for f in data_files if not os.path.isfile(f)]
   if not missing:
     # Unpacked already (perhaps by hand): used as it is, if it is sound.
-    cifar10_input.check_data_files(data_files)
+    cifar10_input.check_data_files(
+        data_files, len(cifar10_input.read_class_names(batches_dir)))
     return batches_dir
   if len(missing) < len(data_files):
     print('>> %s: %s missing; fetching the archive.' %
@@ -727,5 +899,6 @@ def maybe_download_and_extract(data_dir=None, data_url=None,
     if downloaded_now:  # Ours, unverified (no MD5 given) and useless: drop it.
       os.remove(archive_path)
     raise
-  cifar10_input.check_data_files(data_files)
+  cifar10_input.check_data_files(
+      data_files, len(cifar10_input.read_class_names(batches_dir)))
   return batches_dir

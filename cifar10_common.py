@@ -17,7 +17,6 @@ problems a user can fix, and `run()`, which turns such an error into one clear
 line and a non-zero exit status instead of a traceback.
 """
 
-import atexit
 import glob
 import logging as _std_logging
 import os
@@ -104,6 +103,8 @@ INTENTIONAL_V1_APIS = frozenset([
     'shuffle_batch',
     'start_queue_runners',
     'string_input_producer',
+    'SyncReplicasOptimizer.__init__',  # cifar10_distributed_train.py's.
+    'build_tensor_info',  # cifar10_export.py's SavedModel signature.
 ])
 
 
@@ -125,12 +126,27 @@ tf.get_logger().addFilter(_DEPRECATION_FILTER)
 
 # Runtime messages of TensorFlow's C++ core that are noise for this tutorial:
 # every stop of a queue-based input pipeline cancels the reader threads' pending
-# enqueues, which TensorFlow 2 logs as warnings, and oneDNN reports, wrongly on
-# AVX-512 machines, falling back to Eigen for uint8 ops. Each is followed by
-# indented detail lines.
+# enqueues (and the end of synchronous distributed training, the chief's wait
+# for gradients), which TensorFlow 2 logs as warnings, and oneDNN reports,
+# wrongly on AVX-512 machines, falling back to Eigen for uint8 ops. Each is
+# followed by indented detail lines.
 _RUNTIME_NOISE = (
     r'local_rendezvous\.cc:\d+\] Local rendezvous is aborting with status: '
-    r'CANCELLED: (Enqueue|Dequeue) operation was cancelled'
+    r'CANCELLED: (Enqueue|Dequeue|TakeGrad) operation was cancelled'
+    # An image that cannot be decoded: the exception says it, once.
+    r'|local_rendezvous\.cc:\d+\] Local rendezvous is aborting with status: '
+    r'INVALID_ARGUMENT: (Unknown image file format|jpeg::Uncompress failed'
+    r'|Invalid (PNG|JPEG) data)'
+    # Distributed training: the end of each step's exchanges with the
+    # parameter servers, logged as a warning on TensorFlow 2.
+    r'|local_rendezvous\.cc:\d+\] Local rendezvous is aborting with status: '
+    r'ABORTED: (Cleanup \d+|Stopping remaining executors\.|Step \d+ cancelled\.)'
+    # A NaN loss, which training reports itself.
+    r'|local_rendezvous\.cc:\d+\] Local rendezvous is aborting with status: '
+    r'INVALID_ARGUMENT: Nan in summary histogram'
+    # A server that cannot listen, which cifar10_distributed_train.py reports.
+    r'|add_port\.cc:\d+\] Failed to add port to server'
+    r'|grpc_server_lib\.cc:\d+\] UNKNOWN: Could not start gRPC server'
     r'|util\.cc:\d+\] oneDNN supports DT_UINT8 only on platforms with AVX-512')
 
 # The filter process: copies its stdin to its stdout, line by line, without
@@ -153,12 +169,17 @@ for line in sys.stdin.buffer:
 """
 
 
+_stderr_filter = None
+
+
 def _filter_runtime_noise_from_stderr():
   """Routes file descriptor 2 through a process dropping _RUNTIME_NOISE.
 
   C++ code writes to the descriptor directly, so the filter must sit behind
   it. It is a separate process so that nothing is lost if this one dies: it
-  sees the end of its input and writes out what it has.
+  sees the end of its input and writes out what it has. It stays in place
+  to the very end, for TensorFlow's threads log until the process is gone
+  (the gRPC servers of distributed training, cancelling their last steps).
   """
   if _USER_WANTS_TF_LOGS:
     return
@@ -169,16 +190,9 @@ def _filter_runtime_noise_from_stderr():
       stdin=subprocess.PIPE, stdout=original_stderr_fd, close_fds=True)
   os.dup2(filter_process.stdin.fileno(), 2)
   filter_process.stdin.close()
-
-  def restore_stderr():
-    sys.stderr.flush()
-    os.dup2(original_stderr_fd, 2)  # Closes the pipe: the filter finishes.
-    try:
-      filter_process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-      pass  # A child process still holds the pipe; the filter ends with it.
-
-  atexit.register(restore_stderr)
+  os.close(original_stderr_fd)  # The filter has it.
+  global _stderr_filter
+  _stderr_filter = filter_process  # Kept: it outlives this function.
 
 
 class UserError(Exception):
@@ -300,7 +314,15 @@ def check_checkpoint(path, expected_shapes):
 def first_line(error):
   """The first line of an error's message, without TensorFlow's details."""
   message = (getattr(error, 'message', None) or str(error)).strip()
-  return message.splitlines()[0] if message else repr(error)
+  lines = [line.strip() for line in message.splitlines() if line.strip()]
+  if not lines:
+    return repr(error)
+  if lines[0] == 'Graph execution error:':
+    # Then where the op was defined, "Node: 'name'", and the message.
+    for line, next_line in zip(lines, lines[1:]):
+      if line.startswith('Node: '):
+        return next_line
+  return lines[0]
 
 
 def ensure_writable_dir(path, flag_name):

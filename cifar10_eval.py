@@ -46,7 +46,6 @@ import numpy as np
 import cifar10
 import cifar10_common
 from cifar10_common import tf
-import cifar10_input
 
 FLAGS = flags.FLAGS
 flags.adopt_module_key_flags(cifar10)  # --helpshort lists the model's flags.
@@ -63,6 +62,10 @@ flags.DEFINE_integer('eval_interval_secs', 60 * 5,
                      lower_bound=1)
 flags.DEFINE_boolean('run_once', False,
                      'Whether to run eval only once.')
+flags.DEFINE_boolean('moving_average', True,
+                     'Evaluate the moving averages of the weights (the '
+                     'tutorial\'s way); --nomoving_average evaluates the raw '
+                     'weights, to see what the averages give.')
 
 
 def checkpoint_step(checkpoint_path):
@@ -91,7 +94,7 @@ EvalOps = collections.namedtuple(
 
 
 def eval_once(saver, summary_writer, eval_ops, checkpoint_path, num_examples,
-              stop):
+              class_names, stop):
   """Run Eval once.
 
   Args:
@@ -101,6 +104,7 @@ def eval_once(saver, summary_writer, eval_ops, checkpoint_path, num_examples,
       summaries, the initialiser of the input's epoch counter.
     checkpoint_path: The checkpoint to evaluate.
     num_examples: The number of images the pass must see.
+    class_names: The names of the classes, in label order.
     stop: cifar10_common.StopSignals; a signal abandons the pass.
 
   Returns:
@@ -128,7 +132,7 @@ def eval_once(saver, summary_writer, eval_ops, checkpoint_path, num_examples,
     coord = tf.train.Coordinator()
     threads = tf.train.start_queue_runners(sess=sess, coord=coord)
     start_time = time.time()
-    num_classes = cifar10_input.NUM_CLASSES
+    num_classes = len(class_names)
     correct_by_class = np.zeros(num_classes, dtype=np.int64)
     total_by_class = np.zeros(num_classes, dtype=np.int64)
     summary_str = None
@@ -165,13 +169,13 @@ def eval_once(saver, summary_writer, eval_ops, checkpoint_path, num_examples,
            global_step, total_sample_count / duration), flush=True)
   print('  by class: ' + ', '.join(
       '%s %.3f' % (name, class_precision) for name, class_precision in zip(
-          cifar10_input.CLASS_NAMES, precision_by_class)), flush=True)
+          class_names, precision_by_class)), flush=True)
 
   summary = tf.Summary()
   summary.ParseFromString(summary_str)
   summary.value.add(tag='Precision @ 1', simple_value=precision)
   for name, class_precision, count in zip(
-      cifar10_input.CLASS_NAMES, precision_by_class, total_by_class):
+      class_names, precision_by_class, total_by_class):
     if count:  # A class with no test image has no precision.
       summary.value.add(tag='Precision @ 1 by class/' + name,
                         simple_value=class_precision)
@@ -193,20 +197,22 @@ def evaluate():
     # Get images and labels for CIFAR-10.
     eval_data = FLAGS.eval_data == 'test'
     images, labels = cifar10.inputs(eval_data=eval_data)
-    num_examples = cifar10_input.count_records(
-        cifar10_input.data_filenames(cifar10.data_batches_dir(), eval_data))
+    num_examples = cifar10.num_examples_per_epoch(eval_data)
+    class_names = cifar10.class_names()
 
     # Build a Graph that computes the logits predictions from the
     # inference model.
     logits = cifar10.inference(images)
 
-    # Calculate predictions.
-    top_k_op = tf.nn.in_top_k(logits, labels, 1)
+    # Calculate predictions: is the likeliest class the label? Not
+    # tf.nn.in_top_k(logits, labels, 1), the tutorial's: it counts a tie for
+    # the first place as right, so that a model whose logits are all equal
+    # would score 1.000.
+    top_k_op = tf.equal(tf.argmax(logits, 1, output_type=tf.int32),
+                        tf.cast(labels, tf.int32))
 
     # Restore the moving average version of the learned variables for eval.
-    variable_averages = tf.train.ExponentialMovingAverage(
-        cifar10.MOVING_AVERAGE_DECAY)
-    variables_to_restore = variable_averages.variables_to_restore()
+    variables_to_restore = cifar10.variables_to_restore(FLAGS.moving_average)
     saver = tf.train.Saver(variables_to_restore)
     expected_shapes = {name: v.shape.as_list()
                        for name, v in variables_to_restore.items()}
@@ -231,9 +237,9 @@ def evaluate():
           print('%s: %s Waiting.' % (datetime.now(), message), flush=True)
         elif checkpoint_path not in evaluated:
           try:
-            cifar10_common.check_checkpoint(checkpoint_path, expected_shapes)
+            cifar10.check_checkpoint(checkpoint_path, expected_shapes)
             if eval_once(saver, summary_writer, eval_ops, checkpoint_path,
-                         num_examples, stop) is not None:
+                         num_examples, class_names, stop) is not None:
               evaluated.add(checkpoint_path)
           except cifar10_common.CheckpointUnreadable as e:
             if FLAGS.run_once:

@@ -24,6 +24,7 @@ import os
 
 import numpy as np
 
+from cifar10_common import first_line
 from cifar10_common import tf
 from cifar10_common import UserError
 
@@ -47,10 +48,14 @@ SOURCE_DEPTH = 3
 IMAGE_BYTES = SOURCE_HEIGHT * SOURCE_WIDTH * SOURCE_DEPTH
 RECORD_BYTES = LABEL_BYTES + IMAGE_BYTES
 
-# Where the records are: the folder the binary archive unpacks to, and its files.
+# Where the records are: the folder the binary archive unpacks to, its files,
+# and the file of class names, one per line, in label order (CIFAR-10's when
+# there is none; prepare_data.py writes it for other images).
 BATCHES_DIR_NAME = 'cifar-10-batches-bin'
 TRAIN_FILENAMES = tuple('data_batch_%d.bin' % i for i in range(1, 6))
 EVAL_FILENAMES = ('test_batch.bin',)
+META_FILENAME = 'batches.meta.txt'
+MAX_CLASSES = 256  # A label is one byte.
 
 # Threads that read and preprocess images into the batching queue, and how
 # many records each reads and preprocesses at once (one at a time, the
@@ -61,6 +66,37 @@ RECORDS_PER_READ = 128
 
 class DataError(UserError):
   """The CIFAR-10 data files are missing or are not what they should be."""
+
+
+def read_class_names(data_dir):
+  """The class names of a data set, in label order.
+
+  Args:
+    data_dir: Path to the CIFAR-10 data directory (`cifar-10-batches-bin`),
+      or a training directory, which keeps a copy of them.
+
+  Returns:
+    A tuple of names: those of `data_dir`/batches.meta.txt, one per line, or
+    CIFAR-10's if there is no such file.
+
+  Raises:
+    DataError: the file has no name, or more than MAX_CLASSES.
+  """
+  path = os.path.join(data_dir, META_FILENAME)
+  if not os.path.isfile(path):
+    return CLASS_NAMES
+  with open(path) as f:
+    names = tuple(line.strip() for line in f if line.strip())
+  if not 1 <= len(names) <= MAX_CLASSES:
+    raise DataError('%s lists %d class names; a data set has 1 to %d, one per '
+                    'line.' % (path, len(names), MAX_CLASSES))
+  return names
+
+
+def write_class_names(directory, class_names):
+  """Writes the class names, one per line, as read_class_names reads them."""
+  with open(os.path.join(directory, META_FILENAME), 'w') as f:
+    f.write(''.join(name + '\n' for name in class_names))
 
 
 def data_filenames(data_dir, eval_data):
@@ -90,7 +126,7 @@ def count_records(filenames):
   return sum(os.path.getsize(f) // RECORD_BYTES for f in filenames)
 
 
-def check_data_files(filenames):
+def check_data_files(filenames, num_classes=NUM_CLASSES):
   """Checks that batch files exist and hold whole, well-labelled records.
 
   This runs before any graph is built, so that bad data stops a run at once,
@@ -98,13 +134,14 @@ def check_data_files(filenames):
 
   Args:
     filenames: Paths of CIFAR-10 binary batch files.
+    num_classes: Labels must be below this.
 
   Returns:
     The total number of records in the files.
 
   Raises:
     DataError: a file is missing, empty, not a whole number of records, or
-      has a label outside 0..NUM_CLASSES-1.
+      has a label outside 0..num_classes-1.
   """
   missing = [f for f in filenames if not os.path.isfile(f)]
   if missing:
@@ -127,13 +164,13 @@ def check_data_files(filenames):
     records = np.memmap(filename, dtype=np.uint8, mode='r').reshape(
         -1, RECORD_BYTES)
     labels = np.asarray(records[:, 0])
-    bad_records = np.flatnonzero(labels >= NUM_CLASSES)
+    bad_records = np.flatnonzero(labels >= num_classes)
     if bad_records.size:
       raise DataError(
           '%s: record %d has label %d, but labels must be 0-%d; %d of its %d '
           'records are out of range. The file is corrupt or not CIFAR-10 '
           'binary data.' % (filename, bad_records[0], labels[bad_records[0]],
-                            NUM_CLASSES - 1, bad_records.size, len(labels)))
+                            num_classes - 1, bad_records.size, len(labels)))
     total_records += len(labels)
   return total_records
 
@@ -324,9 +361,9 @@ def _generate_image_and_label_batch(images, labels, min_queue_examples,
 
   Args:
     images: 4-D Tensor of [n, height, width, 3] of type.uint8: a bunch of
-      cropped images to queue. They are queued as bytes, a quarter of the
-      memory of the float images the classic tutorial queued (20,000 of them
-      by default).
+      images to queue. They are queued as bytes, a quarter of the memory of
+      the float images the classic tutorial queued (20,000 of them by
+      default).
     labels: 1-D Tensor of [n] of type.int32
     min_queue_examples: int32, minimum number of samples to retain
       in the queue that provides of batches of examples.
@@ -339,7 +376,6 @@ def _generate_image_and_label_batch(images, labels, min_queue_examples,
     images: Images. 4D tensor of [batch_size, height, width, 3] size, uint8.
     labels: Labels. 1D tensor of [batch_size] size.
   """
-  images.set_shape([None, IMAGE_SIZE, IMAGE_SIZE, SOURCE_DEPTH])
   labels.set_shape([None])
   # Create a queue that shuffles the examples, and then
   # read 'batch_size' images + labels from the example queue.
@@ -387,7 +423,8 @@ def distorted_inputs(data_dir, batch_size,
     DataError: the training files are missing or malformed.
   """
   filenames = data_filenames(data_dir, eval_data=False)
-  check_data_files(filenames)
+  num_examples_per_epoch = check_data_files(
+      filenames, len(read_class_names(data_dir)))
 
   # Create a queue that produces the filenames to read.
   filename_queue = tf.train.string_input_producer(filenames)
@@ -403,7 +440,7 @@ def distorted_inputs(data_dir, batch_size,
                             **random_crops_and_flips(tf.shape(labels)[0]))
 
     # Ensure that the random shuffling has good mixing properties.
-    min_queue_examples = int(NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN *
+    min_queue_examples = int(num_examples_per_epoch *
                              min_fraction_of_examples_in_queue)
 
   # Generate a batch of images and labels by building up a queue of examples.
@@ -444,7 +481,8 @@ def inputs(eval_data, data_dir, batch_size):
     DataError: the files are missing or malformed.
   """
   filenames = data_filenames(data_dir, eval_data)
-  num_examples_per_epoch = check_data_files(filenames)
+  num_examples_per_epoch = check_data_files(
+      filenames, len(read_class_names(data_dir)))
 
   # Create a queue that produces the filenames to read, once each, in order.
   filename_queue = tf.train.string_input_producer(
@@ -455,29 +493,51 @@ def inputs(eval_data, data_dir, batch_size):
     _, labels, uint8images = read_cifar10_records(filename_queue,
                                                   RECORDS_PER_READ)
 
-    height = IMAGE_SIZE
-    width = IMAGE_SIZE
-
-    # Image processing for evaluation.
-    # Crop the central [height, width] of the image.
-    cropped = tf.image.resize_image_with_crop_or_pad(uint8images, height,
-                                                     width)
-
     # A batching queue need not hold more than a few batches for evaluation.
     min_queue_examples = min(num_examples_per_epoch, batch_size)
 
   # Generate a batch of images and labels by building up a queue of examples.
   uint8_batch, label_batch = _generate_image_and_label_batch(
-      cropped, labels, min_queue_examples, batch_size, shuffle=False,
+      uint8images, labels, min_queue_examples, batch_size, shuffle=False,
       num_epochs=1)
-
-  # Subtract off the mean and divide by the variance of the pixels.
-  images = tf.image.per_image_standardization(
-      tf.cast(uint8_batch, tf.float32))
+  images = preprocess_for_eval(uint8_batch)
 
   # Display the images in the visualizer.
   tf.summary.image('images', images)
   return images, label_batch
+
+
+def preprocess_for_eval(uint8_images):
+  """What evaluation, prediction and exported models feed the network.
+
+  Args:
+    uint8_images: uint8 Tensor [n, 32, 32, 3].
+
+  Returns:
+    float32 Tensor [n, 24, 24, 3]: the central 24x24 crop of each image,
+    standardised.
+  """
+  # Crop the central [height, width] of the image.
+  cropped = tf.image.resize_image_with_crop_or_pad(uint8_images, IMAGE_SIZE,
+                                                   IMAGE_SIZE)
+  # Subtract off the mean and divide by the variance of the pixels.
+  return tf.image.per_image_standardization(tf.cast(cropped, tf.float32))
+
+
+def resize_to_cifar(images):
+  """Resizes images of any size to CIFAR-10's 32x32, as prepare_data.py does.
+
+  Args:
+    images: uint8 Tensor [height, width, 3] or [n, height, width, 3].
+
+  Returns:
+    uint8 Tensor of the same rank, 32x32 (antialiased bilinear resizing).
+  """
+  # TensorFlow 2's resize: the v1 one cannot antialias.
+  resized = tf.compat.v2.image.resize(tf.cast(images, tf.float32),
+                                      [SOURCE_HEIGHT, SOURCE_WIDTH],
+                                      method='bilinear', antialias=True)
+  return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
 
 def prefetch_batches(tensors, capacity, name='batch_prefetch'):
@@ -504,3 +564,30 @@ def prefetch_batches(tensors, capacity, name='batch_prefetch'):
     tf.summary.scalar('fraction_of_%d_full' % capacity,
                       tf.cast(queue.size(), tf.float32) / capacity)
   return queue
+
+
+class ImageDecoder(object):
+  """Decodes PNG or JPEG bytes into a 32x32 RGB uint8 image, with TensorFlow.
+
+  prepare_data.py and cifar10_predict.py use it, and the exported model
+  resizes in the same way (resize_to_cifar), so that images are seen at test
+  time as they were at training time.
+  """
+
+  def __init__(self):
+    self._graph = tf.Graph()
+    with self._graph.as_default():
+      self._contents = tf.placeholder(tf.string, [])
+      self._image = resize_to_cifar(tf.image.decode_image(
+          self._contents, channels=3, expand_animations=False))
+    self._session = tf.Session(graph=self._graph)
+
+  def decode(self, contents):
+    """Returns the [32, 32, 3] uint8 image; raises ValueError if unreadable."""
+    try:
+      return self._session.run(self._image, {self._contents: contents})
+    except tf.errors.OpError as e:
+      raise ValueError(first_line(e)) from None
+
+  def close(self):
+    self._session.close()

@@ -48,6 +48,7 @@ import cifar10
 import cifar10_common
 from cifar10_common import tf
 from cifar10_common import UserError
+import cifar10_input
 
 FLAGS = flags.FLAGS
 flags.adopt_module_key_flags(cifar10)  # --helpshort lists the model's flags.
@@ -74,13 +75,21 @@ class NanLossError(UserError):
 
 
 class _LoggerHook(tf.train.SessionRunHook):
-  """Logs loss and runtime, and stops training the moment the loss is NaN."""
+  """Logs loss and runtime, and stops training the moment the loss is NaN.
 
-  def __init__(self, loss, batches_per_step, log_frequency, summary_dir):
+  In one process, the steps are counted here. A worker of a distributed
+  training (`worker_name` given) logs every --log_frequency of its own steps,
+  with its own speed and the global step, which the other workers advance
+  too.
+  """
+
+  def __init__(self, loss, batches_per_step, log_frequency, summary_dir,
+               worker_name=None):
     self._loss = loss
     self._batches_per_step = batches_per_step
     self._log_frequency = log_frequency
     self._summary_dir = summary_dir
+    self._worker_name = worker_name
 
   def begin(self):
     self._global_step_tensor = tf.train.get_global_step()
@@ -89,6 +98,7 @@ class _LoggerHook(tf.train.SessionRunHook):
     # Steps are counted here, not read back while the train op increments
     # the global step in the same run.
     self.step = session.run(self._global_step_tensor)
+    self._own_steps = 0
     self._last_log_step = None
     self._last_log_time = None
 
@@ -96,29 +106,47 @@ class _LoggerHook(tf.train.SessionRunHook):
     return tf.train.SessionRunArgs(self._loss)
 
   def after_run(self, run_context, run_values):
-    self.step += 1
+    self._own_steps += 1
+    if self._worker_name is None:
+      self.step += 1
     loss_value = run_values.results
     if math.isnan(loss_value):
-      raise NanLossError(nan_loss_message(self.step, self._summary_dir))
+      self._read_global_step(run_context.session)
+      raise NanLossError(nan_loss_message(self.step, FLAGS.train_dir))
     now = time.time()
     if self._last_log_step is None:
       # The first step includes the input queue's warm-up: time from here.
-      self._last_log_step, self._last_log_time = self.step, now
+      self._last_log_step, self._last_log_time = self._own_steps, now
       return
-    if self.step % self._log_frequency == 0:
-      batches = (self.step - self._last_log_step) * self._batches_per_step
+    if self._own_steps % self._log_frequency == 0:
+      batches = (self._own_steps - self._last_log_step) * self._batches_per_step
       duration = now - self._last_log_time
       examples_per_sec = FLAGS.batch_size * batches / duration
       sec_per_batch = duration / batches
-      format_str = ('%s: step %d, loss = %.2f (%.1f examples/sec; %.3f '
-                    'sec/batch)')
+      if self._worker_name is None:
+        format_str = ('%s: step %d, loss = %.2f (%.1f examples/sec; %.3f '
+                      'sec/batch)')
+      else:
+        self._read_global_step(run_context.session)
+        format_str = ('%s: ' + self._worker_name + ': global step %d, loss = '
+                      '%.2f (%.1f examples/sec of this worker; %.3f '
+                      'sec/batch)')
       print(format_str % (datetime.now(), self.step, loss_value,
                           examples_per_sec, sec_per_batch), flush=True)
-      tf.summary.FileWriterCache.get(self._summary_dir).add_summary(
-          tf.Summary(value=[tf.Summary.Value(tag='examples_per_sec',
-                                             simple_value=examples_per_sec)]),
-          self.step)
-      self._last_log_step, self._last_log_time = self.step, now
+      if self._summary_dir:
+        tf.summary.FileWriterCache.get(self._summary_dir).add_summary(
+            tf.Summary(value=[tf.Summary.Value(
+                tag='examples_per_sec', simple_value=examples_per_sec)]),
+            self.step)
+      self._last_log_step, self._last_log_time = self._own_steps, now
+
+  def end(self, session):
+    self._read_global_step(session)
+
+  def _read_global_step(self, session):
+    """A worker's step is the global step: read it (one more round trip)."""
+    if self._worker_name is not None:
+      self.step = session.run(self._global_step_tensor)
 
 
 def nan_loss_message(step, train_dir):
@@ -226,7 +254,7 @@ def checkpoint_to_resume(train_dir, expected_shapes):
       if path != state.model_checkpoint_path]
   for path in candidates:
     try:
-      cifar10_common.check_checkpoint(path, expected_shapes)
+      cifar10.check_checkpoint(path, expected_shapes)
       return path
     except cifar10_common.CheckpointUnreadable as e:
       print('Skipping %s.' % e, flush=True)
@@ -240,7 +268,32 @@ def checkpoint_to_resume(train_dir, expected_shapes):
       train_dir)
 
 
-def run_training(train_op, loss, batches_per_step=1, config=None):
+class _WorkerSessionCreator(tf.train.SessionCreator):
+  """A worker's session: waits until the chief has set up the variables.
+
+  tf.train.WorkerSessionCreator does this too, but looks every 30 s; this
+  looks every second.
+  """
+
+  def __init__(self, scaffold, master, config, max_wait_secs=30 * 60):
+    self._scaffold = scaffold
+    self._master = master
+    self._config = config
+    self._max_wait_secs = max_wait_secs
+
+  def create_session(self):
+    self._scaffold.finalize()
+    session_manager = tf.train.SessionManager(
+        local_init_op=self._scaffold.local_init_op,
+        ready_op=self._scaffold.ready_op,
+        ready_for_local_init_op=self._scaffold.ready_for_local_init_op,
+        graph=tf.get_default_graph(), recovery_wait_secs=1)
+    return session_manager.wait_for_session(
+        self._master, config=self._config, max_wait_secs=self._max_wait_secs)
+
+
+def run_training(train_op, loss, batches_per_step=1, config=None, master='',
+                 is_chief=True, hooks=(), worker_name=None):
   """Runs `train_op` until --max_steps, with logs, summaries and checkpoints.
 
   Resumes from the newest readable checkpoint in --train_dir, if any.
@@ -255,43 +308,56 @@ def run_training(train_op, loss, batches_per_step=1, config=None):
     batches_per_step: Batches of --batch_size images trained on per step:
       one per tower.
     config: tf.ConfigProto of the session; session_config() by default.
+    master: The TensorFlow server to run on (a distributed worker's); in
+      this process by default.
+    is_chief: Whether this process initialises or restores the variables and
+      writes the checkpoints and summaries: the only one, unless distributed.
+    hooks: More tf.train.SessionRunHooks.
+    worker_name: For a distributed worker, its name in the log lines.
 
   Raises:
     NanLossError: the loss became NaN.
     CheckpointError: --train_dir holds checkpoints that cannot be resumed.
     Interrupted: SIGINT or SIGTERM stopped training (after the checkpoint).
   """
-  cifar10_common.ensure_writable_dir(FLAGS.train_dir, 'train_dir')
-  resume_from = checkpoint_to_resume(
-      FLAGS.train_dir,
-      {v.op.name: v.shape.as_list() for v in tf.global_variables()})
-  if resume_from:
-    step = tf.train.load_variable(resume_from, 'global_step')
-    if step >= FLAGS.max_steps:
-      print('%s is at step %d, --max_steps=%d: nothing to train.' %
-            (resume_from, step, FLAGS.max_steps), flush=True)
-      return
-    print('Resuming from %s, at step %d.' % (resume_from, step), flush=True)
   # Relative paths in the 'checkpoint' file: the train dir can be moved.
   scaffold = tf.train.Scaffold(
       saver=tf.train.Saver(sharded=True, save_relative_paths=True))
   logger = _LoggerHook(loss, batches_per_step, FLAGS.log_frequency,
-                       FLAGS.train_dir)
-  hooks = [
-      tf.train.StopAtStepHook(last_step=FLAGS.max_steps),
-      tf.train.SummarySaverHook(save_steps=FLAGS.save_summaries_steps,
-                                output_dir=FLAGS.train_dir, scaffold=scaffold),
-      logger,
-      _QueueWarmupHook(),
-      # After the logger, so that a NaN step stops training before it is
-      # saved.
-      tf.train.CheckpointSaverHook(FLAGS.train_dir,
-                                   save_secs=FLAGS.save_checkpoint_secs,
-                                   scaffold=scaffold),
-  ]
-  session_creator = tf.train.ChiefSessionCreator(
-      scaffold=scaffold, checkpoint_filename_with_path=resume_from,
-      config=config or session_config())
+                       FLAGS.train_dir if is_chief else None, worker_name)
+  hooks = [tf.train.StopAtStepHook(last_step=FLAGS.max_steps), logger,
+           _QueueWarmupHook()] + list(hooks)
+  config = config or session_config()
+  if is_chief:
+    cifar10_common.ensure_writable_dir(FLAGS.train_dir, 'train_dir')
+    resume_from = checkpoint_to_resume(
+        FLAGS.train_dir,
+        {v.op.name: v.shape.as_list() for v in tf.global_variables()})
+    if resume_from:
+      step = tf.train.load_variable(resume_from, 'global_step')
+      if step >= FLAGS.max_steps:
+        print('%s is at step %d, --max_steps=%d: nothing to train.' %
+              (resume_from, step, FLAGS.max_steps), flush=True)
+        return
+      print('Resuming from %s, at step %d.' % (resume_from, step), flush=True)
+    # The class names go with the checkpoints, for cifar10_predict.py and
+    # cifar10_export.py.
+    cifar10_input.write_class_names(FLAGS.train_dir, cifar10.class_names())
+    hooks += [
+        tf.train.SummarySaverHook(save_steps=FLAGS.save_summaries_steps,
+                                  output_dir=FLAGS.train_dir,
+                                  scaffold=scaffold),
+        # After the logger, so that a NaN step stops training before it is
+        # saved.
+        tf.train.CheckpointSaverHook(FLAGS.train_dir,
+                                     save_secs=FLAGS.save_checkpoint_secs,
+                                     scaffold=scaffold),
+    ]
+    session_creator = tf.train.ChiefSessionCreator(
+        scaffold=scaffold, master=master,
+        checkpoint_filename_with_path=resume_from, config=config)
+  else:
+    session_creator = _WorkerSessionCreator(scaffold, master, config)
   with cifar10_common.StopSignals() as stop:
     with tf.train.MonitoredSession(session_creator=session_creator,
                                    hooks=hooks) as mon_sess:
@@ -305,13 +371,18 @@ def run_training(train_op, loss, batches_per_step=1, config=None):
             raise NanLossError(nan_loss_message(logger.step + 1,
                                                 FLAGS.train_dir)) from None
           raise
-  latest = tf.train.latest_checkpoint(FLAGS.train_dir)
+  if is_chief:
+    checkpoint = 'checkpoint %s' % tf.train.latest_checkpoint(FLAGS.train_dir)
+  else:
+    checkpoint = 'the chief writes the checkpoints'
   if stop.received:
     raise cifar10_common.Interrupted(
-        'Stopped by %s at step %d; checkpoint %s saved.' %
-        (stop.received, logger.step, latest), stop.signum)
-  print('Done training: step %d; checkpoint %s.' % (logger.step, latest),
-        flush=True)
+        'Stopped by %s at step %d; %s%s.' % (
+            stop.received, logger.step, checkpoint,
+            ' saved' if is_chief else ''), stop.signum)
+  print('Done training: %sstep %d; %s.' % (
+      worker_name + ', global ' if worker_name else '', logger.step,
+      checkpoint), flush=True)
 
 
 def train():

@@ -59,7 +59,14 @@ def write_batch_file(path, labels, images_hwc):
     f.write(encode_records(labels, images_hwc))
 
 
-def make_data_dir(root, records_per_train_file=64, test_records=250, seed=0):
+def read_labels(path):
+  """The label of every record of a binary batch file."""
+  records = np.fromfile(path, dtype=np.uint8)
+  return records.reshape(-1, cifar10_input.RECORD_BYTES)[:, 0]
+
+
+def make_data_dir(root, records_per_train_file=64, test_records=250, seed=0,
+                  num_classes=10):
   """Writes the five training files and the test file of learnable data.
 
   Args:
@@ -67,6 +74,7 @@ def make_data_dir(root, records_per_train_file=64, test_records=250, seed=0):
     records_per_train_file: Records in each data_batch_N.bin.
     test_records: Records in test_batch.bin.
     seed: Seed of labels and noise.
+    num_classes: Labels are 0..num_classes-1 (at most 10).
 
   Returns:
     The path of the batches folder.
@@ -78,7 +86,7 @@ def make_data_dir(root, records_per_train_file=64, test_records=250, seed=0):
   for i, name in enumerate(names):
     count = test_records if name in cifar10_input.EVAL_FILENAMES else (
         records_per_train_file)
-    labels = rng.integers(0, 10, size=count)
+    labels = rng.integers(0, num_classes, size=count)
     write_batch_file(os.path.join(batches_dir, name), labels,
                      learnable_images(labels, seed=seed * 100 + i))
   return batches_dir

@@ -19,8 +19,9 @@ import cifar_data  # pylint: disable=g-import-not-at-top
 FLAGS = flags.FLAGS
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Training in the tests waits for few images: 200 of the 50,000 of an epoch.
-SMALL_QUEUE_FRACTION = 0.004
+# Training in the tests waits for few images: 200 of the 320 of an epoch of
+# the small data.
+SMALL_QUEUE_FRACTION = 0.625
 
 
 def pytest_configure(config):
@@ -30,10 +31,27 @@ def pytest_configure(config):
 
 
 @pytest.fixture(autouse=True)
-def _restore_flags():
-  """Every test starts from the default flag values and leaves them so."""
+def _restore_flags(tmp_path):
+  """Every test starts from the default flag values and leaves them so.
+
+  Except --data_dir, an empty folder: the default one, /tmp/cifar10_data, may
+  hold data (the user's own, with other classes) that the tests must not see.
+  """
   with flagsaver.flagsaver():
+    FLAGS.data_dir = str(tmp_path / 'no_data')
     yield
+
+
+@pytest.fixture
+def processes():
+  """Starts scripts in the background; all are killed at the test's end,
+  whatever happens."""
+  import helpers  # pylint: disable=g-import-not-at-top  (it imports us)
+  started = []
+  yield lambda *args: started.append(helpers.ScriptProcess(*args)) or (
+      started[-1])
+  for process in started:
+    process.kill()
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ def _make_archive(path, skip=(), records=3):
         data = cifar_data.encode_records(
             labels, cifar_data.learnable_images(labels, seed=i))
       else:
-        data = b'airplane\nautomobile\n'
+        data = ''.join(n + '\n' for n in cifar10_input.CLASS_NAMES).encode()
       info = tarfile.TarInfo('cifar-10-batches-bin/' + name)
       info.size = len(data)
       archive.addfile(info, io.BytesIO(data))
@@ -101,7 +101,7 @@ def test_defaults_are_the_official_archive():
   assert FLAGS.data_url == (
       'https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz')
   assert FLAGS.data_md5 == 'c32a1d4ab5d03f1284b67883e8d87530'
-  assert FLAGS.data_dir == '/tmp/cifar10_data'
+  assert FLAGS['data_dir'].default == '/tmp/cifar10_data'
 
 
 def test_file_url_download_and_extract(tmp_path, archive, capsys):

@@ -23,7 +23,6 @@ from conftest import TRAINED_STEPS
 import helpers
 from helpers import quick_args
 from helpers import run_script
-from helpers import ScriptProcess
 
 STOP_LINE = r'^Stopped by (SIG\w+) at step (\d+); checkpoint (\S+) saved\.$'
 
@@ -50,15 +49,6 @@ def _copy_trained(trained, tmp_path):
 def _checkpoints(train_dir):
   state = tf.train.get_checkpoint_state(train_dir)
   return list(state.all_model_checkpoint_paths) if state else []
-
-
-@pytest.fixture
-def processes():
-  """Scripts started by a test; all killed at its end, whatever happens."""
-  started = []
-  yield lambda *args: started.append(ScriptProcess(*args)) or started[-1]
-  for process in started:
-    process.kill()
 
 
 # Faults.
@@ -241,8 +231,8 @@ def test_no_readable_checkpoint_stops_before_touching_them(
   assert _snapshot(FLAGS.train_dir) == before
 
 
-def test_nan_loss_in_multi_device_training(quick_flags, capsys, monkeypatch):
-  monkeypatch.setattr(cifar10, 'INITIAL_LEARNING_RATE', 1e9)
+def test_nan_loss_in_multi_device_training(quick_flags, capsys):
+  FLAGS.initial_learning_rate = 1e9
   FLAGS.max_steps = 1000
   with pytest.raises(cifar10_train.NanLossError) as error:
     cifar10_multi_gpu_train.train(

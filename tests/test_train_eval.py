@@ -127,8 +127,8 @@ def test_a_second_run_resumes_at_the_saved_step(quick_flags, capsys):
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(
-    quick_flags, capsys, monkeypatch):
-  monkeypatch.setattr(cifar10, 'INITIAL_LEARNING_RATE', 1e9)
+    quick_flags, capsys):
+  FLAGS.initial_learning_rate = 1e9
   with pytest.raises(cifar10_train.NanLossError) as error:
     _train(1000, capsys)
   match = re.match(r'loss is NaN at step (\d+): training diverged and was '

@@ -1,0 +1,89 @@
+"""Exports a trained model as a TensorFlow SavedModel, for serving.
+
+    python cifar10_export.py --checkpoint_dir=/tmp/cifar10_train \
+        --export_dir=/tmp/cifar10_model
+
+The SavedModel holds the moving averages of the weights of the latest
+checkpoint, and one signature, 'serving_default':
+
+- input 'images': uint8 [batch, height, width, 3], RGB, of any size (the
+  images of one call share it); each is resized to 32x32, then cropped and
+  standardised as evaluation does;
+- outputs 'probabilities': float32 [batch, classes], and 'class_names':
+  string [classes], in label order.
+
+It loads without this code, in TensorFlow 2:
+
+    model = tf.saved_model.load('/tmp/cifar10_model')
+    probabilities = model.signatures['serving_default'](
+        images=tf.constant(uint8_images))['probabilities']
+"""
+
+import os
+
+from absl import flags
+
+import cifar10
+import cifar10_common
+import cifar10_eval  # pylint: disable=unused-import  (--checkpoint_dir, ...)
+import cifar10_predict
+from cifar10_common import tf
+from cifar10_common import UserError
+
+FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(cifar10)
+flags.adopt_module_key_flags(cifar10_eval)
+
+flags.DEFINE_string('export_dir', None,
+                    'Where to write the SavedModel: a folder that does not '
+                    'exist yet.')
+
+SIGNATURE = 'serving_default'
+
+
+def export(checkpoint_dir, export_dir, moving_average=True):
+  """Writes the SavedModel of the latest checkpoint of `checkpoint_dir`.
+
+  Args:
+    checkpoint_dir: A training directory.
+    export_dir: The SavedModel's folder; must not exist.
+    moving_average: Export the moving averages of the weights.
+
+  Returns:
+    The checkpoint exported.
+
+  Raises:
+    UserError: export_dir exists, or there is no usable checkpoint.
+  """
+  if os.path.exists(export_dir):
+    raise UserError('--export_dir=%s exists: give a new folder (nothing is '
+                    'overwritten).' % export_dir)
+  classifier = cifar10_predict.Classifier(checkpoint_dir, moving_average,
+                                          any_size=True)
+  with classifier.graph.as_default():
+    class_names = tf.constant(classifier.class_names, name='class_names')
+    builder = tf.saved_model.Builder(export_dir)
+    builder.add_meta_graph_and_variables(
+        classifier.session, [tf.saved_model.SERVING],
+        signature_def_map={
+            SIGNATURE: tf.saved_model.predict_signature_def(
+                inputs={'images': classifier.images},
+                outputs={'probabilities': classifier.probabilities,
+                         'class_names': class_names})},
+        strip_default_attrs=True)
+    builder.save()
+  classifier.close()
+  return classifier.checkpoint_path
+
+
+def main(argv):
+  del argv
+  if not FLAGS.export_dir:
+    raise UserError('--export_dir is required.')
+  checkpoint = export(FLAGS.checkpoint_dir, FLAGS.export_dir,
+                      FLAGS.moving_average)
+  print('Exported %s to %s.' % (checkpoint, FLAGS.export_dir))
+
+
+if __name__ == '__main__':
+  cifar10_common.run(main)

@@ -1,0 +1,169 @@
+"""Turns a folder of your own images into CIFAR-10's binary layout.
+
+    python prepare_data.py --image_dir=~/photos --output_dir=/tmp/my_data
+    python cifar10_train.py --data_dir=/tmp/my_data
+
+--image_dir holds one sub-folder per class, named after it, with PNG or JPEG
+images of any size. Each image is resized to 32x32 and written as a CIFAR-10
+record (one label byte, then the red, green and blue planes), into
+--output_dir/cifar-10-batches-bin/: data_batch_1.bin ... data_batch_5.bin for
+training, test_batch.bin for evaluation, and batches.meta.txt with the class
+names, one per line, in label order. The training and evaluation scripts read
+the number of classes and their names from that file.
+
+Each class is split on its own, --test_fraction of it for evaluation, after a
+shuffle with --seed: the same folder and flags give the same files. Up to 256
+classes (one label byte). Images that cannot be read are listed and skipped;
+files that are not PNG or JPEG are listed and ignored.
+"""
+
+import os
+import sys
+
+from absl import flags
+import numpy as np
+
+import cifar10_common
+from cifar10_common import UserError
+import cifar10_input
+
+flags.DEFINE_string('image_dir', None,
+                    'Folder of images, one sub-folder per class.')
+flags.DEFINE_string('output_dir', None,
+                    'Where to write the data set: the --data_dir to train '
+                    'with.')
+flags.DEFINE_float('test_fraction', 0.2,
+                   'Fraction of each class kept for evaluation.',
+                   lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_integer('seed', 0, 'Seed of the shuffle that splits each class.')
+
+FLAGS = flags.FLAGS
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+
+
+def list_images(image_dir):
+  """The classes and their image files.
+
+  Args:
+    image_dir: Folder with one sub-folder per class.
+
+  Returns:
+    class_names: sorted sub-folder names.
+    files: list of (path, label).
+    ignored: paths of files that are not PNG or JPEG.
+
+  Raises:
+    UserError: no class folder, or more than 256.
+  """
+  if not os.path.isdir(image_dir):
+    raise UserError('--image_dir=%s is not a folder.' % image_dir)
+  class_names = sorted(
+      name for name in os.listdir(image_dir)
+      if os.path.isdir(os.path.join(image_dir, name)) and
+      not name.startswith('.'))
+  if not class_names:
+    raise UserError('--image_dir=%s has no sub-folders: it needs one per '
+                    'class, holding that class\'s images.' % image_dir)
+  if len(class_names) > cifar10_input.MAX_CLASSES:
+    raise UserError('--image_dir=%s has %d class folders; at most %d fit in '
+                    'the one label byte of a record.' %
+                    (image_dir, len(class_names), cifar10_input.MAX_CLASSES))
+  files, ignored = [], []
+  for label, name in enumerate(class_names):
+    class_dir = os.path.join(image_dir, name)
+    for root, _, names in os.walk(class_dir):
+      for file_name in sorted(names):
+        path = os.path.join(root, file_name)
+        if file_name.lower().endswith(IMAGE_EXTENSIONS):
+          files.append((path, label))
+        elif not file_name.startswith('.'):
+          ignored.append(path)
+  return class_names, sorted(files), sorted(ignored)
+
+
+def prepare(image_dir, output_dir, test_fraction, seed, out=sys.stdout):
+  """Writes the data set; returns {class name: (train count, test count)}.
+
+  Raises:
+    UserError: too few images, or the output cannot be written.
+  """
+  class_names, files, ignored = list_images(image_dir)
+  decoder = cifar10_input.ImageDecoder()
+  images, labels, unreadable = [], [], []
+  try:
+    for path, label in files:
+      try:
+        with open(path, 'rb') as f:
+          images.append(decoder.decode(f.read()))
+        labels.append(label)
+      except (OSError, ValueError) as e:
+        unreadable.append((path, str(e)))
+  finally:
+    decoder.close()
+  labels = np.array(labels, dtype=np.int64)
+
+  rng = np.random.default_rng(seed)
+  train_indices, test_indices, counts = [], [], {}
+  for label, name in enumerate(class_names):
+    indices = rng.permutation(np.flatnonzero(labels == label))
+    test_count = int(round(len(indices) * test_fraction))
+    test_indices.extend(indices[:test_count])
+    train_indices.extend(indices[test_count:])
+    counts[name] = (len(indices) - test_count, test_count)
+  train_indices = rng.permutation(np.array(train_indices, dtype=np.int64))
+  test_indices = rng.permutation(np.array(test_indices, dtype=np.int64))
+  num_train_files = len(cifar10_input.TRAIN_FILENAMES)
+  if len(train_indices) < num_train_files or not len(test_indices):
+    raise UserError(
+        'too few readable images in %s: %d for training and %d for '
+        'evaluation; at least %d and 1 are needed (see --test_fraction).' %
+        (image_dir, len(train_indices), len(test_indices), num_train_files))
+
+  batches_dir = os.path.join(output_dir, cifar10_input.BATCHES_DIR_NAME)
+  try:
+    os.makedirs(batches_dir, exist_ok=True)
+    for name, part in zip(cifar10_input.TRAIN_FILENAMES,
+                          np.array_split(train_indices, num_train_files)):
+      _write_records(os.path.join(batches_dir, name), images, labels, part)
+    _write_records(os.path.join(batches_dir, cifar10_input.EVAL_FILENAMES[0]),
+                   images, labels, test_indices)
+    cifar10_input.write_class_names(batches_dir, class_names)
+  except OSError as e:
+    raise UserError('cannot write the data set into --output_dir=%s: %s' %
+                    (output_dir, e)) from None
+
+  width = max(len(name) for name in class_names + ['class'])
+  out.write('%-*s %8s %8s\n' % (width, 'class', 'train', 'test'))
+  for name in class_names:
+    out.write('%-*s %8d %8d\n' % (width, name, *counts[name]))
+  out.write('%-*s %8d %8d\n' % (width, 'total', len(train_indices),
+                                len(test_indices)))
+  for path, reason in unreadable:
+    out.write('Skipped, unreadable: %s (%s)\n' % (path, reason))
+  for path in ignored:
+    out.write('Ignored, not PNG or JPEG: %s\n' % path)
+  out.write('Wrote %s: %d classes.\n' % (batches_dir, len(class_names)))
+  return counts
+
+
+def _write_records(path, images, labels, indices):
+  """Writes the records of `indices` to a binary batch file."""
+  with open(path, 'wb') as f:
+    for i in indices:
+      f.write(bytes([labels[i]]))
+      f.write(np.ascontiguousarray(images[i].transpose(2, 0, 1)).tobytes())
+
+
+def main(argv):
+  del argv
+  for flag in ['image_dir', 'output_dir']:
+    if not getattr(FLAGS, flag):
+      raise UserError('--%s is required.' % flag)
+  prepare(os.path.expanduser(FLAGS.image_dir),
+          os.path.expanduser(FLAGS.output_dir), FLAGS.test_fraction,
+          FLAGS.seed)
+
+
+if __name__ == '__main__':
+  cifar10_common.run(main)
