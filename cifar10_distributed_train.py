@@ -1,0 +1,285 @@
+"""Trains CIFAR-10 on several machines: parameter servers and workers.
+
+Between-graph replication on TensorFlow's distributed runtime: every worker
+builds the whole model; tf.train.replica_device_setter places its variables
+on the parameter servers, and its input pipeline and computation on the
+worker itself. Start one process per task, e.g. 1 parameter server and 2
+workers:
+
+    python cifar10_distributed_train.py --ps_hosts=ps0:2222 \
+        --worker_hosts=worker0:2222,worker1:2222 --job_name=ps --task_index=0
+    python cifar10_distributed_train.py --ps_hosts=ps0:2222 \
+        --worker_hosts=worker0:2222,worker1:2222 --job_name=worker --task_index=0
+    python cifar10_distributed_train.py --ps_hosts=ps0:2222 \
+        --worker_hosts=worker0:2222,worker1:2222 --job_name=worker --task_index=1
+
+or, instead of the four flags, the TF_CONFIG environment variable:
+
+    TF_CONFIG='{"cluster": {"ps": ["ps0:2222"],
+                            "worker": ["worker0:2222", "worker1:2222"]},
+                "task": {"type": "worker", "index": 1}}'
+
+Worker 0 is the chief: it initialises the variables, or restores them from
+the latest checkpoint in --train_dir, and writes the checkpoints and
+summaries, the same as cifar10_train.py's (either resumes from the other's;
+cifar10_eval.py evaluates them). The other workers wait for it. Each worker
+applies its own updates as it computes them (asynchronous), or, with
+--sync_replicas, the gradients of --replicas_to_aggregate workers are
+averaged into each update (tf.train.SyncReplicasOptimizer); any other
+workers are backups, whose late gradients are dropped.
+
+A worker that dies can be started again: it rejoins. When training is done,
+each worker tells the parameter servers, which stop once all workers have.
+"""
+
+import json
+import os
+
+from absl import flags
+
+import cifar10
+import cifar10_common
+from cifar10_common import tf
+from cifar10_common import UserError
+import cifar10_train
+
+FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(cifar10)
+flags.adopt_module_key_flags(cifar10_train)
+
+flags.DEFINE_list('ps_hosts', None,
+                  'Parameter servers, host:port,host:port,...')
+flags.DEFINE_list('worker_hosts', None, 'Workers, host:port,host:port,...')
+flags.DEFINE_enum('job_name', None, ['ps', 'worker'],
+                  'The job of this process.')
+flags.DEFINE_integer('task_index', 0, 'The index of this process in its job.',
+                     lower_bound=0)
+flags.DEFINE_boolean('sync_replicas', False,
+                     'Aggregate the gradients of several workers into each '
+                     'update, instead of each worker updating on its own.')
+flags.DEFINE_integer('replicas_to_aggregate', None,
+                     'With --sync_replicas: gradients averaged into each '
+                     'update; the number of workers by default. The workers '
+                     'beyond it are backups.', lower_bound=1)
+
+CLUSTER_FLAGS = ('ps_hosts', 'worker_hosts', 'job_name', 'task_index')
+
+
+def cluster_and_task():
+  """The cluster and this process's place in it, from flags or TF_CONFIG.
+
+  Returns:
+    (tf.train.ClusterSpec with jobs 'ps' and 'worker', job name, task index).
+
+  Raises:
+    UserError: no cluster given, or an inconsistent one.
+  """
+  if any(FLAGS[name].present for name in CLUSTER_FLAGS):
+    for name in ('ps_hosts', 'worker_hosts', 'job_name'):
+      if not FLAGS[name].value:
+        raise UserError('--%s is required with a cluster given by flags.' %
+                        name)
+    jobs = {'ps': FLAGS.ps_hosts, 'worker': FLAGS.worker_hosts}
+    job_name, task_index = FLAGS.job_name, FLAGS.task_index
+    source = '--task_index'
+  elif os.environ.get('TF_CONFIG'):
+    jobs, job_name, task_index = _parse_tf_config(os.environ['TF_CONFIG'])
+    source = 'TF_CONFIG'
+  else:
+    raise UserError('no cluster: give --ps_hosts, --worker_hosts, --job_name '
+                    'and --task_index, or set TF_CONFIG (see the README).')
+  for job, hosts in jobs.items():
+    for host in hosts:
+      host_name, _, port = host.rpartition(':')
+      if not host_name or not port.isdigit():
+        raise UserError('%s host %r is not host:port.' % (job, host))
+  if task_index >= len(jobs[job_name]):
+    raise UserError('%s=%d, but the cluster has %d %s task(s), 0-%d.' %
+                    (source, task_index, len(jobs[job_name]), job_name,
+                     len(jobs[job_name]) - 1))
+  return tf.train.ClusterSpec(jobs), job_name, task_index
+
+
+def _parse_tf_config(text):
+  """({'ps': hosts, 'worker': hosts}, task type, index) of a TF_CONFIG."""
+  expected = ('TF_CONFIG must be JSON like {"cluster": {"ps": ["host:port"], '
+              '"worker": ["host:port", ...]}, "task": {"type": "worker", '
+              '"index": 0}}')
+  try:
+    config = json.loads(text)
+    cluster, task = config['cluster'], config['task']
+    jobs = {job: list(cluster[job]) for job in ('ps', 'worker')}
+    job_name, task_index = task['type'], int(task['index'])
+  except (ValueError, KeyError, TypeError) as e:
+    raise UserError('%s; it has %s (%s).' % (
+        expected, text.strip()[:200], cifar10_common.first_line(e))) from None
+  if job_name not in jobs or task_index < 0 or not all(jobs.values()):
+    raise UserError('%s; its task is %r, index %d, and its cluster %s.' % (
+        expected, job_name, task_index, json.dumps(cluster)))
+  return jobs, job_name, task_index
+
+
+def done_queues(cluster):
+  """A queue on each parameter server, where each worker says it is done.
+
+  Workers and parameter servers build the same queues (same shared names, same
+  devices), so that they share them.
+  """
+  queues = []
+  num_workers = cluster.num_tasks('worker')
+  for ps_task in range(cluster.num_tasks('ps')):
+    with tf.device('/job:ps/task:%d' % ps_task):
+      queues.append(tf.FIFOQueue(num_workers, tf.int32,
+                                 shared_name='done_queue_%d' % ps_task,
+                                 name='done_queue_%d' % ps_task))
+  return queues
+
+
+def serve(server, cluster, task_index):
+  """A parameter server's life: serve until all workers are done."""
+  num_workers = cluster.num_tasks('worker')
+  print('Parameter server %d serving at %s, until the %d worker%s done.' %
+        (task_index, cluster.task_address('ps', task_index), num_workers,
+         ' is' if num_workers == 1 else 's are'), flush=True)
+  with tf.Graph().as_default():
+    done_workers = done_queues(cluster)[task_index].size()
+    with cifar10_common.StopSignals() as stop, tf.Session(
+        server.target, config=tf.ConfigProto(
+            device_filters=['/job:ps/task:%d' % task_index])) as sess:
+      # Polled, not a blocking dequeue: a signal must stop it at once.
+      while not stop.received:
+        if sess.run(done_workers) >= num_workers:
+          print('All %d workers are done: stopping.' % num_workers,
+                flush=True)
+          return
+        stop.wait(0.5)
+  raise cifar10_common.Interrupted(
+      'Parameter server %d stopped by %s.' % (task_index, stop.received),
+      stop.signum)
+
+
+def train(server, cluster, task_index):
+  """A worker's life: train until --max_steps, then tell the servers."""
+  num_workers = cluster.num_tasks('worker')
+  is_chief = task_index == 0
+  replicas_to_aggregate = FLAGS.replicas_to_aggregate or num_workers
+  worker_device = '/job:worker/task:%d' % task_index
+  if FLAGS.sync_replicas:
+    print('Worker %d of %d%s: synchronous, each update averages the '
+          'gradients of %d workers (%d backup).' % (
+              task_index, num_workers, ' (chief)' if is_chief else '',
+              replicas_to_aggregate, num_workers - replicas_to_aggregate),
+          flush=True)
+  else:
+    print('Worker %d of %d%s: asynchronous updates.' % (
+        task_index, num_workers, ' (chief)' if is_chief else ''), flush=True)
+
+  with tf.Graph().as_default():
+    with tf.device(tf.train.replica_device_setter(
+        worker_device=worker_device, cluster=cluster)):
+      global_step = tf.train.get_or_create_global_step()
+      # The input pipeline stays on this worker, on its CPU.
+      with tf.device(worker_device + '/cpu:0'):
+        images, labels = cifar10.distorted_inputs()
+      logits = cifar10.inference(images)
+      loss = cifar10.loss(logits, labels)
+      train_op, hooks = _train_op(loss, global_step, is_chief, num_workers,
+                                  replicas_to_aggregate)
+    say_done = [queue.enqueue(task_index) for queue in done_queues(cluster)]
+    # Talk to the servers and to this worker only: other workers may be down.
+    config = cifar10_train.session_config(
+        device_filters=['/job:ps', worker_device])
+    cifar10_train.run_training(
+        train_op, loss, config=config, master=server.target,
+        is_chief=is_chief, hooks=hooks, worker_name='worker %d' % task_index)
+    with tf.Session(server.target, config=config) as sess:
+      sess.run(say_done)
+
+
+def _train_op(loss, global_step, is_chief, num_workers, replicas_to_aggregate):
+  """cifar10.train()'s step, each update from one worker or several.
+
+  Returns:
+    (train op, hooks the session must run).
+  """
+  examples_per_update = FLAGS.batch_size * (
+      replicas_to_aggregate if FLAGS.sync_replicas else 1)
+  lr = cifar10.learning_rate(global_step, examples_per_update)
+  loss_averages_op = cifar10.add_loss_summaries(loss)
+  with tf.control_dependencies([loss_averages_op]):
+    opt = tf.train.GradientDescentOptimizer(lr)
+    if FLAGS.sync_replicas:
+      # The moving averages of the weights are updated once per update, by
+      # the chief, not by every worker.
+      opt = tf.train.SyncReplicasOptimizer(
+          opt, replicas_to_aggregate=replicas_to_aggregate,
+          total_num_replicas=num_workers,
+          variable_averages=tf.train.ExponentialMovingAverage(
+              cifar10.MOVING_AVERAGE_DECAY, global_step),
+          variables_to_average=tf.trainable_variables())
+    grads = opt.compute_gradients(loss)
+  apply_gradient_op = opt.apply_gradients(grads, global_step=global_step)
+  cifar10.add_variable_and_gradient_summaries(grads)
+  if FLAGS.sync_replicas:
+    return apply_gradient_op, [
+        _QuietlyEndingHook(opt.make_session_run_hook(is_chief))]
+  return cifar10.apply_moving_averages(apply_gradient_op, global_step), []
+
+
+class _QuietlyEndingHook(tf.train.SessionRunHook):
+  """SyncReplicasOptimizer's hook, whose chief thread ends without a wait.
+
+  On the chief, that hook starts a thread that aggregates the workers'
+  gradients. Once training is done, the thread waits for gradients that will
+  never come: the monitored session, whose coordinator it joins, would wait
+  its grace period (120 s) for it, then cancel it with a traceback. Here the
+  thread has a coordinator of its own, for which the cancelling is a clean
+  stop; its real errors are raised in the training loop.
+  """
+
+  def __init__(self, hook):
+    self._hook = hook
+    self._coord = tf.train.Coordinator(
+        clean_stop_exception_types=(tf.errors.CancelledError,
+                                    tf.errors.OutOfRangeError))
+
+  def begin(self):
+    self._hook.begin()
+
+  def after_create_session(self, session, coord):
+    del coord  # The thread gets self._coord instead.
+    self._hook.after_create_session(session, self._coord)
+
+  def after_run(self, run_context, run_values):
+    self._coord.raise_requested_exception()
+
+  def end(self, session):
+    self._coord.request_stop()
+
+
+def main(argv=None):  # pylint: disable=unused-argument
+  cluster, job_name, task_index = cluster_and_task()
+  num_workers = cluster.num_tasks('worker')
+  if (FLAGS.sync_replicas and
+      (FLAGS.replicas_to_aggregate or num_workers) > num_workers):
+    raise UserError('--replicas_to_aggregate=%d, but the cluster has %d '
+                    'worker(s).' % (FLAGS.replicas_to_aggregate, num_workers))
+  if job_name == 'worker':
+    cifar10.maybe_download_and_extract()
+  address = cluster.task_address(job_name, task_index)
+  try:
+    server = tf.train.Server(cluster, job_name=job_name,
+                             task_index=task_index)
+  except tf.errors.OpError as e:
+    raise UserError(
+        'cannot start the %s %d server at %s (%s): is the port in use (a task '
+        'of an earlier run still up?), or the host not this machine?' %
+        (job_name, task_index, address, cifar10_common.first_line(e))) from None
+  if job_name == 'ps':
+    serve(server, cluster, task_index)
+  else:
+    train(server, cluster, task_index)
+
+
+if __name__ == '__main__':
+  cifar10_common.run(main)
