@@ -48,8 +48,8 @@ def processes():
   whatever happens."""
   import helpers  # pylint: disable=g-import-not-at-top  (it imports us)
   started = []
-  yield lambda *args: started.append(helpers.ScriptProcess(*args)) or (
-      started[-1])
+  yield lambda *args, **kwargs: started.append(
+      helpers.ScriptProcess(*args, **kwargs)) or started[-1]
   for process in started:
     process.kill()
 

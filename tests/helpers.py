@@ -64,9 +64,9 @@ class ScriptProcess(object):
   Waits are bounded; `kill()` ends it whatever happens (use it in a finally).
   """
 
-  def __init__(self, script, *args):
+  def __init__(self, script, *args, env=None):
     self.process = subprocess.Popen(
-        [sys.executable, script] + list(args), cwd=REPO_DIR,
+        [sys.executable, script] + list(args), cwd=REPO_DIR, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     self.lines = []
     self._stdout_reader = threading.Thread(target=self._read_stdout,

@@ -47,10 +47,17 @@ def cluster(data_dir, tmp_path, processes):
             '--batch_size=64', '--log_frequency=5',
             '--min_fraction_of_examples_in_queue=%g' % SMALL_QUEUE_FRACTION]
 
-  def start(job_name, task_index, *flags):
-    return processes(SCRIPT, *(hosts + common + [
-        '--job_name=' + job_name, '--task_index=%d' % task_index] +
-                               list(flags)))
+  def start(job_name, task_index, *flags, tf_config=False):
+    """Starts a task; with tf_config, its cluster is given by TF_CONFIG."""
+    if not tf_config:
+      return processes(SCRIPT, *(hosts + common + [
+          '--job_name=' + job_name, '--task_index=%d' % task_index] +
+                                 list(flags)))
+    env = dict(os.environ, TF_CONFIG=json.dumps({
+        'cluster': {'ps': ['127.0.0.1:%d' % ps_port],
+                    'worker': ['127.0.0.1:%d' % p for p in worker_ports]},
+        'task': {'type': job_name, 'index': task_index}}))
+    return processes(SCRIPT, *(common + list(flags)), env=env)
   start.train_dir = str(tmp_path / 'train')
   start.data_dir = data_dir
   return start
@@ -83,8 +90,10 @@ def test_one_ps_two_workers_train_to_the_target(mode, cluster, tmp_path):
   flags = ['--max_steps=%d' % target] + (
       ['--sync_replicas'] if mode == 'sync' else
       ['--initial_learning_rate=0.05'])
-  ps = cluster('ps', 0, *flags)
-  workers = [cluster('worker', i, *flags) for i in range(2)]
+  # The cluster from flags for some tasks, from TF_CONFIG for the others.
+  ps = cluster('ps', 0, *flags, tf_config=mode == 'sync')
+  workers = [cluster('worker', 0, *flags, tf_config=mode == 'async'),
+             cluster('worker', 1, *flags)]
   ps.wait_for_line(r'^Parameter server 0 serving at 127\.0\.0\.1:\d+, until '
                    r'the 2 workers are done\.$', timeout=TIMEOUT)
   for i, worker in enumerate(workers):
