@@ -85,7 +85,7 @@ def read_class_names(data_dir):
   path = os.path.join(data_dir, META_FILENAME)
   if not os.path.isfile(path):
     return CLASS_NAMES
-  with open(path) as f:
+  with open(path, encoding='utf-8') as f:
     names = tuple(line.strip() for line in f if line.strip())
   if not 1 <= len(names) <= MAX_CLASSES:
     raise DataError('%s lists %d class names; a data set has 1 to %d, one per '
@@ -95,7 +95,8 @@ def read_class_names(data_dir):
 
 def write_class_names(directory, class_names):
   """Writes the class names, one per line, as read_class_names reads them."""
-  with open(os.path.join(directory, META_FILENAME), 'w') as f:
+  with open(os.path.join(directory, META_FILENAME), 'w',
+            encoding='utf-8') as f:
     f.write(''.join(name + '\n' for name in class_names))
 
 
