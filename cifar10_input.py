@@ -201,6 +201,23 @@ def _decode_records(values):
   return labels, tf.transpose(depth_major, [0, 2, 3, 1])
 
 
+def encode_records(labels, images):
+  """CIFAR-10 records of images: what _decode_records reads back.
+
+  Args:
+    labels: [n] integers, 0-255.
+    images: uint8 array [n, height, width, depth] (32x32x3).
+
+  Returns:
+    bytes: for each image, its label byte, then its red, green and blue
+    planes, each row by row.
+  """
+  labels = np.asarray(labels, dtype=np.uint8).reshape(-1, LABEL_BYTES)
+  depth_major = np.asarray(images, dtype=np.uint8).transpose(0, 3, 1, 2)
+  return np.concatenate(
+      [labels, depth_major.reshape(len(labels), IMAGE_BYTES)], axis=1).tobytes()
+
+
 def read_cifar10(filename_queue):
   """Reads and parses examples from CIFAR10 data files.
 
@@ -589,6 +606,16 @@ class ImageDecoder(object):
       return self._session.run(self._image, {self._contents: contents})
     except tf.errors.OpError as e:
       raise ValueError(first_line(e)) from None
+
+  def decode_file(self, path):
+    """decode() of a file's contents; ValueError says why it cannot be read
+    (the file's error, e.g. 'No such file or directory', or the image's)."""
+    try:
+      with open(path, 'rb') as f:
+        contents = f.read()
+    except OSError as e:
+      raise ValueError(e.strerror or str(e)) from None
+    return self.decode(contents)
 
   def close(self):
     self._session.close()

@@ -103,12 +103,10 @@ def main(argv):
   try:
     for path in files:
       try:
-        with open(path, 'rb') as f:
-          image = decoder.decode(f.read())
-      except (OSError, ValueError) as e:
+        image = decoder.decode_file(path)
+      except ValueError as e:
         failures += 1
-        sys.stderr.write('Error: cannot read %s: %s\n' % (
-            path, getattr(e, 'strerror', None) or e))
+        sys.stderr.write('Error: cannot read %s: %s\n' % (path, e))
         sys.stderr.flush()
         continue
       probabilities = classifier.classify(image[None])[0]

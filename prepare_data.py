@@ -94,10 +94,9 @@ def prepare(image_dir, output_dir, test_fraction, seed, out=sys.stdout):
   try:
     for path, label in files:
       try:
-        with open(path, 'rb') as f:
-          images.append(decoder.decode(f.read()))
+        images.append(decoder.decode_file(path))
         labels.append(label)
-      except (OSError, ValueError) as e:
+      except ValueError as e:
         unreadable.append((path, str(e)))
   finally:
     decoder.close()
@@ -150,9 +149,8 @@ def prepare(image_dir, output_dir, test_fraction, seed, out=sys.stdout):
 def _write_records(path, images, labels, indices):
   """Writes the records of `indices` to a binary batch file."""
   with open(path, 'wb') as f:
-    for i in indices:
-      f.write(bytes([labels[i]]))
-      f.write(np.ascontiguousarray(images[i].transpose(2, 0, 1)).tobytes())
+    f.write(cifar10_input.encode_records(
+        labels[indices], np.stack([images[i] for i in indices])))
 
 
 def main(argv):

@@ -12,7 +12,6 @@ import time
 import numpy as np
 import pytest
 
-import cifar10
 import cifar10_common
 import cifar10_eval
 import cifar10_multi_gpu_train

@@ -212,7 +212,7 @@ def test_training_and_evaluation_read_the_classes(trained_on_own_data,
 def _decoded(paths):
   decoder = cifar10_input.ImageDecoder()
   try:
-    return np.stack([decoder.decode(open(p, 'rb').read()) for p in paths])
+    return np.stack([decoder.decode_file(p) for p in paths])
   finally:
     decoder.close()
 

@@ -6,7 +6,6 @@ import re
 import numpy as np
 import pytest
 
-import cifar10
 import cifar10_eval
 import cifar10_train
 from cifar10_common import tf
