@@ -128,7 +128,8 @@ tf.get_logger().addFilter(_DEPRECATION_FILTER)
 # every stop of a queue-based input pipeline cancels the reader threads' pending
 # enqueues (and the end of synchronous distributed training, the chief's wait
 # for gradients), which TensorFlow 2 logs as warnings, and oneDNN reports,
-# wrongly on AVX-512 machines, falling back to Eigen for uint8 ops. Each is
+# wrongly on AVX-512 machines, falling back to Eigen for uint8 and float16
+# ops. Each is
 # followed by indented detail lines.
 _RUNTIME_NOISE = (
     r'local_rendezvous\.cc:\d+\] Local rendezvous is aborting with status: '
@@ -147,7 +148,8 @@ _RUNTIME_NOISE = (
     # A server that cannot listen, which cifar10_distributed_train.py reports.
     r'|add_port\.cc:\d+\] Failed to add port to server'
     r'|grpc_server_lib\.cc:\d+\] UNKNOWN: Could not start gRPC server'
-    r'|util\.cc:\d+\] oneDNN supports DT_UINT8 only on platforms with AVX-512')
+    r'|util\.cc:\d+\] oneDNN supports DT_(UINT8|HALF) only on platforms with '
+    r'AVX-512')
 
 # The filter process: copies its stdin to its stdout, line by line, without
 # the lines matching argv[1] and the indented lines that follow them. It
@@ -220,32 +222,65 @@ class StopSignals(object):
   Within `with StopSignals() as stop:`, the first such signal sets
   `stop.received` (the signal's name) and `stop.signum`, and wakes
   `stop.wait()`; the loop that checks them then finishes its work (saves a
-  checkpoint, stops its threads). A second signal acts as usual, for a user
-  who does not want to wait. Signals can only be caught in the main thread;
+  checkpoint, stops its threads). A second signal ends the process at once,
+  with status 128 + its number, for a user who does not want to wait: even
+  while TensorFlow holds the main thread (a step waiting for its input), for
+  a thread watches the signals (through signal.set_wakeup_fd) besides the
+  main thread's handler. Signals can only be caught in the main thread;
   elsewhere this does nothing.
+
+  Args:
+    what_is_kept: Called on a second signal; returns what the user keeps
+      (e.g. 'the last checkpoint, ..., is kept'), said before the exit.
   """
 
   SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-  def __init__(self):
+  def __init__(self, what_is_kept=None):
     self.received = None
     self.signum = None
+    self._what_is_kept = what_is_kept
     self._event = threading.Event()
+    self._lock = threading.Lock()
     self._previous = {}
+    self._previous_wakeup_fd = None
+    self._pipe = None
+
+  def _on_signal(self, signum):
+    """Called once per signal, by the handler or by the watching thread."""
+    with self._lock:
+      first = self.received is None
+      if first:
+        self.received = signal.Signals(signum).name
+        self.signum = signum
+    if first:
+      self._event.set()
+      print('Caught %s: stopping cleanly (send it again to stop at once).' %
+            self.received, flush=True)
+      return
+    kept = self._what_is_kept() if self._what_is_kept else None
+    print('Caught %s while stopping: stopped at once%s.' % (
+        signal.Signals(signum).name, '; ' + kept if kept else ''), flush=True)
+    sys.stderr.flush()
+    os._exit(128 + signum)  # pylint: disable=protected-access
 
   def _handle(self, signum, frame):
-    del frame
-    self.received = signal.Signals(signum).name
-    self.signum = signum
-    self._event.set()
-    self._restore()
-    print('Caught %s: stopping cleanly (send it again to stop at once).' %
-          self.received, flush=True)
+    """The main thread's handler: the watching thread may have seen it."""
+    del signum, frame  # The watching thread reads every signal from the pipe.
 
-  def _restore(self):
-    for signum, handler in self._previous.items():
-      signal.signal(signum, handler)
-    self._previous = {}
+  def _watch(self, read_fd):
+    """Reads the signals' numbers from the wakeup pipe until it is closed."""
+    while True:
+      try:
+        numbers = os.read(read_fd, 64)
+      except OSError:
+        numbers = b''
+      if not numbers:
+        os.close(read_fd)
+        return
+      for number in numbers:
+        if number in self.SIGNALS:
+          self._on_signal(number)
 
   def wait(self, seconds):
     """Sleeps `seconds`, or less if a signal comes; True if one came."""
@@ -253,12 +288,25 @@ class StopSignals(object):
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
+      read_fd, write_fd = os.pipe()
+      os.set_blocking(write_fd, False)
+      self._pipe = (read_fd, write_fd)
       for signum in self.SIGNALS:
         self._previous[signum] = signal.signal(signum, self._handle)
+      self._previous_wakeup_fd = signal.set_wakeup_fd(
+          write_fd, warn_on_full_buffer=False)
+      threading.Thread(target=self._watch, args=(read_fd,),
+                       name='stop_signals', daemon=True).start()
     return self
 
   def __exit__(self, *exc_info):
-    self._restore()
+    if self._pipe:
+      signal.set_wakeup_fd(self._previous_wakeup_fd)
+      for signum, handler in self._previous.items():
+        signal.signal(signum, handler)
+      self._previous = {}
+      os.close(self._pipe[1])  # The watching thread reads the end, and ends.
+      self._pipe = None
     return False
 
 

@@ -149,13 +149,18 @@ class _LoggerHook(tf.train.SessionRunHook):
       self.step = session.run(self._global_step_tensor)
 
 
+def kept_checkpoint(train_dir):
+  """What a run stopped before its end keeps: its last checkpoint, if any."""
+  latest = tf.train.latest_checkpoint(train_dir)
+  return ('the last checkpoint, %s, is kept' % latest if latest
+          else 'no checkpoint had been written yet')
+
+
 def nan_loss_message(step, train_dir):
   """What to tell the user when the loss turns NaN at `step`."""
-  latest = tf.train.latest_checkpoint(train_dir)
-  kept = ('the last checkpoint, %s, is kept' % latest if latest
-          else 'no checkpoint had been written yet')
   return ('loss is NaN at step %d: training diverged and was stopped; %s. '
-          'Lower the learning rate, or check the input data.' % (step, kept))
+          'Lower the learning rate, or check the input data.' %
+          (step, kept_checkpoint(train_dir)))
 
 
 class _QueueWarmupHook(tf.train.SessionRunHook):
@@ -358,7 +363,8 @@ def run_training(train_op, loss, batches_per_step=1, config=None, master='',
         checkpoint_filename_with_path=resume_from, config=config)
   else:
     session_creator = _WorkerSessionCreator(scaffold, master, config)
-  with cifar10_common.StopSignals() as stop:
+  with cifar10_common.StopSignals(
+      lambda: kept_checkpoint(FLAGS.train_dir) if is_chief else None) as stop:
     with tf.train.MonitoredSession(session_creator=session_creator,
                                    hooks=hooks) as mon_sess:
       while not mon_sess.should_stop() and not stop.received:
