@@ -2,13 +2,18 @@
 
 import json
 import os
+import random
 import re
 import signal
 import socket
+import threading
 import time
 
+import numpy as np
 import pytest
 
+import cifar10
+import cifar10_distributed_train
 from cifar10_common import tf
 from conftest import FLAGS
 from conftest import SMALL_QUEUE_FRACTION
@@ -26,20 +31,37 @@ DONE_LINE = r'^Done training: worker %d, global step (\d+); (.*)\.$'
 TIMEOUT = 240
 
 
-def _free_ports(count):
-  sockets = [socket.socket() for _ in range(count)]
-  for s in sockets:
-    s.bind(('127.0.0.1', 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
+def free_ports(count):
+  """Ports free now on 127.0.0.1, for the servers of a test cluster.
+
+  Drawn below the kernel's range of ephemeral ports: a port the kernel gives
+  to a connection (TensorFlow's own, between tasks) can then never take one
+  before its server binds it.
+  """
+  try:
+    with open('/proc/sys/net/ipv4/ip_local_port_range') as f:
+      ephemeral_low = int(f.read().split()[0])
+  except OSError:
+    ephemeral_low = 32768
+  rng = random.Random()
+  ports = []
+  while len(ports) < count:
+    port = rng.randrange(10000, ephemeral_low)
+    if port in ports:
+      continue
+    with socket.socket() as probe:
+      try:
+        probe.bind(('127.0.0.1', port))
+      except OSError:
+        continue
+    ports.append(port)
   return ports
 
 
 @pytest.fixture
 def cluster(data_dir, tmp_path, processes):
   """Starts tasks of a 1-ps, 2-worker cluster: cluster('ps', 0, *flags)."""
-  ps_port, *worker_ports = _free_ports(3)
+  ps_port, *worker_ports = free_ports(3)
   hosts = ['--ps_hosts=127.0.0.1:%d' % ps_port,
            '--worker_hosts=' + ','.join('127.0.0.1:%d' % p
                                         for p in worker_ports)]
@@ -185,13 +207,23 @@ def test_killed_workers_restart_and_rejoin_the_chief_from_its_checkpoint(
   _check_trained(cluster, target, tmp_path)
 
 
+def test_a_parameter_server_stops_on_ctrl_c(cluster):
+  stop_signal = signal.SIGINT
+  ps = cluster('ps', 0)
+  ps.wait_for_line(r'^Parameter server 0 serving at ', timeout=TIMEOUT)
+  os.kill(ps.process.pid, stop_signal)
+  assert ps.finish(timeout=30) == 128 + stop_signal
+  assert ps.lines[-1] == 'Parameter server 0 stopped by %s.' % stop_signal.name
+  assert ps.stderr() == ''
+
+
 def test_a_port_in_use_is_one_clear_line(data_dir, tmp_path):
   with socket.socket() as taken:
     taken.bind(('127.0.0.1', 0))
     taken.listen()
     address = '127.0.0.1:%d' % taken.getsockname()[1]
     result = run_script(SCRIPT, '--ps_hosts=' + address,
-                        '--worker_hosts=127.0.0.1:%d' % _free_ports(1)[0],
+                        '--worker_hosts=127.0.0.1:%d' % free_ports(1)[0],
                         '--job_name=ps', '--data_dir=' + data_dir)
   assert result.returncode == 1
   assert result.stderr == (
@@ -221,8 +253,8 @@ def test_a_port_in_use_is_one_clear_line(data_dir, tmp_path):
      'its task is \'chief\', index 0, and its cluster {"ps": ["a:1"], '
      '"worker": ["b:2"]}.'),
     (['--sync_replicas', '--replicas_to_aggregate=3'],
-     json.dumps({'cluster': {'ps': ['localhost:%d' % _free_ports(1)[0]],
-                             'worker': ['localhost:%d' % _free_ports(1)[0]]},
+     json.dumps({'cluster': {'ps': ['localhost:%d' % free_ports(1)[0]],
+                             'worker': ['localhost:%d' % free_ports(1)[0]]},
                  'task': {'type': 'worker', 'index': 0}}),
      '--replicas_to_aggregate=3, but the cluster has 1 worker(s).'),
 ])
@@ -237,3 +269,147 @@ def test_bad_cluster_is_one_clear_line(flags, environment, message,
   assert result.returncode == 1
   assert result.stderr == 'Error: %s\n' % message
   assert not os.path.exists(tmp_path / 'train')
+
+
+def _cluster_in_this_process():
+  """A 1-ps, 2-worker cluster of servers in this process: (spec, servers)."""
+  ps_port, *worker_ports = free_ports(3)
+  cluster = tf.train.ClusterSpec({
+      'ps': ['127.0.0.1:%d' % ps_port],
+      'worker': ['127.0.0.1:%d' % p for p in worker_ports]})
+  servers = [tf.train.Server(cluster, job_name='worker', task_index=i)
+             for i in range(2)]
+  tf.train.Server(cluster, job_name='ps', task_index=0)
+  return cluster, servers
+
+
+class _Worker(object):
+  """One worker's graph and session: cifar10_distributed_train's step on a
+  fixed batch, with the synchronous optimizer's hook run as a monitored
+  session runs it."""
+
+  def __init__(self, cluster, server, task_index, images, labels,
+               replicas_to_aggregate):
+    is_chief = task_index == 0
+    self.graph = tf.Graph()
+    with self.graph.as_default():
+      with tf.device(tf.train.replica_device_setter(
+          worker_device='/job:worker/task:%d' % task_index, cluster=cluster)):
+        self.global_step = tf.train.get_or_create_global_step()
+        loss = cifar10.loss(cifar10.inference(tf.constant(images)),
+                            tf.constant(labels))
+        self.train_op, hooks = cifar10_distributed_train._train_op(  # pylint: disable=protected-access
+            loss, self.global_step, is_chief, 2, replicas_to_aggregate)
+        self.variables = tf.trainable_variables()
+        self.gradients = tf.gradients(loss, self.variables)
+        by_name = {v.op.name: v for v in tf.global_variables()}
+        self.averages = [by_name[v.op.name + '/ExponentialMovingAverage']
+                         for v in self.variables]
+      for hook in hooks:
+        hook.begin()
+      initialize = tf.global_variables_initializer()
+    self.coord = tf.train.Coordinator()
+    self.session = tf.Session(server.target, graph=self.graph)
+    if is_chief:
+      self.session.run(initialize)
+    for hook in hooks:
+      hook.after_create_session(self.session, self.coord)
+
+  def step(self):
+    self.session.run(self.train_op)
+
+  def wait_for_global_step(self, step, timeout=60):
+    deadline = time.time() + timeout
+    while self.session.run(self.global_step) < step:
+      assert time.time() < deadline, 'global step %d not reached' % step
+      time.sleep(0.05)
+    return self.session.run(self.global_step)
+
+  def close(self):
+    self.coord.request_stop()
+    self.session.close()
+
+
+def _batches(count, seed):
+  rng = np.random.default_rng(seed)
+  return [(rng.normal(size=(8, 24, 24, 3)).astype(np.float32),
+           rng.integers(0, 10, size=8).astype(np.int32))
+          for _ in range(count)]
+
+
+def test_synchronous_updates_average_the_workers_gradients_once():
+  # Two workers, each update the mean of one gradient of each; the chief
+  # updates the moving averages once per update.
+  FLAGS.sync_replicas = True
+  FLAGS.batch_size = 8
+  cluster, servers = _cluster_in_this_process()
+  workers = [_Worker(cluster, servers[i], i, *batch, replicas_to_aggregate=2)
+             for i, batch in enumerate(_batches(2, seed=0))]
+  try:
+    chief = workers[0]
+    initial = chief.session.run(chief.variables)
+    gradients = [w.session.run(w.gradients) for w in workers]
+    stepping = [threading.Thread(target=w.step) for w in workers]
+    for thread in stepping:
+      thread.start()
+    for thread in stepping:
+      thread.join(60)
+    assert chief.wait_for_global_step(1) == 1
+    after = chief.session.run(chief.variables)
+    for w0, g0, g1, w1 in zip(initial, *gradients, after):
+      np.testing.assert_allclose(w1, w0 - 0.1 * (g0 + g1) / 2, rtol=1e-5,
+                                 atol=1e-7)
+    # The moving averages follow the update, once: decay
+    # min(0.9999, (1 + step) / (10 + step)) at step 1.
+    decay = 2.0 / 11.0
+    deadline = time.time() + 60
+    while True:
+      averages = chief.session.run(chief.averages)
+      if all(not np.array_equal(a, w0) for a, w0 in zip(averages, initial)):
+        break
+      assert time.time() < deadline, 'the averages were not updated'
+      time.sleep(0.05)
+    for w0, w1, average in zip(initial, after, averages):
+      np.testing.assert_allclose(average, decay * w0 + (1 - decay) * w1,
+                                 rtol=1e-5, atol=1e-7)
+    assert chief.session.run(chief.global_step) == 1
+  finally:
+    for w in workers:
+      w.close()
+
+
+def test_with_one_replica_to_aggregate_the_other_worker_is_a_backup():
+  # Each update takes the first gradient computed on the current weights; a
+  # gradient computed on older weights (a backup worker's, late) is dropped.
+  FLAGS.sync_replicas = True
+  FLAGS.batch_size = 8
+  cluster, servers = _cluster_in_this_process()
+  batches = _batches(2, seed=1)
+  chief, backup = [_Worker(cluster, servers[i], i, *batch,
+                           replicas_to_aggregate=1)
+                   for i, batch in enumerate(batches)]
+  try:
+    initial = chief.session.run(chief.variables)
+    chief_gradients = chief.session.run(chief.gradients)
+    chief.step()  # Update 1: the chief's gradient alone.
+    assert chief.wait_for_global_step(1) == 1
+    after_one = chief.session.run(chief.variables)
+    for w0, g, w1 in zip(initial, chief_gradients, after_one):
+      np.testing.assert_allclose(w1, w0 - 0.1 * g, rtol=1e-5, atol=1e-7)
+    # The backup's gradient, of the weights before update 1, comes late.
+    backup.step()
+    # The chief's next gradient is of the weights of update 1: the next
+    # update is that gradient, not the backup's late one.
+    chief_gradients = chief.session.run(chief.gradients)
+    # Its step right after update 1 still carries the step it started at,
+    # 0, so that gradient is late too (and dropped); the step after it
+    # carries step 1.
+    chief.step()
+    chief.step()
+    assert chief.wait_for_global_step(2) == 2
+    after_two = chief.session.run(chief.variables)
+    for w1, g, w2 in zip(after_one, chief_gradients, after_two):
+      np.testing.assert_allclose(w2, w1 - 0.1 * g, rtol=1e-5, atol=1e-7)
+  finally:
+    chief.close()
+    backup.close()

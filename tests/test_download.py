@@ -16,6 +16,8 @@ import cifar10_input
 from cifar10_common import UserError
 import cifar_data
 from conftest import FLAGS
+from helpers import EVAL_LINE
+from helpers import run_script
 
 ARCHIVE_NAME = 'cifar-10-binary.tar.gz'
 ALL_FILES = cifar10_input.TRAIN_FILENAMES + cifar10_input.EVAL_FILENAMES
@@ -247,3 +249,44 @@ def test_archive_without_test_batch_is_not_cifar10(tmp_path):
     cifar10.maybe_download_and_extract(str(tmp_path / 'data'),
                                        'file://' + path, md5)
   assert 'has no cifar-10-batches-bin/test_batch.bin' in str(error.value)
+
+
+def test_data_url_and_data_md5_flags_of_the_scripts(tmp_path, archive):
+  path, md5 = archive
+  common = ['--data_url=file://' + path, '--batch_size=4', '--max_steps=2',
+            '--min_fraction_of_examples_in_queue=0.5']
+  # The right MD5: downloaded, checked, unpacked, trained on.
+  data_dir = str(tmp_path / 'data')
+  result = run_script('cifar10_train.py', '--data_dir=' + data_dir,
+                      '--train_dir=' + str(tmp_path / 'train'),
+                      '--data_md5=' + md5, *common)
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.splitlines()
+  downloaded = '>> Downloaded %s: %d bytes, MD5 %s.' % (
+      ARCHIVE_NAME, os.path.getsize(path), md5)
+  assert lines[lines.index(downloaded) + 1].startswith('>> Extracting ')
+  assert lines[-1].startswith('Done training: step 2;')
+  assert _extracted_ok(data_dir)
+
+  # The default MD5, the official archive's: this one is refused, not kept.
+  data_dir = str(tmp_path / 'data2')
+  result = run_script('cifar10_train.py', '--data_dir=' + data_dir,
+                      '--train_dir=' + str(tmp_path / 'train2'), *common)
+  assert result.returncode == 1
+  assert result.stderr == (
+      'Error: downloaded file://%s (%d bytes) has MD5 %s, expected %s: it is '
+      'corrupt or not the CIFAR-10 binary archive, and was not kept. Check '
+      '--data_url, or pass --data_md5=%s if you trust this archive.\n' % (
+          path, os.path.getsize(path), md5, cifar10.DATA_MD5, md5))
+  assert _listing(data_dir) == []
+  assert not os.path.exists(tmp_path / 'train2')
+
+  # --data_md5= (empty): no check.
+  result = run_script('cifar10_eval.py', '--data_dir=' + data_dir,
+                      '--data_md5=', '--data_url=file://' + path,
+                      '--run_once', '--checkpoint_dir=' + str(tmp_path / 'train'),
+                      '--eval_dir=' + str(tmp_path / 'eval'), '--batch_size=4')
+  assert result.returncode == 0, result.stderr
+  assert downloaded in result.stdout.splitlines()
+  assert EVAL_LINE.match(result.stdout.splitlines()[-2]).group(3, 4) == (
+      '3', '2')

@@ -165,13 +165,12 @@ def test_locally_connected_trains_evaluates_and_refuses_the_other(
   assert EVAL_LINE.match(evaluation.stdout.splitlines()[0]).group(3, 4) == (
       '250', '20')
 
-  # The fully connected model refuses the locally connected checkpoint, and
-  # resuming does not touch it.
+  # The fully connected model refuses the locally connected checkpoint, in
+  # every script that reads one; resuming does not touch it, exporting
+  # writes nothing.
+  image = write_png(str(tmp_path / 'image.png'))
   files_before = sorted(os.listdir(train_dir))
-  for script, args in [
-      ('cifar10_eval.py', ['--run_once', '--checkpoint_dir=' + train_dir,
-                           '--eval_dir=' + str(tmp_path / 'eval2')]),
-      ('cifar10_train.py', ['--train_dir=' + train_dir, '--max_steps=40'])]:
+  for script, args in refusing_scripts(train_dir, tmp_path, image):
     result = run_script(script, *(args + quick_args(data_dir)))
     assert result.returncode == 1
     assert result.stderr.count('\n') == 1, result.stderr
@@ -182,18 +181,46 @@ def test_locally_connected_trains_evaluates_and_refuses_the_other(
         '--top_layers=locally_connected.%s\n' % (
             ' Train in another --train_dir.' if script == 'cifar10_train.py'
             else ''))
+    assert result.stdout == ''
   assert sorted(os.listdir(train_dir)) == files_before
+  assert not os.path.exists(tmp_path / 'export')
 
   # And the other way round: the fully connected checkpoint of `trained`.
   _, fully_connected_dir, _ = trained
-  result = run_script('cifar10_eval.py', '--run_once',
-                      '--checkpoint_dir=' + fully_connected_dir,
-                      '--eval_dir=' + str(tmp_path / 'eval3'), *common)
-  assert result.returncode == 1
-  assert result.stderr.count('\n') == 1, result.stderr
-  assert fully_connected_dir in result.stderr
-  assert result.stderr.endswith(
-      'Its model differs: it was trained with --top_layers=fully_connected.\n')
+  for script, args in refusing_scripts(fully_connected_dir, tmp_path, image):
+    if script == 'cifar10_train.py':
+      continue  # It would write into the shared training's folder.
+    result = run_script(script, *(args + common))
+    assert result.returncode == 1
+    assert result.stderr.count('\n') == 1, result.stderr
+    assert fully_connected_dir in result.stderr
+    assert result.stderr.endswith(
+        'Its model differs: it was trained with '
+        '--top_layers=fully_connected.\n')
+  assert not os.path.exists(tmp_path / 'export')
+
+
+def write_png(path, label=0):
+  """Writes a learnable 32x32 PNG of class `label`; returns its path."""
+  with tf.Graph().as_default(), tf.Session() as sess:
+    png = sess.run(tf.io.encode_png(
+        cifar_data.learnable_images([label], seed=3)[0]))
+  with open(path, 'wb') as f:
+    f.write(png)
+  return path
+
+
+def refusing_scripts(checkpoint_dir, tmp_path, image):
+  """(script, its flags) of each script that reads checkpoint_dir's model."""
+  return [
+      ('cifar10_eval.py', ['--run_once', '--checkpoint_dir=' + checkpoint_dir,
+                           '--eval_dir=' + str(tmp_path / 'eval2')]),
+      ('cifar10_train.py', ['--train_dir=' + checkpoint_dir,
+                            '--max_steps=40']),
+      ('cifar10_predict.py', ['--checkpoint_dir=' + checkpoint_dir, image]),
+      ('cifar10_export.py', ['--checkpoint_dir=' + checkpoint_dir,
+                             '--export_dir=' + str(tmp_path / 'export')]),
+  ]
 
 
 def test_data_of_other_classes_is_refused_with_the_reason(trained, tmp_path):

@@ -125,21 +125,27 @@ def test_evaluation_beside_training_evaluates_each_checkpoint_once(
                          '--eval_interval_secs=1', *quick_args(data_dir))
   evaluation.wait_for_line(r'.*: no checkpoint in --checkpoint_dir=%s yet: '
                            r'train first .* Waiting\.$' % train_dir)
-  training = run_script('cifar10_train.py', '--train_dir=' + train_dir,
-                        '--max_steps=80', '--save_checkpoint_secs=1',
-                        *quick_args(data_dir))
-  assert training.returncode == 0, training.stderr
-  evaluation.wait_for_line(r'.*precision @ 1 = .*, step 80; .*')
-  time.sleep(2.5)  # Two more looks at the checkpoints: nothing new to do.
+  # Training writes checkpoints as evaluation looks: each run of training
+  # adds one (its last), and evaluation must find each, once, in order.
+  # Waiting for each evaluation before training on makes this independent
+  # of the machine's speed.
+  for max_steps in [20, 40]:
+    training = run_script('cifar10_train.py', '--train_dir=' + train_dir,
+                          '--max_steps=%d' % max_steps,
+                          '--save_checkpoint_secs=3600',
+                          *quick_args(data_dir))
+    assert training.returncode == 0, training.stderr
+    evaluation.wait_for_line(r'.*: precision @ 1 = .*, step %d; ' % max_steps)
+  time.sleep(2.5)  # More looks at the checkpoints: nothing new to evaluate.
   os.kill(evaluation.process.pid, signal.SIGTERM)
   assert evaluation.finish() == 128 + signal.SIGTERM
   assert evaluation.stderr() == ''
   assert evaluation.lines[-1] == 'Evaluation stopped by SIGTERM.'
   steps = [int(m.group(4)) for m in map(helpers.EVAL_LINE.match,
                                         evaluation.lines) if m]
-  assert steps[-1] == 80
-  assert steps == sorted(set(steps))  # Each checkpoint once, in order.
-  assert len(steps) >= 2
+  # Step 0's checkpoint, written as the first training started, may or may
+  # not have been seen before step 20's: nothing else is left to chance.
+  assert steps in ([20, 40], [0, 20, 40])
 
 
 def test_evaluation_skips_a_checkpoint_deleted_before_it_is_read(
@@ -357,17 +363,23 @@ def _save_other_model(directory):
                                    global_step=7)
 
 
-def test_evaluating_another_models_checkpoint(data_dir, tmp_path):
+@pytest.mark.parametrize('script', ['cifar10_eval.py', 'cifar10_predict.py',
+                                    'cifar10_export.py'])
+def test_reading_another_models_checkpoint(script, data_dir, tmp_path):
   other = _save_other_model(str(tmp_path / 'other'))
-  result = run_script('cifar10_eval.py', '--run_once',
-                      '--checkpoint_dir=' + str(tmp_path / 'other'),
-                      '--eval_dir=' + str(tmp_path / 'eval'),
-                      *quick_args(data_dir))
+  args = {'cifar10_eval.py': ['--run_once',
+                              '--eval_dir=' + str(tmp_path / 'eval')],
+          'cifar10_predict.py': [str(tmp_path / 'image.png')],
+          'cifar10_export.py': ['--export_dir=' + str(tmp_path / 'export')]}
+  result = run_script(script, '--checkpoint_dir=' + str(tmp_path / 'other'),
+                      *(args[script] + quick_args(data_dir)))
   assert result.returncode == 1
   assert result.stderr == (
       'Error: checkpoint %s is not one of this model: it has no '
       'conv1/biases/ExponentialMovingAverage (nor 8 other variables).\n' %
       other)
+  assert result.stdout == ''
+  assert not os.path.exists(tmp_path / 'export')
 
 
 def test_training_on_another_models_checkpoint(quick_flags, tmp_path):
@@ -399,15 +411,113 @@ def test_evaluating_a_corrupt_checkpoint(trained, tmp_path):
   assert len(result.stderr.splitlines()) == 1
 
 
-def test_evaluation_stops_cleanly_while_waiting(tmp_path, data_dir, processes):
+@pytest.mark.parametrize('stop_signal', [signal.SIGTERM, signal.SIGINT])
+def test_evaluation_stops_cleanly_while_waiting(stop_signal, tmp_path,
+                                                data_dir, processes):
   evaluation = processes('cifar10_eval.py',
                          '--checkpoint_dir=' + str(tmp_path / 'none'),
                          '--eval_dir=' + str(tmp_path / 'eval'),
                          *quick_args(data_dir))
   evaluation.wait_for_line(r'.*no checkpoint in --checkpoint_dir=')
   started = time.time()
-  os.kill(evaluation.process.pid, signal.SIGTERM)
-  assert evaluation.finish() == 128 + signal.SIGTERM
+  os.kill(evaluation.process.pid, stop_signal)
+  assert evaluation.finish() == 128 + stop_signal
   assert time.time() - started < 10  # Not after the 300 s interval.
   assert evaluation.stderr() == ''
-  assert evaluation.lines[-1] == 'Evaluation stopped by SIGTERM.'
+  assert evaluation.lines[-1] == 'Evaluation stopped by %s.' % stop_signal.name
+
+
+@pytest.mark.parametrize('stop_signal', [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_an_evaluation_pass_writes_nothing(
+    stop_signal, trained, quick_flags, tmp_path, capsys, monkeypatch):
+  FLAGS.data_dir = trained[0]
+  FLAGS.checkpoint_dir = trained[1]
+  FLAGS.batch_size = 10  # 25 batches of the 250 test images.
+  batches = []
+
+  class SignalAfterTheFirstBatch(object):
+    """numpy for cifar10_eval, which counts each batch with np.bincount."""
+
+    def __getattr__(self, name):
+      return getattr(np, name)
+
+    def bincount(self, *args, **kwargs):
+      batches.append(1)
+      if len(batches) == 1:
+        os.kill(os.getpid(), stop_signal)  # As a user would.
+        time.sleep(1)  # Ample time for the signal to be seen, before batch 2.
+      return np.bincount(*args, **kwargs)
+
+  monkeypatch.setattr(cifar10_eval, 'np', SignalAfterTheFirstBatch())
+  with pytest.raises(cifar10_common.Interrupted) as stop:
+    cifar10_eval.evaluate()
+  assert str(stop.value) == 'Evaluation stopped by %s.' % stop_signal.name
+  assert stop.value.signum == stop_signal
+  assert capsys.readouterr().out.splitlines() == [
+      'Caught %s: stopping cleanly (send it again to stop at once).' %
+      stop_signal.name]
+  # Two counts (labels seen, labels right) per batch: the pass stopped after
+  # its first batch, of 25.
+  assert len(batches) == 2
+  # The event file holds the graph, and no result of the pass cut short.
+  events = [e for name in os.listdir(FLAGS.eval_dir)
+            for e in tf.train.summary_iterator(
+                os.path.join(FLAGS.eval_dir, name))]
+  assert any(e.HasField('graph_def') for e in events)
+  assert not [v for e in events for v in e.summary.value]
+
+
+BLOCKED_IN_TENSORFLOW = """
+import cifar10_common
+from cifar10_common import tf
+queue = tf.FIFOQueue(1, tf.int32)
+with tf.Session() as session, cifar10_common.StopSignals(
+    lambda: 'the last checkpoint, model.ckpt-7, is kept'):
+  print('Waiting for a batch that never comes.', flush=True)
+  session.run(queue.dequeue())
+"""
+
+
+def test_a_second_signal_stops_at_once_while_tensorflow_waits(processes):
+  # A step waiting for its input holds the main thread in TensorFlow: the
+  # first Ctrl-C is taken in, the second ends the process, without a wait.
+  blocked = processes('-c', BLOCKED_IN_TENSORFLOW)
+  blocked.wait_for_line(r'^Waiting for a batch that never comes\.$')
+  os.kill(blocked.process.pid, signal.SIGINT)
+  blocked.wait_for_line(r'^Caught SIGINT: stopping cleanly \(send it again '
+                        r'to stop at once\)\.$')
+  started = time.time()
+  os.kill(blocked.process.pid, signal.SIGINT)
+  assert blocked.finish(timeout=10) == 128 + signal.SIGINT
+  assert time.time() - started < 5
+  assert blocked.lines[-1] == ('Caught SIGINT while stopping: stopped at once; '
+                               'the last checkpoint, model.ckpt-7, is kept.')
+  assert blocked.stderr() == ''
+
+
+def test_a_second_signal_during_training_keeps_the_last_checkpoint(
+    data_dir, tmp_path, processes):
+  train_dir = str(tmp_path / 'train')
+  training = processes('cifar10_train.py', '--train_dir=' + train_dir,
+                       '--max_steps=100000', *quick_args(data_dir))
+  training.wait_for_line(helpers.LOG_LINE.pattern)
+  # Two signals at once: the process takes them in either order.
+  os.kill(training.process.pid, signal.SIGINT)
+  os.kill(training.process.pid, signal.SIGTERM)
+  status = training.finish()
+  assert training.stderr() == ''
+  first = training.wait_for_line(r'^Caught (SIG\w+): stopping cleanly \(send '
+                                 r'it again to stop at once\)\.$').group(1)
+  second = ({'SIGINT', 'SIGTERM'} - {first}).pop()
+  # However far the clean stop got, every checkpoint listed is whole, and
+  # the last line says which one is kept.
+  latest = tf.train.latest_checkpoint(train_dir)
+  for path in _checkpoints(train_dir):
+    cifar10_common.check_checkpoint(path, {'global_step': []})
+  if status == 128 + signal.Signals[second]:
+    assert training.lines[-1] == (
+        'Caught %s while stopping: stopped at once; the last checkpoint, '
+        '%s, is kept.' % (second, latest))
+  else:  # The clean stop was done before the second signal was taken in.
+    assert status == 128 + signal.Signals[first]
+    assert re.match(STOP_LINE, training.lines[-1]).group(3) == latest

@@ -229,3 +229,65 @@ def test_label_out_of_range_is_reported(tmp_path):
       cifar10_input.distorted_inputs(batches_dir, 8)
   assert 'data_batch_1.bin: record 2 has label 12, but labels must be 0-9' in (
       str(error.value))
+
+
+def test_train_eval_input_reads_every_training_record_once_undistorted(
+    tmp_path):
+  # What cifar10_eval.py --eval_data=train_eval reads: the five training
+  # files, each record once, centrally cropped (no distortion).
+  rng = np.random.default_rng(5)
+  batches_dir = tmp_path / cifar10_input.BATCHES_DIR_NAME
+  batches_dir.mkdir()
+  images = rng.integers(0, 256, size=(5, 30, 32, 32, 3), dtype=np.uint8)
+  labels = rng.integers(0, 10, size=(5, 30))
+  for i, name in enumerate(cifar10_input.TRAIN_FILENAMES):
+    cifar_data.write_batch_file(str(batches_dir / name), labels[i], images[i])
+  cifar_data.write_batch_file(str(batches_dir / 'test_batch.bin'), [0],
+                              np.zeros((1, 32, 32, 3)))
+  images, labels = images.reshape(150, 32, 32, 3), labels.reshape(150)
+  with tf.Graph().as_default():
+    eval_images, eval_labels = cifar10_input.inputs(
+        eval_data=False, data_dir=str(batches_dir), batch_size=64)
+    results = _run_until_exhausted([eval_images, eval_labels])
+  assert [len(l) for _, l in results] == [64, 64, 22]
+  seen_images = np.concatenate([i for i, _ in results]).reshape(150, -1)
+  crops = images[:, 4:28, 4:28, :].reshape(150, -1).astype(np.float64)
+  expected = (crops - crops.mean(axis=1, keepdims=True)) / crops.std(
+      axis=1, keepdims=True)
+  distances = ((seen_images[:, None, :] - expected[None, :, :]) ** 2).sum(-1)
+  sources = distances.argmin(axis=1)
+  assert distances.min(axis=1).max() < 1e-4
+  assert sorted(sources) == list(range(150))
+  np.testing.assert_array_equal(
+      np.concatenate([l for _, l in results]), labels[sources])
+
+
+def _contrast_ratio(images):
+  """Per image: the spread within its channels over that between them."""
+  within = images.std(axis=(1, 2)).mean(axis=1)
+  between = images.mean(axis=(1, 2)).std(axis=1)
+  return within / between
+
+
+def test_training_images_get_their_own_contrast(tmp_path):
+  # The same image, over and over: channels of distinct means, with noise.
+  # A crop or a flip barely changes the ratio of the spread within the
+  # channels to the spread between their means; a change of contrast (about
+  # each channel's mean, by 0.2 to 1.8) multiplies it by its factor. (A
+  # change of brightness, added to every value, is undone by the
+  # standardisation that follows, in the tutorial as here.)
+  rng = np.random.default_rng(6)
+  image = np.clip(np.array([60, 128, 200]) +
+                  rng.normal(0, 20, size=(32, 32, 3)), 0, 255).astype(np.uint8)
+  batches_dir = _data_dir_of(tmp_path, np.stack([image] * 20), np.zeros(20))
+  with tf.Graph().as_default():
+    train_images, _ = cifar10_input.distorted_inputs(
+        data_dir=batches_dir, batch_size=200,
+        min_fraction_of_examples_in_queue=0.001)
+    batch, = _run_queued(train_images, 1)
+  ratios = _contrast_ratio(batch)
+  undistorted = _contrast_ratio(image[None, 4:28, 4:28].astype(np.float64))[0]
+  # Factors drawn from [0.2, 1.8): the ratios span most of that range.
+  assert ratios.min() < 0.4 * undistorted
+  assert ratios.max() > 1.6 * undistorted
+  assert len(np.unique(np.round(ratios / undistorted, 3))) > 150

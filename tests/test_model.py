@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 import cifar10
+import cifar10_distributed_train
+import cifar10_multi_gpu_train
 from cifar10_common import tf
 from conftest import FLAGS
 
@@ -134,6 +136,21 @@ def test_loss_is_cross_entropy_plus_weight_decay_of_local3_and_local4():
       weight_decay, rel=1e-5)
 
 
+def test_initial_loss_is_near_4_6():
+  # As the README says: about 2.3 of cross entropy (ln 10, for logits near 0)
+  # and about 2.3 of weight decay (local3's 2.2 and local4's 0.2).
+  with tf.Graph().as_default() as graph:
+    logits = cifar10.inference(tf.constant(_random_images(128)))
+    total_loss = cifar10.loss(logits, tf.constant(np.arange(128) % 10))
+    with tf.Session() as sess:
+      sess.run(tf.global_variables_initializer())
+      total, cross_entropy = sess.run(
+          [total_loss, graph.get_tensor_by_name('cross_entropy:0')])
+  assert cross_entropy == pytest.approx(np.log(10), abs=0.05)
+  assert total - cross_entropy == pytest.approx(2.37, abs=0.05)
+  assert total == pytest.approx(4.6, abs=0.15)
+
+
 @pytest.mark.parametrize('step, rate', [
     (0, 0.1), (DECAY_STEPS - 1, 0.1), (DECAY_STEPS, 0.01),
     (2 * DECAY_STEPS - 1, 0.01), (2 * DECAY_STEPS, 0.001)])
@@ -217,3 +234,56 @@ def test_fp16_model_trains_one_step():
   assert dtypes == {tf.float16}
   assert logits.dtype == tf.float16
   assert np.isfinite(loss_before)
+
+
+def learning_rate_of(graph):
+  """The learning rate tensor of a training graph: what it summarises."""
+  for op in graph.get_operations():
+    if (op.type == 'ScalarSummary' and
+        tf.get_static_value(op.inputs[0]) == b'learning_rate'):
+      return op.inputs[1]
+  raise AssertionError('no learning_rate summary')
+
+
+def _training_graph(kind):
+  """A training graph of `kind` on a batch in memory; returns its graph."""
+  graph = tf.Graph()
+  with graph.as_default():
+    images = tf.constant(_random_images(FLAGS.batch_size))
+    labels = tf.constant(np.arange(FLAGS.batch_size) % 10)
+    global_step = tf.train.get_or_create_global_step()
+    if kind == 'one device':
+      cifar10.train(cifar10.loss(cifar10.inference(images), labels),
+                    global_step)
+    elif kind == 'two towers':
+      cifar10_multi_gpu_train.build_training_graph(
+          lambda tower: (images, labels), ['/cpu:0', '/cpu:0'], global_step)
+    else:  # Two workers, synchronous: one update per two workers' batches.
+      FLAGS.sync_replicas = True
+      cifar10_distributed_train._train_op(  # pylint: disable=protected-access
+          cifar10.loss(cifar10.inference(images), labels), global_step,
+          is_chief=True, num_workers=2, replicas_to_aggregate=2)
+  return graph
+
+
+@pytest.mark.parametrize('kind, examples_per_step', [
+    ('one device', 32), ('two towers', 64), ('two synchronous workers', 64)])
+def test_learning_rate_decays_with_the_epochs_of_the_data_used(
+    kind, examples_per_step, data_dir):
+  # The tests' data: 5 x 64 = 320 training images, so an epoch is 10 steps
+  # of 32 images, or 5 of 64: the rate falls tenfold after 3,500 or 1,750
+  # steps (350 epochs), not after CIFAR-10's 136,718.
+  FLAGS.data_dir = data_dir
+  FLAGS.batch_size = 32
+  decay_steps = int(320 / examples_per_step * 350)
+  graph = _training_graph(kind)
+  with graph.as_default():
+    lr = learning_rate_of(graph)
+    global_step = tf.train.get_global_step()
+    with tf.Session() as sess:
+      rates = []
+      for step in [0, decay_steps - 1, decay_steps, 2 * decay_steps]:
+        sess.run(global_step.initializer)
+        sess.run(global_step.assign(step))
+        rates.append(sess.run(lr))
+  assert rates == pytest.approx([0.1, 0.1, 0.01, 0.001], rel=1e-6)

@@ -294,3 +294,83 @@ def test_export_loads_in_a_fresh_process_and_predicts_the_same(
   # An existing folder is never overwritten.
   with pytest.raises(UserError, match='--export_dir=%s exists' % export_dir):
     cifar10_export.export(train_dir, export_dir)
+
+
+def test_predict_top_k_and_export_as_scripts(image_dir, trained_on_own_data,
+                                             tmp_path):
+  _, train_dir = trained_on_own_data
+  path = os.path.join(image_dir[0], 'zebras', 'zebras_02.png')
+  for top_k, printed in [(1, 1), (2, 2), (5, 3)]:  # At most every class.
+    result = run_script('cifar10_predict.py', '--checkpoint_dir=' + train_dir,
+                        '--top_k=%d' % top_k, path)
+    assert result.returncode == 0, result.stderr
+    line, = result.stdout.splitlines()
+    pairs = line.split(': ')[1].split(', ')
+    assert len(pairs) == printed
+    assert pairs[0].startswith('zebras ')
+
+  export_dir = str(tmp_path / 'model')
+  result = run_script('cifar10_export.py', '--checkpoint_dir=' + train_dir,
+                      '--export_dir=' + export_dir)
+  assert result.returncode == 0, result.stderr
+  assert result.stderr == ''
+  assert result.stdout == 'Exported %s to %s.\n' % (
+      tf.train.latest_checkpoint(train_dir), export_dir)
+  assert os.path.isfile(os.path.join(export_dir, 'saved_model.pb'))
+  again = run_script('cifar10_export.py', '--checkpoint_dir=' + train_dir,
+                     '--export_dir=' + export_dir)
+  assert again.returncode == 1
+  assert again.stderr == ('Error: --export_dir=%s exists: give a new folder '
+                          '(nothing is overwritten).\n' % export_dir)
+
+
+# 256 classes, the most a label byte holds; some named in UTF-8.
+MANY_CLASSES = ['café', 'château', '猫'] + ['class_%03d' % i
+                                          for i in range(253)]
+
+
+def test_256_classes_with_utf8_names_train_evaluate_and_predict(tmp_path):
+  images = tmp_path / 'images'
+  encoded = _encode(cifar_data.learnable_images(np.arange(512) % 10, seed=9),
+                    ['png'] * 512)
+  for i, name in enumerate(MANY_CLASSES):
+    os.makedirs(images / name)
+    for j in range(2):
+      with open(images / name / ('%d.png' % j), 'wb') as f:
+        f.write(encoded[2 * i + j])
+  data_dir, train_dir = str(tmp_path / 'data'), str(tmp_path / 'train')
+  prepared = run_script('prepare_data.py', '--image_dir=' + str(images),
+                        '--output_dir=' + data_dir, '--test_fraction=0.5')
+  assert prepared.returncode == 0, prepared.stderr
+  lines = prepared.stdout.splitlines()
+  assert lines[1].split() == ['café', '1', '1']
+  assert lines[-1].endswith(': 256 classes.')
+  sorted_names = sorted(MANY_CLASSES)  # The labels: café 0 ... 猫 255.
+  assert sorted_names[-1] == '猫'
+
+  common = ['--data_dir=' + data_dir, '--batch_size=16',
+            '--min_fraction_of_examples_in_queue=0.2']
+  training = run_script('cifar10_train.py', '--train_dir=' + train_dir,
+                        '--max_steps=10', *common)
+  assert training.returncode == 0, training.stderr
+  assert tf.train.load_variable(tf.train.latest_checkpoint(train_dir),
+                                'softmax_linear/biases').shape == (256,)
+  with open(os.path.join(train_dir, 'batches.meta.txt'),
+            encoding='utf-8') as f:
+    assert f.read().splitlines() == sorted_names
+
+  evaluation = run_script('cifar10_eval.py', '--run_once',
+                          '--checkpoint_dir=' + train_dir,
+                          '--eval_dir=' + str(tmp_path / 'eval'), *common)
+  assert evaluation.returncode == 0, evaluation.stderr
+  first, by_class = evaluation.stdout.splitlines()
+  assert EVAL_LINE.match(first).group(3, 4) == ('256', '10')
+  names = [pair.rsplit(' ', 1)[0]
+           for pair in by_class[len('  by class: '):].split(', ')]
+  assert names == sorted_names
+
+  prediction = run_script('cifar10_predict.py', '--checkpoint_dir=' + train_dir,
+                          '--top_k=256', str(images / '猫' / '0.png'))
+  assert prediction.returncode == 0, prediction.stderr
+  pairs = prediction.stdout.splitlines()[0].split(': ', 1)[1].split(', ')
+  assert sorted(pair.rsplit(' ', 1)[0] for pair in pairs) == sorted_names

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import shlex
 import struct
 import subprocess
 import sys
@@ -26,7 +27,9 @@ import cifar10_train
 from cifar10_common import tf
 import cifar_data
 from conftest import FLAGS
+from conftest import REPO_DIR
 from conftest import SMALL_QUEUE_FRACTION
+import helpers
 
 STEPS = 30
 SUMMARY_STEPS = [1, 11, 21]  # Every 10 steps; each labelled with the step it ends.
@@ -148,6 +151,18 @@ def test_training_events_hold_what_the_tutorial_promises(logs):
       assert _png_size(image.encoded_image_string) == (24, 24, 2)  # RGB.
 
 
+def test_examples_per_sec_is_the_figure_of_the_log_line_of_its_step(logs):
+  events, _ = logs['train']
+  logged = [helpers.LOG_LINE.match(line) for line in logs['printed']]
+  # The first training's lines (the two-tower training's come after).
+  logged = [(int(m.group(1)), float(m.group(3))) for m in logged if m][:3]
+  assert [step for step, _ in logged] == [10, 20, 30]
+  summarised = events['scalars']['examples_per_sec']
+  assert [step for step, _ in summarised] == [10, 20, 30]
+  for (step, printed), (_, value) in zip(logged, summarised):
+    assert round(value, 1) == pytest.approx(printed, abs=0.051), step
+
+
 def test_evaluation_events_line_up_with_training_steps(logs):
   events, _ = logs['eval']
   scalars = events['scalars']
@@ -184,15 +199,29 @@ def test_multi_device_training_writes_the_same_tags(logs):
   assert 'batch_prefetch/fraction_of_4_full' in multi['scalars']
 
 
+def readme_tensorboard_command(log_dir):
+  """The README's TensorBoard command, as a user runs it, on `log_dir`.
+
+  Its console script is the one beside this Python: the virtual
+  environment's, as the README's `.venv/bin/tensorboard`.
+  """
+  with open(os.path.join(REPO_DIR, 'README.md')) as f:
+    line, = [l for l in f if l.strip().startswith('.venv/bin/tensorboard ')]
+  program, *args = shlex.split(line)
+  logdir_args = [a for a in args if a.startswith('--logdir=')]
+  assert len(logdir_args) == 1, line
+  return ([os.path.join(os.path.dirname(sys.executable),
+                        os.path.basename(program))] +
+          ['--logdir=' + log_dir if a in logdir_args else a for a in args])
+
+
 class _TensorBoard(object):
   """A real TensorBoard on 127.0.0.1, on a port of its choosing."""
 
   def __init__(self, log_dir, timeout=60):
     self.process = subprocess.Popen(
-        [sys.executable, '-m', 'tensorboard.main', '--logdir', log_dir,
-         '--host', '127.0.0.1', '--port', '0', '--load_fast=false',
-         '--reload_interval=1'],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        readme_tensorboard_command(log_dir), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
     self.output = []
     deadline = time.time() + timeout
     while True:  # It says where it listens; wait for that line, not longer.
