@@ -18,7 +18,8 @@ threads or memory:
   set, and the forward pass alone on a batch in memory;
 - two-tower training (cifar10_multi_gpu_train.py --num_gpus=2);
 - the machine's ceiling: float32 matrix multiply GFLOP/s (numpy, a large
-  matmul), and the training FLOP rate as a share of it.
+  matmul), and the training FLOP rate as a share of it (the FLOPs counted
+  from the training graph built, cifar10_runtime.training_flops_per_image).
 
 It prints a table, checks the speed targets, and writes the figures as JSON
 (--json). With --compare_with=REVISION it measures that git revision too, in
@@ -43,11 +44,19 @@ import time
 from absl import flags
 import numpy as np
 
-import cifar10  # Its flags: --data_dir (real data), --batch_size.
+import cifar10
 import cifar10_common
 from cifar10_common import tf
 import cifar10_input
-import cifar10_train
+
+# --compare_with runs this file in the tree of an older revision too, whose
+# library may still read flags (it defines --data_dir and --batch_size then).
+try:
+  import cifar10_flags  # pylint: disable=g-import-not-at-top
+  import cifar10_runtime  # pylint: disable=g-import-not-at-top
+  cifar10_flags.define('data_dir', 'batch_size', 'top_layers')
+except ImportError:
+  cifar10_flags = cifar10_runtime = None
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -66,40 +75,6 @@ flags.DEFINE_enum('measure', None,
                   'Internal: measure one thing in this process, print JSON.')
 
 FLAGS = flags.FLAGS
-
-# Multiply-accumulates of one image's forward pass, from the layer shapes.
-FORWARD_MACS = {
-    'conv1': (24 * 24 * 64, 5 * 5 * 3),    # outputs x (kernel x in channels)
-    'conv2': (12 * 12 * 64, 5 * 5 * 64),
-    'local3': (384, 6 * 6 * 64),           # outputs x inputs
-    'local4': (192, 384),
-    'softmax_linear': (10, 192),
-}
-
-
-def flops_per_training_image():
-  """FLOPs of one image's forward and backward pass; and the arithmetic.
-
-  A multiply-accumulate is 2 FLOPs. The backward pass computes, per layer,
-  the gradient of the weights (as many MACs as the forward pass) and of the
-  layer's input (as many again), except for conv1, whose input is the image.
-  Pooling, LRN, ReLU and the biases are left out: they add well under 1%.
-
-  Returns:
-    (FLOPs, list of text lines showing the arithmetic).
-  """
-  lines = []
-  total = 0
-  for layer, (outputs, per_output) in FORWARD_MACS.items():
-    forward = 2 * outputs * per_output
-    backward = forward * (1 if layer == 'conv1' else 2)
-    total += forward + backward
-    lines.append('%-15s %7d outputs x %5d MACs x 2 = %6.2f MFLOP forward, '
-                 '%6.2f backward' % (layer, outputs, per_output, forward / 1e6,
-                                     backward / 1e6))
-  lines.append('%-15s %.1f MFLOP per training image' % ('total', total / 1e6))
-  return total, lines
-
 
 def _write_synthetic_data(data_dir):
   """Random images and labels in the binary layout, as many as CIFAR-10."""
@@ -134,7 +109,10 @@ def _start(kind):
   with graph.as_default():
     if kind in ('input_alone', 'step_with_input'):
       with tf.device('/cpu:0'):
-        images, labels = cifar10.distorted_inputs()
+        if cifar10_runtime:
+          images, labels = cifar10.distorted_inputs(FLAGS.data_dir, batch)
+        else:  # An older revision's, reading the flags.
+          images, labels = cifar10.distorted_inputs()
     else:
       rng = np.random.default_rng(0)
       images = tf.Variable(rng.normal(size=(batch, 24, 24, 3)).astype(
@@ -144,12 +122,15 @@ def _start(kind):
     if kind == 'input_alone':
       fetch = [images, labels]
     elif kind == 'forward_alone':
-      fetch = cifar10.inference(images)
+      fetch = _inference(images)
     else:
       global_step = tf.train.get_or_create_global_step()
-      fetch = cifar10.train(cifar10.loss(cifar10.inference(images), labels),
-                            global_step)
-    session = tf.Session(config=cifar10_train.session_config())
+      loss = cifar10.loss(_inference(images), labels)
+      if cifar10_runtime:
+        fetch = cifar10.train(loss, global_step, examples_per_step=batch)
+      else:
+        fetch = cifar10.train(loss, global_step)
+    session = tf.Session()
     session.run([tf.global_variables_initializer(),
                  tf.local_variables_initializer()])
     coord = tf.train.Coordinator()
@@ -157,6 +138,23 @@ def _start(kind):
   for _ in range(BLOCK_STEPS):
     session.run(fetch)
   return session, fetch, coord
+
+
+def _model_flags():
+  """The model's flags for the scripts: none for the tutorial's model (so
+  that an older revision without --top_layers is measured too)."""
+  if FLAGS.top_layers == cifar10_runtime.Params.top_layers:
+    return []
+  return ['--top_layers=' + FLAGS.top_layers]
+
+
+def _inference(images):
+  """This tree's model: its top layers and the data's classes, where the
+  library takes them as arguments (an older one reads its flags)."""
+  if not cifar10_runtime:
+    return cifar10.inference(images)
+  return cifar10.inference(images, len(cifar10.class_names(FLAGS.data_dir)),
+                           FLAGS.top_layers)
 
 
 def _block_rate(session, fetch):
@@ -208,16 +206,11 @@ def _run_measurement(tree, kind, data_dir):
   output = subprocess.run(
       [sys.executable, os.path.join(tree, 'benchmark.py'), '--measure=' + kind,
        '--data_dir=' + data_dir, '--steps=%d' % FLAGS.steps,
-       '--batch_size=%d' % FLAGS.batch_size],
+       '--batch_size=%d' % FLAGS.batch_size] + _model_flags(),
       cwd=tree, capture_output=True, text=True, check=False)
   if output.returncode:
     raise RuntimeError('%s failed:\n%s' % (kind, output.stderr))
   return json.loads(output.stdout.strip().splitlines()[-1])
-
-
-_LOG_LINE = re.compile(r'.*: step (\d+), loss = \S+ \(([\d.]+) examples/sec;')
-_EVAL_LINE = re.compile(r'.*: precision @ 1 = .* images, step \d+; '
-                        r'([\d.]+) images/sec\)$')
 
 
 def _run_script(tree, script, args):
@@ -250,8 +243,10 @@ def _training_figures(tree, script, extra_args, data_dir, train_dir):
   lines, first_step_secs, peak_rss = _run_script(
       tree, script, ['--data_dir=' + data_dir, '--train_dir=' + train_dir,
                      '--max_steps=%d' % FLAGS.steps, '--log_frequency=10',
-                     '--batch_size=%d' % FLAGS.batch_size] + extra_args)
-  rates = [float(m.group(2)) for m in map(_LOG_LINE.match, lines)
+                     '--batch_size=%d' % FLAGS.batch_size] + extra_args +
+      _model_flags())
+  rates = [float(m.group(3)) for m in map(cifar10_runtime.LOG_LINE.match,
+                                           lines)
            if m and int(m.group(1)) > FLAGS.warmup_steps]
   return {'examples_per_sec': float(np.median(rates)),
           'first_step_secs': first_step_secs,
@@ -306,9 +301,10 @@ def _measure_tree(tree, data_dir, work_dir):
           '--data_dir=' + data_dir, '--run_once',
           '--checkpoint_dir=' + train_dir,
           '--eval_dir=' + tempfile.mkdtemp(dir=work_dir),
-          '--batch_size=%d' % FLAGS.batch_size])
+          '--batch_size=%d' % FLAGS.batch_size] + _model_flags())
   yield 'evaluation_images_per_sec', float(
-      [m for m in map(_EVAL_LINE.match, eval_lines) if m][0].group(1))
+      [m for m in map(cifar10_runtime.EVAL_LINE.match, eval_lines)
+       if m][0].group(5))
   pair = _run_measurement(tree, 'step_pair', data_dir)
   yield 'step_with_input_per_sec', pair['step_with_input']
   yield 'step_alone_per_sec', pair['step_alone']
@@ -394,7 +390,8 @@ def run_benchmark():
   finally:
     shutil.rmtree(work_dir, ignore_errors=True)
 
-  flops, arithmetic = flops_per_training_image()
+  flops, flops_by_op_type = cifar10_runtime.training_flops_per_image(
+      len(cifar10.class_names(data_dir)), FLAGS.top_layers)
   matmul_gflops = float(np.median(matmul))
   figures = {}
   for name in trees:
@@ -428,9 +425,11 @@ def run_benchmark():
   print('\nTargets (%s):' % 'now')
   for text, met in _targets(figures['now'], matmul_gflops):
     print('  [%s] %s' % ('met' if met else 'MISSED', text))
-  print('\nFLOPs per training image, from the layer shapes:')
-  for line in arithmetic:
-    print('  ' + line)
+  print('\nFLOPs per training image, counted in the training graph '
+        '(%.1f MFLOP), by op type:' % (flops / 1e6))
+  for op_type, op_flops in flops_by_op_type.items():
+    if op_flops >= 0.001 * flops:
+      print('  %-22s %7.2f MFLOP' % (op_type, op_flops / 1e6))
   with open(FLAGS.json, 'w') as f:
     json.dump({'machine': machine, 'data': 'real' if real_data else
                'synthetic', 'batch_size': FLAGS.batch_size,

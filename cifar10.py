@@ -19,7 +19,7 @@ Summary of available functions:
 
  # Compute input images and labels for training. If you would like to run
  # evaluations, use inputs() instead.
- inputs, labels = distorted_inputs()
+ inputs, labels = distorted_inputs(data_dir, batch_size)
 
  # Compute inference on the model inputs to make a prediction.
  predictions = inference(inputs)
@@ -29,65 +29,27 @@ Summary of available functions:
 
  # Create a graph to run one step of training with respect to the loss.
  train_op = train(loss, global_step)
+
+Every function takes its settings as arguments, whose defaults are the
+tutorial's values; none reads flags or decides anything from the disk but
+the input functions, which read the data. The scripts (cifar10_train.py, ...)
+own the flags and pass them in, so this module can be imported and used from
+any program or notebook:
+
+    import cifar10
+    images = tf.placeholder(tf.float32, [None, 24, 24, 3])
+    logits = cifar10.inference(images)
 """
 
-import hashlib
-import http.client
 import os
 import re
-import shutil
-import sys
-import tarfile
-import tempfile
-import time
-import urllib.error
-import urllib.request
-import zlib
 
-from absl import flags
 import numpy as np
 
-import cifar10_common
+import cifar10_download
 import cifar10_input
 from cifar10_common import tf
 from cifar10_common import UserError
-
-FLAGS = flags.FLAGS
-
-# Basic model parameters.
-flags.DEFINE_integer('batch_size', 128,
-                     'Number of images to process in a batch.', lower_bound=1)
-flags.DEFINE_string('data_dir', '/tmp/cifar10_data',
-                    'Path to the CIFAR-10 data directory.')
-flags.DEFINE_boolean('use_fp16', False,
-                     'Train the model using fp16.')
-flags.DEFINE_enum('top_layers', 'fully_connected',
-                  ['fully_connected', 'locally_connected'],
-                  'local3 and local4 fully connected, as in the tutorial, or '
-                  'locally connected, as in cuda-convnet\'s model (3x3 '
-                  'windows of 64, then 32 filters, weights not shared '
-                  'between positions).')
-flags.DEFINE_float('initial_learning_rate', 0.1,
-                   'Learning rate at step 0; it is divided by 10 every 350 '
-                   'epochs. The tutorial\'s 0.1 suits one worker; '
-                   'asynchronous distributed training with several may need '
-                   'less.', lower_bound=0.0)
-flags.DEFINE_float('min_fraction_of_examples_in_queue', 0.4,
-                   'Fraction of an epoch of training images queued before '
-                   'training starts: more mixes better, less starts sooner.',
-                   lower_bound=0.0, upper_bound=1.0)
-
-# Where the data set comes from, and the MD5 of the official archive.
-DATA_URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz'
-DATA_MD5 = 'c32a1d4ab5d03f1284b67883e8d87530'
-
-flags.DEFINE_string('data_url', DATA_URL,
-                    'Where to download the CIFAR-10 binary archive from, if '
-                    'it is not in --data_dir yet: a mirror, or a file:// URL '
-                    'of an archive you already have.')
-flags.DEFINE_string('data_md5', DATA_MD5,
-                    'Expected MD5 of the archive (the official one by '
-                    'default); empty to skip the check.')
 
 # Global constants describing the CIFAR-10 data set. Data of your own (see
 # prepare_data.py) brings its classes and sizes: see class_names() and
@@ -97,21 +59,31 @@ NUM_CLASSES = cifar10_input.NUM_CLASSES
 NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN = cifar10_input.NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN
 NUM_EXAMPLES_PER_EPOCH_FOR_EVAL = cifar10_input.NUM_EXAMPLES_PER_EPOCH_FOR_EVAL
 
+# The tutorial's settings, the defaults of the functions below (and of the
+# scripts' flags).
+DATA_DIR = '/tmp/cifar10_data'  # Holds cifar-10-batches-bin/.
+BATCH_SIZE = 128                # Images per batch (per tower).
+INITIAL_LEARNING_RATE = 0.1     # Learning rate at step 0.
+# The fraction of an epoch of training images queued before training starts.
+MIN_FRACTION_OF_EXAMPLES_IN_QUEUE = 0.4
+# local3 and local4: fully connected (the tutorial's), or locally connected
+# (cuda-convnet's, the tutorial's exercise).
+TOP_LAYERS = ('fully_connected', 'locally_connected')
+
+# Where the data set comes from, and the MD5 of the official archive.
+DATA_URL = cifar10_download.DATA_URL
+DATA_MD5 = cifar10_download.DATA_MD5
 
 # Constants describing the training process.
 MOVING_AVERAGE_DECAY = 0.9999     # The decay to use for the moving average.
 NUM_EPOCHS_PER_DECAY = 350.0      # Epochs after which learning rate decays.
 LEARNING_RATE_DECAY_FACTOR = 0.1  # Learning rate decay factor.
-# The initial learning rate is a flag, --initial_learning_rate (0.1).
 LOSS_AVERAGE_DECAY = 0.9          # The decay of the losses' moving averages.
 
 # If a model is trained with multiple GPUs, prefix all Op names with tower_name
 # to differentiate the operations. Note that this prefix is removed from the
 # names of the summaries when visualizing a model.
 TOWER_NAME = 'tower'
-
-# Seconds between two progress lines of a download.
-_PROGRESS_INTERVAL_SECS = 0.5
 
 
 def _add_summary(summary_op):
@@ -163,12 +135,7 @@ def _activation_summary(x):
   scalar_summary(tensor_name + '/sparsity', tf.nn.zero_fraction(x))
 
 
-def _float_dtype():
-  """The dtype of the model's variables and activations."""
-  return tf.float16 if FLAGS.use_fp16 else tf.float32
-
-
-def _variable_on_cpu(name, shape, initializer):
+def _variable_on_cpu(name, shape, initializer, dtype=tf.float32):
   """Helper to create a Variable stored on CPU memory.
 
   Every variable of the model is made here, so that all model replicas
@@ -178,17 +145,17 @@ def _variable_on_cpu(name, shape, initializer):
     name: name of the variable
     shape: list of ints
     initializer: initializer for Variable
+    dtype: type of the variable: the model's (float32, or float16)
 
   Returns:
     Variable Tensor
   """
   with tf.device('/cpu:0'):
-    var = tf.get_variable(name, shape, initializer=initializer,
-                          dtype=_float_dtype())
+    var = tf.get_variable(name, shape, initializer=initializer, dtype=dtype)
   return var
 
 
-def _variable_with_weight_decay(name, shape, stddev, wd):
+def _variable_with_weight_decay(name, shape, stddev, wd, dtype=tf.float32):
   """Helper to create an initialized Variable with weight decay.
 
   Note that the Variable is initialized with a truncated normal distribution.
@@ -200,6 +167,7 @@ def _variable_with_weight_decay(name, shape, stddev, wd):
     stddev: standard deviation of a truncated Gaussian
     wd: add L2Loss weight decay multiplied by this float. If None, weight
         decay is not added for this Variable.
+    dtype: type of the variable
 
   Returns:
     Variable Tensor
@@ -207,49 +175,61 @@ def _variable_with_weight_decay(name, shape, stddev, wd):
   var = _variable_on_cpu(
       name,
       shape,
-      tf.truncated_normal_initializer(stddev=stddev))
+      tf.truncated_normal_initializer(stddev=stddev),
+      dtype)
   if wd is not None:
     weight_decay = tf.multiply(tf.nn.l2_loss(var), wd, name='weight_loss')
     tf.add_to_collection('losses', weight_decay)
   return var
 
 
-def data_batches_dir():
-  """The folder of the binary batch files inside --data_dir."""
-  if not FLAGS.data_dir:
+def data_batches_dir(data_dir):
+  """The folder of the binary batch files inside a data directory."""
+  if not data_dir:
     raise UserError('--data_dir is empty: give the CIFAR-10 data directory.')
-  return os.path.join(FLAGS.data_dir, cifar10_input.BATCHES_DIR_NAME)
+  return os.path.join(data_dir, cifar10_input.BATCHES_DIR_NAME)
 
 
-def class_names():
-  """The class names of the data in --data_dir, in label order.
+def class_names(data_dir=DATA_DIR):
+  """The class names of the data in `data_dir`, in label order.
 
   Returns:
     A tuple of names: from its batches.meta.txt, or CIFAR-10's ten when it
     has none (or is not there yet).
   """
-  return cifar10_input.read_class_names(data_batches_dir())
+  return cifar10_input.read_class_names(data_batches_dir(data_dir))
 
 
-def num_examples_per_epoch(eval_data=False):
-  """The number of training (or test) images in --data_dir.
+def num_examples_per_epoch(data_dir=DATA_DIR, eval_data=False):
+  """The number of training (or test) images in `data_dir`.
 
   Args:
+    data_dir: The data directory.
     eval_data: bool, the test set if True.
 
   Returns:
     The number of records, or CIFAR-10's 50,000 (10,000) while the data is
     not there yet.
   """
-  filenames = cifar10_input.data_filenames(data_batches_dir(), eval_data)
+  filenames = cifar10_input.data_filenames(data_batches_dir(data_dir),
+                                           eval_data)
   if all(os.path.isfile(f) for f in filenames):
     return cifar10_input.count_records(filenames)
   return (NUM_EXAMPLES_PER_EPOCH_FOR_EVAL if eval_data else
           NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN)
 
 
-def distorted_inputs():
+def distorted_inputs(data_dir=DATA_DIR, batch_size=BATCH_SIZE, use_fp16=False,
+                     min_fraction_of_examples_in_queue=(
+                         MIN_FRACTION_OF_EXAMPLES_IN_QUEUE)):
   """Construct distorted input for CIFAR training using the Reader ops.
+
+  Args:
+    data_dir: Path to the CIFAR-10 data directory.
+    batch_size: Number of images per batch.
+    use_fp16: Give the images as float16, for a float16 model.
+    min_fraction_of_examples_in_queue: The fraction of an epoch queued before
+      the first batch comes out (see cifar10_input.distorted_inputs).
 
   Returns:
     images: Images. 4D tensor of [batch_size, IMAGE_SIZE, IMAGE_SIZE, 3] size.
@@ -259,14 +239,15 @@ def distorted_inputs():
     UserError: If no data_dir, or its data files are missing or malformed.
   """
   images, labels = cifar10_input.distorted_inputs(
-      data_dir=data_batches_dir(), batch_size=FLAGS.batch_size,
-      min_fraction_of_examples_in_queue=FLAGS.min_fraction_of_examples_in_queue)
-  if FLAGS.use_fp16:
+      data_dir=data_batches_dir(data_dir), batch_size=batch_size,
+      min_fraction_of_examples_in_queue=min_fraction_of_examples_in_queue)
+  if use_fp16:
     images = tf.cast(images, tf.float16)
   return images, labels
 
 
-def inputs(eval_data):
+def inputs(eval_data, data_dir=DATA_DIR, batch_size=BATCH_SIZE,
+           use_fp16=False):
   """Construct input for CIFAR evaluation using the Reader ops.
 
   Each image of the chosen set is read once; then the pipeline raises
@@ -274,6 +255,9 @@ def inputs(eval_data):
 
   Args:
     eval_data: bool, indicating if one should use the train or eval data set.
+    data_dir: Path to the CIFAR-10 data directory.
+    batch_size: Number of images per batch.
+    use_fp16: Give the images as float16, for a float16 model.
 
   Returns:
     images: Images. 4D tensor of [batch_size, IMAGE_SIZE, IMAGE_SIZE, 3] size.
@@ -283,9 +267,9 @@ def inputs(eval_data):
     UserError: If no data_dir, or its data files are missing or malformed.
   """
   images, labels = cifar10_input.inputs(eval_data=eval_data,
-                                        data_dir=data_batches_dir(),
-                                        batch_size=FLAGS.batch_size)
-  if FLAGS.use_fp16:
+                                        data_dir=data_batches_dir(data_dir),
+                                        batch_size=batch_size)
+  if use_fp16:
     images = tf.cast(images, tf.float16)
   return images, labels
 
@@ -326,20 +310,30 @@ def local_response_normalization(x, depth_radius, bias, alpha, beta, name):
   return tf.multiply(x, scale, name=name)
 
 
-def inference(images, num_classes=None):
+def inference(images, num_classes=NUM_CLASSES, top_layers='fully_connected'):
   """Build the CIFAR-10 model.
 
-  The top layers, local3 and local4, are fully connected (the tutorial's), or
-  locally connected with --top_layers=locally_connected.
-
   Args:
-    images: Images returned from distorted_inputs() or inputs().
-    num_classes: Outputs of the last layer; by default, the number of
-      classes of the data in --data_dir (10 for CIFAR-10).
+    images: Images returned from distorted_inputs() or inputs(): float32, or
+      float16 for a float16 model (the variables take the images' type).
+    num_classes: Outputs of the last layer: 10 for CIFAR-10, or the number of
+      classes of your own data (len(class_names(data_dir))).
+    top_layers: local3 and local4 'fully_connected', as in the tutorial, or
+      'locally_connected', as in cuda-convnet's model.
 
   Returns:
     Logits.
+
+  Raises:
+    ValueError: images of another type, or an unknown top_layers.
   """
+  dtype = images.dtype.base_dtype
+  if dtype not in (tf.float32, tf.float16):
+    raise ValueError('inference() takes float32 or float16 images, not %s.' %
+                     dtype.name)
+  if top_layers not in TOP_LAYERS:
+    raise ValueError('top_layers=%r: it is one of %s.' % (top_layers,
+                                                          ', '.join(TOP_LAYERS)))
   # We instantiate all variables using tf.get_variable() instead of
   # tf.Variable() in order to share variables across multiple GPU training runs.
   # If we only ran this model on a single GPU, we could simplify this function
@@ -350,9 +344,10 @@ def inference(images, num_classes=None):
     kernel = _variable_with_weight_decay('weights',
                                          shape=[5, 5, 3, 64],
                                          stddev=5e-2,
-                                         wd=None)
+                                         wd=None, dtype=dtype)
     conv = tf.nn.conv2d(images, kernel, [1, 1, 1, 1], padding='SAME')
-    biases = _variable_on_cpu('biases', [64], tf.constant_initializer(0.0))
+    biases = _variable_on_cpu('biases', [64], tf.constant_initializer(0.0),
+                              dtype)
     pre_activation = tf.nn.bias_add(conv, biases)
     conv1 = tf.nn.relu(pre_activation, name=scope.name)
     _activation_summary(conv1)
@@ -369,9 +364,10 @@ def inference(images, num_classes=None):
     kernel = _variable_with_weight_decay('weights',
                                          shape=[5, 5, 64, 64],
                                          stddev=5e-2,
-                                         wd=None)
+                                         wd=None, dtype=dtype)
     conv = tf.nn.conv2d(norm1, kernel, [1, 1, 1, 1], padding='SAME')
-    biases = _variable_on_cpu('biases', [64], tf.constant_initializer(0.1))
+    biases = _variable_on_cpu('biases', [64], tf.constant_initializer(0.1),
+                              dtype)
     pre_activation = tf.nn.bias_add(conv, biases)
     conv2 = tf.nn.relu(pre_activation, name=scope.name)
     _activation_summary(conv2)
@@ -383,7 +379,7 @@ def inference(images, num_classes=None):
   pool2 = tf.nn.max_pool(norm2, ksize=[1, 3, 3, 1],
                          strides=[1, 2, 2, 1], padding='SAME', name='pool2')
 
-  if FLAGS.top_layers == 'locally_connected':
+  if top_layers == 'locally_connected':
     # The top of Alex Krizhevsky's cuda-convnet model (the tutorial's
     # exercise; layers-conv-local-11pct.cfg): two locally connected layers,
     # then the linear layer.
@@ -399,8 +395,9 @@ def inference(images, num_classes=None):
       dim = pool2.get_shape()[1:].num_elements()
       reshape = tf.reshape(pool2, [-1, dim])
       weights = _variable_with_weight_decay('weights', shape=[dim, 384],
-                                            stddev=0.04, wd=0.004)
-      biases = _variable_on_cpu('biases', [384], tf.constant_initializer(0.1))
+                                            stddev=0.04, wd=0.004, dtype=dtype)
+      biases = _variable_on_cpu('biases', [384], tf.constant_initializer(0.1),
+                                dtype)
       local3 = tf.nn.relu(tf.matmul(reshape, weights) + biases,
                           name=scope.name)
       _activation_summary(local3)
@@ -408,8 +405,9 @@ def inference(images, num_classes=None):
     # local4
     with tf.variable_scope('local4') as scope:
       weights = _variable_with_weight_decay('weights', shape=[384, 192],
-                                            stddev=0.04, wd=0.004)
-      biases = _variable_on_cpu('biases', [192], tf.constant_initializer(0.1))
+                                            stddev=0.04, wd=0.004, dtype=dtype)
+      biases = _variable_on_cpu('biases', [192], tf.constant_initializer(0.1),
+                                dtype)
       local4 = tf.nn.relu(tf.matmul(local3, weights) + biases,
                           name=scope.name)
       _activation_summary(local4)
@@ -419,13 +417,13 @@ def inference(images, num_classes=None):
   # We don't apply softmax here because
   # tf.nn.sparse_softmax_cross_entropy_with_logits accepts the unscaled logits
   # and performs the softmax internally for efficiency.
-  num_classes = num_classes or len(class_names())
   with tf.variable_scope('softmax_linear') as scope:
     dim = top.get_shape()[-1]
     weights = _variable_with_weight_decay('weights', [dim, num_classes],
-                                          stddev=1.0 / dim, wd=None)
+                                          stddev=1.0 / dim, wd=None,
+                                          dtype=dtype)
     biases = _variable_on_cpu('biases', [num_classes],
-                              tf.constant_initializer(0.0))
+                              tf.constant_initializer(0.0), dtype)
     softmax_linear = tf.add(tf.matmul(top, weights), biases, name=scope.name)
     _activation_summary(softmax_linear)
 
@@ -448,6 +446,7 @@ def _locally_connected(name, inputs, filters, size):
   Returns:
     4-D Tensor [batch, height, width, filters].
   """
+  dtype = inputs.dtype.base_dtype
   with tf.variable_scope(name) as scope:
     _, height, width, depth = inputs.get_shape().as_list()
     positions, window = height * width, size * size * depth
@@ -455,9 +454,10 @@ def _locally_connected(name, inputs, filters, size):
                                        strides=[1, 1, 1, 1],
                                        rates=[1, 1, 1, 1], padding='SAME')
     weights = _variable_with_weight_decay(
-        'weights', shape=[positions, window, filters], stddev=0.04, wd=0.004)
+        'weights', shape=[positions, window, filters], stddev=0.04, wd=0.004,
+        dtype=dtype)
     biases = _variable_on_cpu('biases', [positions, filters],
-                              tf.constant_initializer(0.1))
+                              tf.constant_initializer(0.1), dtype)
     # One matrix multiply per position: [positions, batch, window] x
     # [positions, window, filters].
     by_position = tf.transpose(tf.reshape(patches, [-1, positions, window]),
@@ -486,51 +486,6 @@ def variables_to_restore(moving_average=True):
   return {v.op.name: v for v in tf.global_variables()}
 
 
-def check_checkpoint(path, expected_shapes):
-  """cifar10_common.check_checkpoint, saying which option a mismatch is.
-
-  A checkpoint of the other --top_layers, or of data with another number of
-  classes, does not fit the model: the message says which, and what to pass.
-
-  Args:
-    path: The checkpoint's path prefix.
-    expected_shapes: {name in the checkpoint: shape as a list}.
-
-  Raises:
-    CheckpointUnreadable, CheckpointError: as cifar10_common.check_checkpoint.
-  """
-  try:
-    cifar10_common.check_checkpoint(path, expected_shapes)
-  except cifar10_common.CheckpointUnreadable:
-    raise
-  except cifar10_common.CheckpointError as e:
-    stored_shapes = tf.train.load_checkpoint(path).get_variable_to_shape_map()
-    hints = []
-    stored, expected = (_shape_of(shapes, 'local3/weights')
-                        for shapes in (stored_shapes, expected_shapes))
-    if stored and expected and len(stored) != len(expected):
-      hints.append('it was trained with --top_layers=%s' % (
-          'locally_connected' if len(stored) == 3 else 'fully_connected'))
-    stored, expected = (_shape_of(shapes, 'softmax_linear/biases')
-                        for shapes in (stored_shapes, expected_shapes))
-    if stored and expected and stored != expected:
-      hints.append('it has %d classes, where this model has %d (from the '
-                   'batches.meta.txt of the data, or its absence)' %
-                   (stored[0], expected[0]))
-    if not hints:
-      raise
-    raise cifar10_common.CheckpointError(
-        '%s Its model differs: %s.' % (e, '; '.join(hints))) from None
-
-
-def _shape_of(shapes, name):
-  """The shape of variable `name` (or of its moving average) in `shapes`."""
-  for key in (name, name + '/ExponentialMovingAverage'):
-    if key in shapes:
-      return list(shapes[key])
-  return None
-
-
 def predictions(logits):
   """Normalised predictions: the probability of each class.
 
@@ -544,9 +499,12 @@ def predictions(logits):
 
 
 def loss(logits, labels):
-  """Add L2Loss to all the trainable variables.
+  """The total loss: the cross entropy plus the weight decay terms.
 
-  Add summary for "Loss" and "Loss/avg".
+  Adds the mean cross entropy of the batch to the 'losses' collection, which
+  already holds the weight decay (L2 loss) terms that inference() added for
+  local3 and local4, and returns their sum.
+
   Args:
     logits: Logits from inference().
     labels: Labels from distorted_inputs or inputs(). 1-D tensor
@@ -604,24 +562,29 @@ def add_loss_summaries(total_loss, losses=None):
   return loss_averages_op
 
 
-def learning_rate(global_step, examples_per_step=None):
+def learning_rate(global_step, examples_per_step=BATCH_SIZE,
+                  examples_per_epoch=NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN,
+                  initial_learning_rate=INITIAL_LEARNING_RATE):
   """The learning rate: decayed exponentially, in steps, with the epochs.
 
   Args:
     global_step: Integer Variable counting the number of training steps
       processed.
-    examples_per_step: Images trained on per step (all towers together);
-      --batch_size by default.
+    examples_per_step: Images trained on per update (all towers, or all
+      synchronous workers, together).
+    examples_per_epoch: Training images in the data
+      (num_examples_per_epoch(data_dir)).
+    initial_learning_rate: The rate at step 0; it is divided by 10 every
+      NUM_EPOCHS_PER_DECAY epochs.
 
   Returns:
     A scalar float32 Tensor, also summarised as 'learning_rate'.
   """
-  examples_per_step = examples_per_step or FLAGS.batch_size
-  num_batches_per_epoch = num_examples_per_epoch() / examples_per_step
+  num_batches_per_epoch = examples_per_epoch / examples_per_step
   decay_steps = int(num_batches_per_epoch * NUM_EPOCHS_PER_DECAY)
 
   # Decay the learning rate exponentially based on the number of steps.
-  lr = tf.train.exponential_decay(FLAGS.initial_learning_rate,
+  lr = tf.train.exponential_decay(initial_learning_rate,
                                   global_step,
                                   decay_steps,
                                   LEARNING_RATE_DECAY_FACTOR,
@@ -643,45 +606,57 @@ def add_variable_and_gradient_summaries(grads):
       histogram_summary(var.op.name + '/gradients', grad)
 
 
-def apply_moving_averages(apply_gradient_op, global_step):
-  """Tracks moving averages of all trainable variables after each update.
-
-  Args:
-    apply_gradient_op: The op that updates the variables.
-    global_step: Integer Variable counting the number of training steps
-      processed; it sets the averages' warm-up (num_updates).
-
-  Returns:
-    The training op: the update, then the averages.
-  """
-  variable_averages = tf.train.ExponentialMovingAverage(
-      MOVING_AVERAGE_DECAY, global_step)
-  with tf.control_dependencies([apply_gradient_op]):
-    variables_averages_op = variable_averages.apply(tf.trainable_variables())
-  return variables_averages_op
-
-
-def train(total_loss, global_step):
+def train(total_loss, global_step, examples_per_step=BATCH_SIZE,
+          examples_per_epoch=NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN,
+          initial_learning_rate=INITIAL_LEARNING_RATE, grads=None, losses=None,
+          wrap_optimizer=None):
   """Train CIFAR-10 model.
 
   Create an optimizer and apply to all trainable variables. Add moving
-  average for all trainable variables.
+  average for all trainable variables. The one training step of every
+  script: on one device, over towers (their averaged gradients given as
+  `grads`), and on distributed workers (a synchronous optimizer given by
+  `wrap_optimizer`).
 
   Args:
-    total_loss: Total loss from loss().
+    total_loss: Total loss from loss(), or the towers' average.
     global_step: Integer Variable counting the number of training steps
       processed.
+    examples_per_step: Images in one update, for the learning rate's decay:
+      the batch size, times the towers or synchronous workers.
+    examples_per_epoch: Training images in the data.
+    initial_learning_rate: The learning rate at step 0.
+    grads: The (gradient, variable) pairs to apply: the towers' averaged
+      gradients; those of total_loss by default.
+    losses: The loss terms of total_loss, summarised with it; the 'losses'
+      collection by default.
+    wrap_optimizer: f(optimizer, variable_averages) -> an optimizer that
+      updates the variables through `optimizer` and their moving averages
+      with `variable_averages` itself (tf.train.SyncReplicasOptimizer, for
+      synchronous distributed training); by default, the update is followed
+      by the moving averages here.
+
   Returns:
     train_op: op for training.
   """
-  lr = learning_rate(global_step)
+  # The learning rate is a few scalar ops on the global step: beside it.
+  with tf.device(global_step.device):
+    lr = learning_rate(global_step, examples_per_step, examples_per_epoch,
+                       initial_learning_rate)
 
   # Generate moving averages of all losses and associated summaries.
-  loss_averages_op = add_loss_summaries(total_loss)
+  loss_averages_op = add_loss_summaries(total_loss, losses)
+
+  # The moving averages of all trainable variables, updated after each step.
+  variable_averages = tf.train.ExponentialMovingAverage(
+      MOVING_AVERAGE_DECAY, global_step)
+
+  opt = tf.train.GradientDescentOptimizer(lr)
+  if wrap_optimizer:
+    opt = wrap_optimizer(opt, variable_averages)
 
   # Compute gradients.
-  with tf.control_dependencies([loss_averages_op]):
-    opt = tf.train.GradientDescentOptimizer(lr)
+  if grads is None:
     grads = opt.compute_gradients(total_loss)
 
   # Apply gradients.
@@ -690,215 +665,34 @@ def train(total_loss, global_step):
   # Add histograms for trainable variables and their gradients.
   add_variable_and_gradient_summaries(grads)
 
-  # Track the moving averages of all trainable variables.
-  return apply_moving_averages(apply_gradient_op, global_step)
+  if not wrap_optimizer:
+    # Track the moving averages of all trainable variables: on the CPU, with
+    # the variables (see _variable_on_cpu), so that training on a GPU does
+    # not copy every variable and its average to the GPU and back each step.
+    with tf.control_dependencies([apply_gradient_op]), tf.device('/cpu:0'):
+      apply_gradient_op = variable_averages.apply(tf.trainable_variables())
+
+  # The losses' averages are taken in the same step. (Not as a dependency of
+  # the update: a synchronous optimizer's update runs in a thread of its own,
+  # which must not compute a loss.)
+  return tf.group(apply_gradient_op, loss_averages_op, name='train_op')
 
 
-def _md5_of_file(path):
-  """Returns the hex MD5 digest of a file."""
-  md5 = hashlib.md5(usedforsecurity=False)
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      md5.update(chunk)
-  return md5.hexdigest()
-
-
-def _print_progress(message, final=False):
-  """Prints a progress line, in place on a terminal."""
-  if sys.stdout.isatty():
-    sys.stdout.write('\r' + message + ('\n' if final else ''))
-  else:
-    sys.stdout.write(message + '\n')
-  sys.stdout.flush()
-
-
-def _download(url, dest_path, expected_md5):
-  """Downloads `url` to `dest_path`, all or nothing, checking its MD5.
-
-  The bytes go to a temporary file beside `dest_path`, renamed only once the
-  download is complete and verified, so no partial file is ever left under
-  the archive's name.
-
-  Args:
-    url: URL to download (http, https, ftp or file).
-    dest_path: Where the archive goes.
-    expected_md5: Hex MD5 the archive must have, or '' for no check.
-
-  Raises:
-    UserError: the download failed or gave the wrong bytes.
-  """
-  filename = os.path.basename(dest_path)
-  part_fd, part_path = tempfile.mkstemp(
-      dir=os.path.dirname(dest_path), prefix=filename + '.', suffix='.part')
-  try:
-    md5 = hashlib.md5(usedforsecurity=False)
-    received = 0
-    with os.fdopen(part_fd, 'wb') as part_file:
-      try:
-        response = urllib.request.urlopen(url, timeout=60)
-      except (urllib.error.URLError, OSError, ValueError) as e:
-        raise UserError(
-            'could not download %s (%s). Without network access, put the '
-            'archive at %s (or pass --data_url=file:///path/to/%s), or unpack '
-            'it so that %s holds data_batch_1.bin ... test_batch.bin.' %
-            (url, getattr(e, 'reason', e), dest_path, filename,
-             os.path.join(os.path.dirname(dest_path),
-                          cifar10_input.BATCHES_DIR_NAME))) from None
-      with response:
-        total = int(response.headers.get('Content-Length') or 0)
-        last_report = 0.0
-        while True:
-          try:
-            chunk = response.read(1 << 20)
-          except (OSError, http.client.HTTPException) as e:
-            raise UserError('download of %s failed after %d bytes: %r' %
-                            (url, received, e)) from None
-          if not chunk:
-            break
-          part_file.write(chunk)
-          md5.update(chunk)
-          received += len(chunk)
-          now = time.time()
-          if now - last_report >= _PROGRESS_INTERVAL_SECS:
-            last_report = now
-            if total:
-              _print_progress('>> Downloading %s %.1f%%' %
-                              (filename, 100.0 * received / total))
-            else:
-              _print_progress('>> Downloading %s %.1f MB' %
-                              (filename, received / 1e6))
-    if total and received != total:
-      raise UserError('download of %s stopped at %d of %d bytes.' %
-                      (url, received, total))
-    actual_md5 = md5.hexdigest()
-    if expected_md5 and actual_md5 != expected_md5.lower():
-      raise UserError(
-          'downloaded %s (%d bytes) has MD5 %s, expected %s: it is corrupt or '
-          'not the CIFAR-10 binary archive, and was not kept. Check '
-          '--data_url, or pass --data_md5=%s if you trust this archive.' %
-          (url, received, actual_md5, expected_md5, actual_md5))
-    os.replace(part_path, dest_path)
-  except BaseException:
-    if os.path.exists(part_path):
-      os.remove(part_path)
-    raise
-  _print_progress('>> Downloaded %s: %d bytes, MD5 %s.' %
-                  (filename, received, actual_md5), final=True)
-
-
-def _extract(archive_path, data_dir):
-  """Extracts the CIFAR-10 batch files from the archive into `data_dir`.
-
-  Only the expected files of the `cifar-10-batches-bin` folder are taken,
-  each written to a temporary name and renamed when complete.
-
-  Args:
-    archive_path: Path of the .tar.gz archive.
-    data_dir: Directory to extract into.
-
-  Raises:
-    UserError: the archive is corrupt, truncated, or lacks a batch file.
-  """
-  batches_dir = os.path.join(data_dir, cifar10_input.BATCHES_DIR_NAME)
-  os.makedirs(batches_dir, exist_ok=True)
-  wanted = cifar10_input.TRAIN_FILENAMES + cifar10_input.EVAL_FILENAMES
-  print('>> Extracting %s into %s' % (archive_path, batches_dir))
-  sys.stdout.flush()
-  found = set()
-  try:
-    with tarfile.open(archive_path, 'r:*') as archive:
-      for member in archive:
-        name = os.path.basename(member.name)
-        parent = os.path.basename(os.path.dirname(member.name))
-        if (not member.isfile() or parent != cifar10_input.BATCHES_DIR_NAME or
-            (name not in wanted and name != cifar10_input.META_FILENAME)):
-          continue
-        part_fd, part_path = tempfile.mkstemp(dir=batches_dir,
-                                              prefix=name + '.',
-                                              suffix='.part')
-        try:
-          with os.fdopen(part_fd, 'wb') as part_file:
-            shutil.copyfileobj(archive.extractfile(member), part_file, 1 << 20)
-          os.replace(part_path, os.path.join(batches_dir, name))
-        finally:
-          if os.path.exists(part_path):
-            os.remove(part_path)
-        found.add(name)
-  except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-    raise UserError('cannot extract %s: %s. The archive is corrupt or '
-                    'truncated; delete it to download it again.' %
-                    (archive_path, e)) from None
-  missing = [name for name in wanted if name not in found]
-  if missing:
-    raise UserError('%s has no %s/%s: it is not the CIFAR-10 binary archive.' %
-                    (archive_path, cifar10_input.BATCHES_DIR_NAME,
-                     ', '.join(missing)))
-
-
-def maybe_download_and_extract(data_dir=None, data_url=None,
-                               expected_md5=None):
+def maybe_download_and_extract(data_dir=DATA_DIR, data_url=DATA_URL,
+                               expected_md5=DATA_MD5):
   """Download and extract the tarball from Alex's website.
 
-  Nothing is downloaded when the batch files are already unpacked in
-  `data_dir`; they are checked (whole records, labels 0-9). An archive
-  already in `data_dir` is used rather than downloaded again.
+  See cifar10_download.maybe_download_and_extract: nothing is downloaded
+  when the data is unpacked in `data_dir` already; a download is checked
+  (MD5) and kept only whole.
 
   Args:
-    data_dir: Where the data goes; --data_dir by default.
-    data_url: Where the archive comes from; --data_url by default.
-    expected_md5: The archive's MD5, '' for no check; --data_md5 by default.
+    data_dir: Where the data goes.
+    data_url: Where the archive comes from.
+    expected_md5: The archive's MD5, '' for no check.
 
   Returns:
     The path of the folder of batch files.
-
-  Raises:
-    UserError: the data could not be fetched or is not CIFAR-10.
   """
-  data_dir = FLAGS.data_dir if data_dir is None else data_dir
-  data_url = FLAGS.data_url if data_url is None else data_url
-  expected_md5 = FLAGS.data_md5 if expected_md5 is None else expected_md5
-  if not data_dir:
-    raise UserError('--data_dir is empty: give the CIFAR-10 data directory.')
-  batches_dir = os.path.join(data_dir, cifar10_input.BATCHES_DIR_NAME)
-  data_files = (cifar10_input.data_filenames(batches_dir, eval_data=False) +
-                cifar10_input.data_filenames(batches_dir, eval_data=True))
-  missing = [os.path.basename(f) for f in data_files if not os.path.isfile(f)]
-  if not missing:
-    # Unpacked already (perhaps by hand): used as it is, if it is sound.
-    cifar10_input.check_data_files(
-        data_files, len(cifar10_input.read_class_names(batches_dir)))
-    return batches_dir
-  if len(missing) < len(data_files):
-    print('>> %s: %s missing; fetching the archive.' %
-          (batches_dir, ', '.join(missing)), flush=True)
-
-  try:
-    os.makedirs(data_dir, exist_ok=True)
-  except OSError as e:
-    raise UserError('cannot create data directory %s: %s' %
-                    (data_dir, e.strerror)) from None
-  filename = data_url.split('/')[-1]
-  if not filename:
-    raise UserError('--data_url=%s does not end with the name of an archive '
-                    'file.' % data_url)
-  archive_path = os.path.join(data_dir, filename)
-  downloaded_now = not os.path.exists(archive_path)
-  if downloaded_now:
-    _download(data_url, archive_path, expected_md5)
-  elif expected_md5:
-    actual_md5 = _md5_of_file(archive_path)
-    if actual_md5 != expected_md5.lower():
-      raise UserError(
-          '%s has MD5 %s, expected %s: it is corrupt or not the CIFAR-10 '
-          'binary archive. Delete it to download it again, or pass '
-          '--data_md5=%s if you trust it.' %
-          (archive_path, actual_md5, expected_md5, actual_md5))
-  try:
-    _extract(archive_path, data_dir)
-  except UserError:
-    if downloaded_now:  # Ours, unverified (no MD5 given) and useless: drop it.
-      os.remove(archive_path)
-    raise
-  cifar10_input.check_data_files(
-      data_files, len(cifar10_input.read_class_names(batches_dir)))
-  return batches_dir
+  return cifar10_download.maybe_download_and_extract(data_dir, data_url,
+                                                     expected_md5)

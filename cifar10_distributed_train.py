@@ -39,13 +39,13 @@ from absl import flags
 
 import cifar10
 import cifar10_common
+import cifar10_flags
+import cifar10_runtime
 from cifar10_common import tf
 from cifar10_common import UserError
-import cifar10_train
 
 FLAGS = flags.FLAGS
-flags.adopt_module_key_flags(cifar10)
-flags.adopt_module_key_flags(cifar10_train)
+cifar10_flags.define(*cifar10_flags.TRAINING)
 
 flags.DEFINE_list('ps_hosts', None,
                   'Parameter servers, host:port,host:port,...')
@@ -158,13 +158,25 @@ def serve(server, cluster, task_index):
       stop.signum)
 
 
-def train(server, cluster, task_index):
-  """A worker's life: train until --max_steps, then tell the servers."""
+def train(params, server, cluster, task_index, sync_replicas=False,
+          replicas_to_aggregate=None):
+  """A worker's life: train until params.max_steps, then tell the servers.
+
+  Args:
+    params: cifar10_runtime.Params.
+    server: This worker's tf.train.Server.
+    cluster: The tf.train.ClusterSpec.
+    task_index: This worker's index; worker 0 is the chief.
+    sync_replicas: Aggregate the gradients of several workers into each
+      update.
+    replicas_to_aggregate: With sync_replicas, the gradients in each update;
+      all workers' by default.
+  """
   num_workers = cluster.num_tasks('worker')
   is_chief = task_index == 0
-  replicas_to_aggregate = FLAGS.replicas_to_aggregate or num_workers
+  replicas_to_aggregate = replicas_to_aggregate or num_workers
   worker_device = '/job:worker/task:%d' % task_index
-  if FLAGS.sync_replicas:
+  if sync_replicas:
     print('Worker %d of %d%s: synchronous, each update averages the '
           'gradients of %d workers (%d backup).' % (
               task_index, num_workers, ' (chief)' if is_chief else '',
@@ -180,50 +192,62 @@ def train(server, cluster, task_index):
       global_step = tf.train.get_or_create_global_step()
       # The input pipeline stays on this worker, on its CPU.
       with tf.device(worker_device + '/cpu:0'):
-        images, labels = cifar10.distorted_inputs()
-      logits = cifar10.inference(images)
+        images, labels = cifar10.distorted_inputs(
+            params.data_dir, params.batch_size, params.use_fp16,
+            params.min_fraction_of_examples_in_queue)
+      logits = cifar10.inference(
+          images, len(cifar10.class_names(params.data_dir)), params.top_layers)
       loss = cifar10.loss(logits, labels)
-      train_op, hooks = _train_op(loss, global_step, is_chief, num_workers,
-                                  replicas_to_aggregate)
+      train_op, hooks = build_train_op(
+          loss, global_step, params, is_chief, num_workers,
+          replicas_to_aggregate if sync_replicas else None)
     say_done = [queue.enqueue(task_index) for queue in done_queues(cluster)]
     # Talk to the servers and to this worker only: other workers may be down.
-    config = cifar10_train.session_config(
-        device_filters=['/job:ps', worker_device])
-    cifar10_train.run_training(
-        train_op, loss, config=config, master=server.target,
+    config = cifar10_runtime.session_config(
+        params, device_filters=['/job:ps', worker_device])
+    cifar10_runtime.run_training(
+        train_op, loss, params, config=config, master=server.target,
         is_chief=is_chief, hooks=hooks, worker_name='worker %d' % task_index)
     with tf.Session(server.target, config=config) as sess:
       sess.run(say_done)
 
 
-def _train_op(loss, global_step, is_chief, num_workers, replicas_to_aggregate):
+def build_train_op(loss, global_step, params, is_chief, num_workers,
+                   replicas_to_aggregate=None):
   """cifar10.train()'s step, each update from one worker or several.
+
+  Args:
+    loss: This worker's total loss.
+    global_step: The global step variable.
+    params: cifar10_runtime.Params.
+    is_chief: Whether this is worker 0.
+    num_workers: The number of workers.
+    replicas_to_aggregate: None for asynchronous updates; otherwise the
+      workers' gradients averaged into each synchronous update.
 
   Returns:
     (train op, hooks the session must run).
   """
-  examples_per_update = FLAGS.batch_size * (
-      replicas_to_aggregate if FLAGS.sync_replicas else 1)
-  lr = cifar10.learning_rate(global_step, examples_per_update)
-  loss_averages_op = cifar10.add_loss_summaries(loss)
-  with tf.control_dependencies([loss_averages_op]):
-    opt = tf.train.GradientDescentOptimizer(lr)
-    if FLAGS.sync_replicas:
-      # The moving averages of the weights are updated once per update, by
-      # the chief, not by every worker.
-      opt = tf.train.SyncReplicasOptimizer(
-          opt, replicas_to_aggregate=replicas_to_aggregate,
-          total_num_replicas=num_workers,
-          variable_averages=tf.train.ExponentialMovingAverage(
-              cifar10.MOVING_AVERAGE_DECAY, global_step),
-          variables_to_average=tf.trainable_variables())
-    grads = opt.compute_gradients(loss)
-  apply_gradient_op = opt.apply_gradients(grads, global_step=global_step)
-  cifar10.add_variable_and_gradient_summaries(grads)
-  if FLAGS.sync_replicas:
-    return apply_gradient_op, [
-        _QuietlyEndingHook(opt.make_session_run_hook(is_chief))]
-  return cifar10.apply_moving_averages(apply_gradient_op, global_step), []
+  hooks = []
+
+  def synchronous(optimizer, variable_averages):
+    # The moving averages of the weights are updated once per update, by
+    # the chief, not by every worker.
+    sync_optimizer = tf.train.SyncReplicasOptimizer(
+        optimizer, replicas_to_aggregate=replicas_to_aggregate,
+        total_num_replicas=num_workers, variable_averages=variable_averages,
+        variables_to_average=tf.trainable_variables())
+    hooks.append(_QuietlyEndingHook(
+        sync_optimizer.make_session_run_hook(is_chief)))
+    return sync_optimizer
+
+  train_op = cifar10.train(
+      loss, global_step,
+      examples_per_step=params.batch_size * (replicas_to_aggregate or 1),
+      examples_per_epoch=cifar10.num_examples_per_epoch(params.data_dir),
+      initial_learning_rate=params.initial_learning_rate,
+      wrap_optimizer=synchronous if replicas_to_aggregate else None)
+  return train_op, hooks
 
 
 class _QuietlyEndingHook(tf.train.SessionRunHook):
@@ -258,6 +282,7 @@ class _QuietlyEndingHook(tf.train.SessionRunHook):
 
 
 def main(argv=None):  # pylint: disable=unused-argument
+  params = cifar10_flags.params()
   cluster, job_name, task_index = cluster_and_task()
   num_workers = cluster.num_tasks('worker')
   if (FLAGS.sync_replicas and
@@ -265,7 +290,8 @@ def main(argv=None):  # pylint: disable=unused-argument
     raise UserError('--replicas_to_aggregate=%d, but the cluster has %d '
                     'worker(s).' % (FLAGS.replicas_to_aggregate, num_workers))
   if job_name == 'worker':
-    cifar10.maybe_download_and_extract()
+    cifar10.maybe_download_and_extract(params.data_dir, params.data_url,
+                                       params.data_md5)
   address = cluster.task_address(job_name, task_index)
   try:
     server = tf.train.Server(cluster, job_name=job_name,
@@ -278,7 +304,8 @@ def main(argv=None):  # pylint: disable=unused-argument
   if job_name == 'ps':
     serve(server, cluster, task_index)
   else:
-    train(server, cluster, task_index)
+    train(params, server, cluster, task_index, FLAGS.sync_replicas,
+          FLAGS.replicas_to_aggregate)
 
 
 if __name__ == '__main__':

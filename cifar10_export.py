@@ -23,16 +23,15 @@ import os
 
 from absl import flags
 
-import cifar10
 import cifar10_common
-import cifar10_eval  # pylint: disable=unused-import  (--checkpoint_dir, ...)
-import cifar10_predict
+import cifar10_flags
+import cifar10_runtime
 from cifar10_common import tf
 from cifar10_common import UserError
 
 FLAGS = flags.FLAGS
-flags.adopt_module_key_flags(cifar10)
-flags.adopt_module_key_flags(cifar10_eval)
+cifar10_flags.define('checkpoint_dir', 'moving_average', 'top_layers',
+                     'use_fp16')
 
 flags.DEFINE_string('export_dir', None,
                     'Where to write the SavedModel: a folder that does not '
@@ -41,13 +40,15 @@ flags.DEFINE_string('export_dir', None,
 SIGNATURE = 'serving_default'
 
 
-def export(checkpoint_dir, export_dir, moving_average=True):
+def export(checkpoint_dir, export_dir, moving_average=True,
+           params=cifar10_runtime.Params()):
   """Writes the SavedModel of the latest checkpoint of `checkpoint_dir`.
 
   Args:
     checkpoint_dir: A training directory.
     export_dir: The SavedModel's folder; must not exist.
     moving_average: Export the moving averages of the weights.
+    params: cifar10_runtime.Params: the model's top_layers and use_fp16.
 
   Returns:
     The checkpoint exported.
@@ -58,8 +59,8 @@ def export(checkpoint_dir, export_dir, moving_average=True):
   if os.path.exists(export_dir):
     raise UserError('--export_dir=%s exists: give a new folder (nothing is '
                     'overwritten).' % export_dir)
-  classifier = cifar10_predict.Classifier(checkpoint_dir, moving_average,
-                                          any_size=True)
+  classifier = cifar10_runtime.Classifier(checkpoint_dir, moving_average,
+                                          any_size=True, params=params)
   with classifier.graph.as_default():
     class_names = tf.constant(classifier.class_names, name='class_names')
     builder = tf.saved_model.Builder(export_dir)
@@ -80,8 +81,9 @@ def main(argv):
   del argv
   if not FLAGS.export_dir:
     raise UserError('--export_dir is required.')
-  checkpoint = export(FLAGS.checkpoint_dir, FLAGS.export_dir,
-                      FLAGS.moving_average)
+  params = cifar10_flags.params()
+  checkpoint = export(params.checkpoint_dir, FLAGS.export_dir,
+                      params.moving_average, params)
   print('Exported %s to %s.' % (checkpoint, FLAGS.export_dir))
 
 

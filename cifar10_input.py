@@ -16,7 +16,8 @@
 """Routine for decoding the CIFAR-10 binary file format.
 
 The binary version of CIFAR-10 is a set of files of fixed-length records: one
-label byte (0-9), then 3072 pixel bytes, the 1024 red values of the 32x32
+label byte (0-9 for CIFAR-10; up to 255 for data of your own, see
+prepare_data.py), then 3072 pixel bytes, the 1024 red values of the 32x32
 image, then the 1024 green, then the 1024 blue, each plane stored row by row.
 """
 
@@ -183,7 +184,7 @@ def _decode_records(values):
     values: 1-D string Tensor of records, each RECORD_BYTES long.
 
   Returns:
-    labels: int32 Tensor [n] in the range 0..9.
+    labels: int32 Tensor [n], each a class's number (0..9 for CIFAR-10).
     uint8images: uint8 Tensor [n, height, width, depth].
   """
   # Convert from strings to rows of uint8 that are RECORD_BYTES long.
@@ -236,7 +237,7 @@ def read_cifar10(filename_queue):
       depth: number of color channels in the result (3)
       key: a scalar string Tensor describing the filename & record number
         for this example.
-      label: an int32 Tensor with the label in the range 0..9.
+      label: an int32 Tensor with the label (0..9 for CIFAR-10).
       uint8image: a [height, width, depth] uint8 Tensor with the image data
   """
 
@@ -272,7 +273,7 @@ def read_cifar10_records(filename_queue, max_records):
 
   Returns:
     keys: string Tensor [n], "filename:record number" of each record.
-    labels: int32 Tensor [n] in the range 0..9.
+    labels: int32 Tensor [n], the labels (0..9 for CIFAR-10).
     uint8images: uint8 Tensor [n, height, width, depth].
   """
   reader = tf.FixedLengthRecordReader(record_bytes=RECORD_BYTES)

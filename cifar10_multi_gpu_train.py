@@ -15,32 +15,19 @@
 
 """A binary to train CIFAR-10 using multiple GPUs with synchronous updates.
 
-Accuracy:
-cifar10_multi_gpu_train.py achieves ~86%% accuracy after 100K steps (256
-epochs of data) as judged by cifar10_eval.py.
-
-Speed: With batch_size 128.
-
-System        | Step Time (sec/batch)  |     Accuracy
---------------------------------------------------------------------
-1 Tesla K20m  | 0.35-0.60              | ~86%% at 60K steps  (5 hours)
-1 Tesla K40m  | 0.25-0.35              | ~86%% at 100K steps (4 hours)
-2 Tesla K20m  | 0.13-0.20              | ~84%% at 30K steps  (2.5 hours)
-3 Tesla K20m  | 0.13-0.18              | ~84%% at 30K steps
-4 Tesla K20m  | ~0.10                  | ~84%% at 30K steps
+Accuracy and speed: see the README ("Training", "Speed") for what it reaches
+here, measured; the tutorial's GPU figures are there too, as the old
+reference.
 
 Usage:
-Please see the tutorial and website for how to download the CIFAR-10
-data set, compile the program and train the model.
-
-http://tensorflow.org/tutorials/deep_cnn/
+    python cifar10_multi_gpu_train.py --num_gpus=2
 
 One model replica ("tower") per device trains on its own batch of
 --batch_size images; the variables live once, on the CPU, shared by all
-towers; their gradients are averaged and applied in one update per step. The
-towers share one input pipeline. Checkpoints are the same as those of
-cifar10_train.py: either script resumes from the other's, and
-cifar10_eval.py evaluates both.
+towers; their gradients are averaged and applied in one update per step
+(cifar10.train, as on one device). The towers share one input pipeline.
+Checkpoints are the same as those of cifar10_train.py: either script resumes
+from the other's, and cifar10_eval.py evaluates both.
 """
 
 import re
@@ -49,25 +36,27 @@ from absl import flags
 
 import cifar10
 import cifar10_common
-from cifar10_common import tf
+import cifar10_flags
 import cifar10_input
-import cifar10_train
+import cifar10_runtime
+from cifar10_common import tf
 
 FLAGS = flags.FLAGS
-flags.adopt_module_key_flags(cifar10)
-flags.adopt_module_key_flags(cifar10_train)
-
+cifar10_flags.define(*cifar10_flags.TRAINING)
 flags.DEFINE_integer('num_gpus', 1, 'How many GPUs to use: one tower each.',
                      lower_bound=1)
 
 
-def tower_loss(scope, images, labels):
+def tower_loss(scope, images, labels, num_classes=cifar10.NUM_CLASSES,
+               top_layers='fully_connected'):
   """Calculate the total loss on a single tower running the CIFAR model.
 
   Args:
     scope: unique prefix string identifying the CIFAR tower, e.g. 'tower_0'
     images: Images. 4D tensor of shape [batch_size, height, width, 3].
     labels: Labels. 1D tensor of shape [batch_size].
+    num_classes: The model's number of classes.
+    top_layers: The model's top layers (see cifar10.inference).
 
   Returns:
      Tensor of shape [] containing the total loss for a batch of data, and
@@ -75,7 +64,7 @@ def tower_loss(scope, images, labels):
   """
 
   # Build inference Graph.
-  logits = cifar10.inference(images)
+  logits = cifar10.inference(images, num_classes, top_layers)
 
   # Build the portion of the Graph calculating the losses. Note that we will
   # assemble the total_loss using a custom function below.
@@ -96,8 +85,8 @@ def average_gradients(tower_grads):
 
   Args:
     tower_grads: List of lists of (gradient, variable) tuples. The outer list
-      is over individual gradients. The inner list is over the gradient
-      calculation for each tower.
+      is over the towers; each inner list holds one tower's gradient of every
+      variable, in the same order.
   Returns:
      List of pairs of (gradient, variable) where the gradient has been averaged
      across all towers.
@@ -168,7 +157,7 @@ def tower_devices(num_gpus):
   return ['/gpu:%d' % i for i in range(num_gpus)]
 
 
-def build_training_graph(get_batch, devices, global_step):
+def build_training_graph(get_batch, devices, global_step, params):
   """Builds one tower per device and the synchronous update of them all.
 
   Args:
@@ -176,6 +165,7 @@ def build_training_graph(get_batch, devices, global_step):
       returns (images, labels) of that tower's batch.
     devices: One device name per tower.
     global_step: The global step variable.
+    params: cifar10_runtime.Params: the model's and the update's settings.
 
   Returns:
     train_op: One update with the averaged gradients, then the moving
@@ -183,11 +173,7 @@ def build_training_graph(get_batch, devices, global_step):
     total_loss: The total loss averaged over the towers.
     grads: The averaged (gradient, variable) pairs.
   """
-  examples_per_step = FLAGS.batch_size * len(devices)
-  lr = cifar10.learning_rate(global_step, examples_per_step)
-
-  # Create an optimizer that performs gradient descent.
-  opt = tf.train.GradientDescentOptimizer(lr)
+  num_classes = len(cifar10.class_names(params.data_dir))
 
   # Calculate the gradients for each model tower.
   tower_grads = []
@@ -200,13 +186,15 @@ def build_training_graph(get_batch, devices, global_step):
           # Calculate the loss for one tower of the CIFAR model. This function
           # constructs the entire CIFAR model but shares the variables across
           # all towers.
-          loss, losses = tower_loss(scope, images, labels)
+          loss, losses = tower_loss(scope, images, labels, num_classes,
+                                    params.top_layers)
 
           # Reuse variables for the next tower.
           tf.get_variable_scope().reuse_variables()
 
           # Calculate the gradients for the batch of data on this CIFAR tower.
-          grads = opt.compute_gradients(loss)
+          variables = tf.trainable_variables()
+          grads = list(zip(tf.gradients(loss, variables), variables))
 
           # Keep track of the gradients across all towers.
           tower_grads.append(grads)
@@ -227,53 +215,61 @@ def build_training_graph(get_batch, devices, global_step):
   # whole step, summarised raw and averaged as in single-device training.
   loss_terms = average_losses(tower_losses)
   total_loss = tf.add_n(loss_terms, name='total_loss')
-  loss_averages_op = cifar10.add_loss_summaries(total_loss, loss_terms)
 
   # We must calculate the mean of each gradient. Note that this is the
   # synchronization point across all towers.
   grads = average_gradients(tower_grads)
 
-  # Apply the gradients to adjust the shared variables.
-  with tf.control_dependencies([loss_averages_op]):
-    apply_gradient_op = opt.apply_gradients(grads, global_step=global_step)
-
-  # Add histograms for trainable variables and the averaged gradients.
-  cifar10.add_variable_and_gradient_summaries(grads)
-
-  # Track the moving averages of all trainable variables.
-  train_op = cifar10.apply_moving_averages(apply_gradient_op, global_step)
+  # The update, as on one device, with the averaged gradients: the learning
+  # rate decays with the epochs of all towers' images.
+  train_op = cifar10.train(
+      total_loss, global_step,
+      examples_per_step=params.batch_size * len(devices),
+      examples_per_epoch=cifar10.num_examples_per_epoch(params.data_dir),
+      initial_learning_rate=params.initial_learning_rate, grads=grads,
+      losses=loss_terms)
   return train_op, total_loss, grads
 
 
-def train(devices=None, config=None):
+def train(params, devices, config=None):
   """Train CIFAR-10 for a number of steps.
 
   Args:
-    devices: The towers' devices; '/gpu:0' ... for --num_gpus by default.
+    params: cifar10_runtime.Params.
+    devices: The towers' devices (tower_devices()).
     config: The session's tf.ConfigProto; soft placement by default.
   """
-  devices = devices or tower_devices(FLAGS.num_gpus)
   with tf.Graph().as_default(), tf.device('/cpu:0'):
     global_step = tf.train.get_or_create_global_step()
 
     # One input pipeline for all towers, and a queue of whole batches.
-    images, labels = cifar10.distorted_inputs()
+    images, labels = cifar10.distorted_inputs(
+        params.data_dir, params.batch_size, params.use_fp16,
+        params.min_fraction_of_examples_in_queue)
     batch_queue = cifar10_input.prefetch_batches([images, labels],
                                                  capacity=2 * len(devices))
 
-    train_op, total_loss, _ = build_training_graph(
-        lambda tower: batch_queue.dequeue(), devices, global_step)
+    def dequeue_batch(tower):
+      del tower  # Every tower takes the next batch.
+      # On the CPU, where the queue is: each tower's batch is then copied to
+      # its device (a dequeue has no GPU kernel).
+      with tf.device('/cpu:0'):
+        return batch_queue.dequeue()
 
-    cifar10_train.run_training(
-        train_op, total_loss,
-        batches_per_step=len(devices),
-        config=config or cifar10_train.session_config(
-            allow_soft_placement=True))
+    train_op, total_loss, _ = build_training_graph(
+        dequeue_batch, devices, global_step, params)
+
+    cifar10_runtime.run_training(
+        train_op, total_loss, params, batches_per_step=len(devices),
+        config=config or cifar10_runtime.session_config(
+            params, allow_soft_placement=True))
 
 
 def main(argv=None):  # pylint: disable=unused-argument
-  cifar10.maybe_download_and_extract()
-  train()
+  params = cifar10_flags.params()
+  cifar10.maybe_download_and_extract(params.data_dir, params.data_url,
+                                     params.data_md5)
+  train(params, tower_devices(FLAGS.num_gpus))
 
 
 if __name__ == '__main__':

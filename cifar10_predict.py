@@ -12,7 +12,8 @@ The image is resized to 32x32 as prepare_data.py resizes images, then
 cropped and standardised as evaluation does. The class names are those the
 training wrote into its directory (CIFAR-10's, or those of data prepared
 with prepare_data.py). A file that cannot be read is reported, and the others
-are still classified; the exit status is then 1.
+are still classified; the exit status is then 1. A model trained with
+--top_layers or --use_fp16 is read with the same flags.
 """
 
 import sys
@@ -20,70 +21,17 @@ import sys
 from absl import flags
 import numpy as np
 
-import cifar10
 import cifar10_common
-import cifar10_eval  # pylint: disable=unused-import  (--checkpoint_dir, ...)
-from cifar10_common import tf
-from cifar10_common import UserError
+import cifar10_flags
 import cifar10_input
+import cifar10_runtime
+from cifar10_common import UserError
 
 FLAGS = flags.FLAGS
-flags.adopt_module_key_flags(cifar10)
-flags.adopt_module_key_flags(cifar10_eval)
-
+cifar10_flags.define('checkpoint_dir', 'moving_average', 'top_layers',
+                     'use_fp16')
 flags.DEFINE_integer('top_k', 3, 'How many classes to print per image.',
                      lower_bound=1)
-
-
-class Classifier(object):
-  """The trained model, restored from a checkpoint, as a function of images.
-
-  Args:
-    checkpoint_dir: A training directory.
-    moving_average: Use the moving averages of the weights.
-    any_size: Take uint8 images of any size (all of one call alike) and
-      resize them to 32x32 in the graph, as prepare_data.py does; otherwise
-      take 32x32 images.
-
-  Raises:
-    CheckpointError: no checkpoint, or one of another model.
-  """
-
-  def __init__(self, checkpoint_dir, moving_average=True, any_size=False):
-    self.checkpoint_path = tf.train.latest_checkpoint(checkpoint_dir)
-    if self.checkpoint_path is None:
-      raise cifar10_common.CheckpointError(
-          'no checkpoint in --checkpoint_dir=%s: train first '
-          '(cifar10_train.py --train_dir=%s).' %
-          (checkpoint_dir, checkpoint_dir))
-    self.class_names = cifar10_input.read_class_names(checkpoint_dir)
-    self.graph = tf.Graph()
-    with self.graph.as_default():
-      if any_size:
-        self.images = tf.placeholder(tf.uint8, [None, None, None, 3],
-                                     name='images')
-        resized = cifar10_input.resize_to_cifar(self.images)
-      else:
-        self.images = resized = tf.placeholder(
-            tf.uint8, [None, cifar10_input.SOURCE_HEIGHT,
-                       cifar10_input.SOURCE_WIDTH, cifar10_input.SOURCE_DEPTH],
-            name='images')
-      logits = cifar10.inference(cifar10_input.preprocess_for_eval(resized),
-                                 len(self.class_names))
-      self.probabilities = cifar10.predictions(logits)
-      to_restore = cifar10.variables_to_restore(moving_average)
-      cifar10.check_checkpoint(
-          self.checkpoint_path,
-          {name: v.shape.as_list() for name, v in to_restore.items()})
-      self.session = tf.Session(graph=self.graph)
-      tf.train.Saver(to_restore).restore(self.session, self.checkpoint_path)
-
-  def classify(self, images):
-    """Class probabilities, [n, classes], of uint8 images [n, h, w, 3]."""
-    return self.session.run(self.probabilities, {self.images: images})
-
-  def close(self):
-    self.session.close()
 
 
 def top_classes(probabilities, class_names, k):
@@ -97,7 +45,9 @@ def main(argv):
   if not files:
     raise UserError('give the image files to classify, e.g. '
                     'cifar10_predict.py cat.jpg ship.png')
-  classifier = Classifier(FLAGS.checkpoint_dir, FLAGS.moving_average)
+  params = cifar10_flags.params()
+  classifier = cifar10_runtime.Classifier(
+      params.checkpoint_dir, params.moving_average, params=params)
   decoder = cifar10_input.ImageDecoder()
   failures = 0
   try:

@@ -1,45 +1,27 @@
-"""Shared fixtures: parsed flags, small data sets, and quick training runs."""
+"""Shared fixtures: small data sets, their Params, and quick training runs.
+
+The library reads no flags: the tests give each function its settings, as
+a cifar10_runtime.Params, and run the scripts (with flags) as a user does.
+"""
 
 import contextlib
 import io
 import os
 import sys
 
-from absl import flags
-from absl.testing import flagsaver
 import pytest
 
-import cifar10  # pylint: disable=unused-import  (defines the model flags)
-import cifar10_eval  # pylint: disable=unused-import  (defines eval flags)
-import cifar10_train  # pylint: disable=unused-import  (defines train flags)
+import cifar10_runtime
+import cifar10_train
 
 sys.path.insert(0, os.path.dirname(__file__))
 import cifar_data  # pylint: disable=g-import-not-at-top
 
-FLAGS = flags.FLAGS
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Training in the tests waits for few images: 200 of the 320 of an epoch of
 # the small data.
 SMALL_QUEUE_FRACTION = 0.625
-
-
-def pytest_configure(config):
-  del config
-  if not FLAGS.is_parsed():
-    FLAGS(['pytest'])
-
-
-@pytest.fixture(autouse=True)
-def _restore_flags(tmp_path):
-  """Every test starts from the default flag values and leaves them so.
-
-  Except --data_dir, an empty folder: the default one, /tmp/cifar10_data, may
-  hold data (the user's own, with other classes) that the tests must not see.
-  """
-  with flagsaver.flagsaver():
-    FLAGS.data_dir = str(tmp_path / 'no_data')
-    yield
 
 
 @pytest.fixture
@@ -62,22 +44,20 @@ def data_dir(tmp_path):
   return str(root)
 
 
-def _set_quick_flags(data_dir, work_dir):
-  FLAGS.data_dir = data_dir
-  FLAGS.train_dir = os.path.join(work_dir, 'train')
-  FLAGS.eval_dir = os.path.join(work_dir, 'eval')
-  FLAGS.checkpoint_dir = FLAGS.train_dir
-  FLAGS.batch_size = 32
-  FLAGS.min_fraction_of_examples_in_queue = SMALL_QUEUE_FRACTION
-  FLAGS.log_frequency = 10
-  FLAGS.run_once = True
+def quick_params_for(data_dir, work_dir):
+  """Params for a quick training and evaluation on the small data."""
+  train_dir = os.path.join(work_dir, 'train')
+  return cifar10_runtime.Params(
+      data_dir=data_dir, train_dir=train_dir, checkpoint_dir=train_dir,
+      eval_dir=os.path.join(work_dir, 'eval'), batch_size=32,
+      min_fraction_of_examples_in_queue=SMALL_QUEUE_FRACTION,
+      log_frequency=10, run_once=True)
 
 
 @pytest.fixture
-def quick_flags(data_dir, tmp_path):
-  """Flags for a quick training and evaluation on the small data."""
-  _set_quick_flags(data_dir, str(tmp_path))
-  return FLAGS
+def quick_params(data_dir, tmp_path):
+  """Params for a quick training and evaluation on the small data."""
+  return quick_params_for(data_dir, str(tmp_path))
 
 
 # Enough for the learnable data to be learnt, reliably: batches of 32 are
@@ -101,10 +81,8 @@ def trained(tmp_path_factory):
   data_dir = os.path.join(work_dir, 'data')
   cifar_data.make_data_dir(data_dir)
   printed = io.StringIO()
-  with flagsaver.flagsaver(), contextlib.redirect_stdout(printed):
-    _set_quick_flags(data_dir, work_dir)
-    FLAGS.max_steps = TRAINED_STEPS
-    FLAGS.batch_size = TRAINED_BATCH_SIZE
-    cifar10_train.train()
+  with contextlib.redirect_stdout(printed):
+    cifar10_train.train(quick_params_for(data_dir, work_dir).replace(
+        max_steps=TRAINED_STEPS, batch_size=TRAINED_BATCH_SIZE))
   return data_dir, os.path.join(work_dir, 'train'), printed.getvalue(
       ).splitlines()

@@ -10,21 +10,19 @@ import numpy as np
 
 import cifar10
 from cifar10_common import tf
+import cifar10_runtime
 from conftest import REPO_DIR
 from conftest import SMALL_QUEUE_FRACTION
 
-LOG_LINE = re.compile(
-    r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}: step (\d+), loss = (\d+\.\d\d) '
-    r'\((\d+\.\d) examples/sec; (\d+\.\d{3}) sec/batch\)$')
-EVAL_LINE = re.compile(
-    r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}: precision @ 1 = (\d\.\d{3}) '
-    r'\((\d+) of (\d+) images, step (\d+); (\d+\.\d) images/sec\)$')
+# What the scripts print, as they print it (see cifar10_runtime).
+LOG_LINE = cifar10_runtime.LOG_LINE
+EVAL_LINE = cifar10_runtime.EVAL_LINE
 
 
-def cross_entropy_on_test_set(checkpoint_path):
+def cross_entropy_on_test_set(checkpoint_path, data_dir, use_fp16=False):
   """Mean cross entropy on the test records, with a checkpoint's weights."""
   with tf.Graph().as_default():
-    images, labels = cifar10.inputs(eval_data=True)
+    images, labels = cifar10.inputs(True, data_dir, use_fp16=use_fp16)
     logits = cifar10.inference(images)
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=tf.cast(labels, tf.int64), logits=logits)
@@ -52,10 +50,17 @@ def run_script(script, *args):
                         capture_output=True, text=True, timeout=300)
 
 
-def quick_args(data_dir):
-  """Flags for a quick run of a script on the small data of `data_dir`."""
-  return ['--data_dir=' + data_dir, '--batch_size=16',
-          '--min_fraction_of_examples_in_queue=%g' % SMALL_QUEUE_FRACTION]
+def quick_args(data_dir, training=True):
+  """Flags for a quick run of a script on the small data of `data_dir`.
+
+  Args:
+    data_dir: The small data.
+    training: For a training script: with the queue warm-up of the small
+      data (the other scripts have no such flag).
+  """
+  return ['--data_dir=' + data_dir, '--batch_size=16'] + (
+      ['--min_fraction_of_examples_in_queue=%g' % SMALL_QUEUE_FRACTION]
+      if training else [])
 
 
 class ScriptProcess(object):
@@ -112,3 +117,12 @@ class ScriptProcess(object):
     if self.process.poll() is None:
       self.process.kill()
       self.process.wait(10)
+
+
+def assert_readable(checkpoint_path):
+  """Every value of a checkpoint can be read: it is whole."""
+  reader = tf.train.load_checkpoint(checkpoint_path)
+  names = reader.get_variable_to_shape_map()
+  assert 'global_step' in names and 'local4/weights' in names
+  for name in names:
+    reader.get_tensor(name)

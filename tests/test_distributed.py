@@ -14,8 +14,8 @@ import pytest
 
 import cifar10
 import cifar10_distributed_train
+import cifar10_runtime
 from cifar10_common import tf
-from conftest import FLAGS
 from conftest import SMALL_QUEUE_FRACTION
 from helpers import cross_entropy_on_test_set
 from helpers import EVAL_LINE
@@ -91,9 +91,9 @@ def _check_trained(cluster, target_steps, tmp_path):
   latest = tf.train.latest_checkpoint(train_dir)
   step = tf.train.load_variable(latest, 'global_step')
   assert step >= target_steps
-  FLAGS.data_dir = cluster.data_dir
-  initial = cross_entropy_on_test_set(os.path.join(train_dir, 'model.ckpt-0'))
-  assert cross_entropy_on_test_set(latest) < 0.7 * initial
+  initial = cross_entropy_on_test_set(os.path.join(train_dir, 'model.ckpt-0'),
+                                      cluster.data_dir)
+  assert cross_entropy_on_test_set(latest, cluster.data_dir) < 0.7 * initial
   evaluation = run_script('cifar10_eval.py', '--run_once',
                           '--data_dir=' + cluster.data_dir,
                           '--checkpoint_dir=' + train_dir,
@@ -298,8 +298,9 @@ class _Worker(object):
         self.global_step = tf.train.get_or_create_global_step()
         loss = cifar10.loss(cifar10.inference(tf.constant(images)),
                             tf.constant(labels))
-        self.train_op, hooks = cifar10_distributed_train._train_op(  # pylint: disable=protected-access
-            loss, self.global_step, is_chief, 2, replicas_to_aggregate)
+        self.train_op, hooks = cifar10_distributed_train.build_train_op(
+            loss, self.global_step, cifar10_runtime.Params(batch_size=8),
+            is_chief, 2, replicas_to_aggregate)
         self.variables = tf.trainable_variables()
         self.gradients = tf.gradients(loss, self.variables)
         by_name = {v.op.name: v for v in tf.global_variables()}
@@ -340,8 +341,6 @@ def _batches(count, seed):
 def test_synchronous_updates_average_the_workers_gradients_once():
   # Two workers, each update the mean of one gradient of each; the chief
   # updates the moving averages once per update.
-  FLAGS.sync_replicas = True
-  FLAGS.batch_size = 8
   cluster, servers = _cluster_in_this_process()
   workers = [_Worker(cluster, servers[i], i, *batch, replicas_to_aggregate=2)
              for i, batch in enumerate(_batches(2, seed=0))]
@@ -381,8 +380,6 @@ def test_synchronous_updates_average_the_workers_gradients_once():
 def test_with_one_replica_to_aggregate_the_other_worker_is_a_backup():
   # Each update takes the first gradient computed on the current weights; a
   # gradient computed on older weights (a backup worker's, late) is dropped.
-  FLAGS.sync_replicas = True
-  FLAGS.batch_size = 8
   cluster, servers = _cluster_in_this_process()
   batches = _batches(2, seed=1)
   chief, backup = [_Worker(cluster, servers[i], i, *batch,

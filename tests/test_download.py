@@ -13,9 +13,9 @@ import pytest
 
 import cifar10
 import cifar10_input
+import cifar10_runtime
 from cifar10_common import UserError
 import cifar_data
-from conftest import FLAGS
 from helpers import EVAL_LINE
 from helpers import run_script
 
@@ -100,10 +100,12 @@ EXTRACTED = sorted(['cifar-10-batches-bin/' + name
 
 
 def test_defaults_are_the_official_archive():
-  assert FLAGS.data_url == (
+  params = cifar10_runtime.Params()
+  assert params.data_url == cifar10.DATA_URL == (
       'https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz')
-  assert FLAGS.data_md5 == 'c32a1d4ab5d03f1284b67883e8d87530'
-  assert FLAGS['data_dir'].default == '/tmp/cifar10_data'
+  assert params.data_md5 == cifar10.DATA_MD5 == (
+      'c32a1d4ab5d03f1284b67883e8d87530')
+  assert params.data_dir == cifar10.DATA_DIR == '/tmp/cifar10_data'
 
 
 def test_file_url_download_and_extract(tmp_path, archive, capsys):

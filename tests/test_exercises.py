@@ -7,10 +7,10 @@ import pytest
 
 import cifar10
 import cifar10_eval
+import cifar10_runtime
 import cifar10_train
 import cifar_data
 from cifar10_common import tf
-from conftest import FLAGS
 from conftest import TRAINED_STEPS
 from helpers import EVAL_LINE
 from helpers import LOG_LINE
@@ -38,8 +38,8 @@ def _saved_copy(checkpoint, path, change):
       saver.save(sess, path)
 
 
-def _evaluate(capsys):
-  cifar10_eval.evaluate()
+def _evaluate(params, capsys):
+  cifar10_eval.evaluate(params)
   lines = capsys.readouterr().out.splitlines()
   match = EVAL_LINE.match(lines[0])
   assert match, lines
@@ -53,21 +53,19 @@ def test_eval_with_or_without_the_moving_averages(trained, capsys, tmp_path):
   # those of the training: the two evaluations must see different models.
   _saved_copy(checkpoint, str(tmp_path / 'copy' / 'model.ckpt'),
               lambda name, value: 0 * value if name in TRAINABLE else value)
-  FLAGS.data_dir = data_dir
-  FLAGS.checkpoint_dir = str(tmp_path / 'copy')
-  FLAGS.run_once = True
-
-  FLAGS.eval_dir = str(tmp_path / 'eval_averages')
-  correct_with_averages = _evaluate(capsys)
-
-  FLAGS.eval_dir = str(tmp_path / 'eval_raw')
-  FLAGS.moving_average = False
-  correct_raw = _evaluate(capsys)
+  params = cifar10_runtime.Params(
+      data_dir=data_dir, checkpoint_dir=str(tmp_path / 'copy'), run_once=True)
+  correct_with_averages = _evaluate(
+      params.replace(eval_dir=str(tmp_path / 'eval_averages')), capsys)
+  correct_raw = _evaluate(
+      params.replace(eval_dir=str(tmp_path / 'eval_raw'),
+                     moving_average=False), capsys)
 
   assert correct_with_averages > 0.5 * 250  # Learnt; chance is 25 of 250.
-  # All-zero weights give equal logits, a tie that precision @ 1 must not
-  # count as right: the likeliest class is then the first, airplane, so the
-  # count is that of airplanes in the test set.
+  # All-zero weights give equal logits, a tie for first place between all
+  # classes: not every class counts as right (as tf.nn.in_top_k would
+  # count), but the lowest label, airplane, so that the count is that of
+  # airplanes in the test set.
   test_labels = cifar_data.read_labels(
       os.path.join(data_dir, 'cifar-10-batches-bin', 'test_batch.bin'))
   assert correct_raw == np.sum(test_labels == 0)
@@ -105,9 +103,9 @@ LOCALLY_CONNECTED_SHAPES = {
 
 
 def test_locally_connected_top_shapes_and_parameter_count():
-  FLAGS.top_layers = 'locally_connected'
   with tf.Graph().as_default():
-    logits = cifar10.inference(tf.zeros([128, 24, 24, 3]))
+    logits = cifar10.inference(tf.zeros([128, 24, 24, 3]),
+                               top_layers='locally_connected')
     assert logits.shape.as_list() == [128, 10]
     shapes = {v.op.name: v.shape.as_list() for v in tf.trainable_variables()}
     activations = {name: tf.get_default_graph().get_tensor_by_name(
@@ -148,9 +146,9 @@ def test_locally_connected_layer_is_a_convolution_with_weights_per_position():
 def test_locally_connected_trains_evaluates_and_refuses_the_other(
     trained, data_dir, tmp_path):
   train_dir = str(tmp_path / 'train_local')
-  common = quick_args(data_dir) + ['--top_layers=locally_connected']
+  local_top = ['--top_layers=locally_connected']
   train = run_script('cifar10_train.py', '--train_dir=' + train_dir,
-                     '--max_steps=20', *common)
+                     '--max_steps=20', *(quick_args(data_dir) + local_top))
   assert train.returncode == 0, train.stderr
   assert [int(LOG_LINE.match(l).group(1)) for l in train.stdout.splitlines()
           if LOG_LINE.match(l)] == [10, 20]
@@ -160,7 +158,8 @@ def test_locally_connected_trains_evaluates_and_refuses_the_other(
 
   evaluation = run_script('cifar10_eval.py', '--run_once',
                           '--checkpoint_dir=' + train_dir,
-                          '--eval_dir=' + str(tmp_path / 'eval'), *common)
+                          '--eval_dir=' + str(tmp_path / 'eval'),
+                          *(quick_args(data_dir, training=False) + local_top))
   assert evaluation.returncode == 0, evaluation.stderr
   assert EVAL_LINE.match(evaluation.stdout.splitlines()[0]).group(3, 4) == (
       '250', '20')
@@ -170,8 +169,8 @@ def test_locally_connected_trains_evaluates_and_refuses_the_other(
   # writes nothing.
   image = write_png(str(tmp_path / 'image.png'))
   files_before = sorted(os.listdir(train_dir))
-  for script, args in refusing_scripts(train_dir, tmp_path, image):
-    result = run_script(script, *(args + quick_args(data_dir)))
+  for script, args in refusing_scripts(train_dir, tmp_path, image, data_dir):
+    result = run_script(script, *args)
     assert result.returncode == 1
     assert result.stderr.count('\n') == 1, result.stderr
     assert result.stderr.startswith('Error: ')
@@ -187,10 +186,11 @@ def test_locally_connected_trains_evaluates_and_refuses_the_other(
 
   # And the other way round: the fully connected checkpoint of `trained`.
   _, fully_connected_dir, _ = trained
-  for script, args in refusing_scripts(fully_connected_dir, tmp_path, image):
+  for script, args in refusing_scripts(fully_connected_dir, tmp_path, image,
+                                       data_dir):
     if script == 'cifar10_train.py':
       continue  # It would write into the shared training's folder.
-    result = run_script(script, *(args + common))
+    result = run_script(script, *(args + local_top))
     assert result.returncode == 1
     assert result.stderr.count('\n') == 1, result.stderr
     assert fully_connected_dir in result.stderr
@@ -210,13 +210,14 @@ def write_png(path, label=0):
   return path
 
 
-def refusing_scripts(checkpoint_dir, tmp_path, image):
+def refusing_scripts(checkpoint_dir, tmp_path, image, data_dir):
   """(script, its flags) of each script that reads checkpoint_dir's model."""
   return [
       ('cifar10_eval.py', ['--run_once', '--checkpoint_dir=' + checkpoint_dir,
-                           '--eval_dir=' + str(tmp_path / 'eval2')]),
+                           '--eval_dir=' + str(tmp_path / 'eval2')] +
+       quick_args(data_dir, training=False)),
       ('cifar10_train.py', ['--train_dir=' + checkpoint_dir,
-                            '--max_steps=40']),
+                            '--max_steps=40'] + quick_args(data_dir)),
       ('cifar10_predict.py', ['--checkpoint_dir=' + checkpoint_dir, image]),
       ('cifar10_export.py', ['--checkpoint_dir=' + checkpoint_dir,
                              '--export_dir=' + str(tmp_path / 'export')]),
@@ -232,7 +233,7 @@ def test_data_of_other_classes_is_refused_with_the_reason(trained, tmp_path):
   result = run_script('cifar10_eval.py', '--run_once',
                       '--checkpoint_dir=' + train_dir,
                       '--eval_dir=' + str(tmp_path / 'eval'),
-                      *quick_args(five_classes))
+                      *quick_args(five_classes, training=False))
   assert result.returncode == 1
   assert result.stderr.endswith(
       'Its model differs: it has 10 classes, where this model has 5 (from the '
@@ -241,11 +242,9 @@ def test_data_of_other_classes_is_refused_with_the_reason(trained, tmp_path):
 
 @pytest.mark.parametrize('fraction, expected', [(0.625, 200), (0.1, 32)])
 def test_queue_warm_up_is_a_fraction_of_the_records(
-    quick_flags, capsys, fraction, expected):
-  del quick_flags
-  FLAGS.min_fraction_of_examples_in_queue = fraction
-  FLAGS.max_steps = 1
-  cifar10_train.train()
+    quick_params, capsys, fraction, expected):
+  cifar10_train.train(quick_params.replace(
+      min_fraction_of_examples_in_queue=fraction, max_steps=1))
   assert capsys.readouterr().out.splitlines()[0] == (
       'Filling the input queue with %d CIFAR images before starting to '
       'train.' % expected)

@@ -16,8 +16,8 @@ import cifar10_common
 import cifar10_eval
 import cifar10_multi_gpu_train
 import cifar10_train
+import cifar10_runtime
 from cifar10_common import tf
-from conftest import FLAGS
 from conftest import TRAINED_STEPS
 import helpers
 from helpers import quick_args
@@ -70,8 +70,7 @@ def test_sigkill_mid_run_resumes_from_the_newest_complete_checkpoint(
   # with its moving averages.
   latest = tf.train.latest_checkpoint(train_dir)
   for path in _checkpoints(train_dir):
-    cifar10_common.check_checkpoint(
-        path, {'global_step': [], 'local4/weights': [384, 192]})
+    helpers.assert_readable(path)
   step = int(tf.train.load_variable(latest, 'global_step'))
   resumed = run_script('cifar10_train.py', '--train_dir=' + train_dir,
                        '--max_steps=%d' % (step + 1), *quick_args(data_dir))
@@ -122,7 +121,8 @@ def test_evaluation_beside_training_evaluates_each_checkpoint_once(
   train_dir = str(tmp_path / 'train')
   evaluation = processes('cifar10_eval.py', '--checkpoint_dir=' + train_dir,
                          '--eval_dir=' + str(tmp_path / 'eval'),
-                         '--eval_interval_secs=1', *quick_args(data_dir))
+                         '--eval_interval_secs=1',
+                         *quick_args(data_dir, training=False))
   evaluation.wait_for_line(r'.*: no checkpoint in --checkpoint_dir=%s yet: '
                            r'train first .* Waiting\.$' % train_dir)
   # Training writes checkpoints as evaluation looks: each run of training
@@ -149,12 +149,11 @@ def test_evaluation_beside_training_evaluates_each_checkpoint_once(
 
 
 def test_evaluation_skips_a_checkpoint_deleted_before_it_is_read(
-    trained, quick_flags, tmp_path, capsys, monkeypatch):
-  FLAGS.data_dir = trained[0]
-  FLAGS.checkpoint_dir = _copy_trained(trained, tmp_path)
-  FLAGS.run_once = False
-  FLAGS.eval_interval_secs = 1
-  newest = os.path.join(FLAGS.checkpoint_dir, 'model.ckpt-%d' % TRAINED_STEPS)
+    trained, quick_params, tmp_path, capsys, monkeypatch):
+  params = quick_params.replace(
+      data_dir=trained[0], checkpoint_dir=_copy_trained(trained, tmp_path),
+      run_once=False, eval_interval_secs=1)
+  newest = os.path.join(params.checkpoint_dir, 'model.ckpt-%d' % TRAINED_STEPS)
   moved = str(tmp_path / 'moved')
   os.makedirs(moved)
   list_newest = tf.train.latest_checkpoint
@@ -185,7 +184,7 @@ def test_evaluation_skips_a_checkpoint_deleted_before_it_is_read(
 
   monkeypatch.setattr(tf.train, 'latest_checkpoint', racing_training)
   with pytest.raises(cifar10_common.Interrupted) as stop:
-    cifar10_eval.evaluate()
+    cifar10_eval.evaluate(params)
   assert str(stop.value) == 'Evaluation stopped by SIGINT.'
   assert stop.value.signum == signal.SIGINT
   lines = capsys.readouterr().out.splitlines()
@@ -196,59 +195,58 @@ def test_evaluation_skips_a_checkpoint_deleted_before_it_is_read(
   assert lines[3] == ('Caught SIGINT: stopping cleanly (send it again to '
                       'stop at once).')
   assert len(lines) == 4  # The new checkpoint was evaluated once.
-  assert looks[1:] == [os.path.join(FLAGS.checkpoint_dir,
+  assert looks[1:] == [os.path.join(params.checkpoint_dir,
                                     'model.ckpt-999')] * 3
 
 
 def test_unreadable_newest_checkpoint_is_skipped_not_trusted(
-    trained, quick_flags, tmp_path, capsys):
-  FLAGS.data_dir = trained[0]
-  FLAGS.train_dir = _copy_trained(trained, tmp_path)
-  newest = os.path.join(FLAGS.train_dir, 'model.ckpt-%d' % TRAINED_STEPS)
+    trained, quick_params, tmp_path, capsys):
+  params = quick_params.replace(
+      data_dir=trained[0], train_dir=_copy_trained(trained, tmp_path))
+  newest = os.path.join(params.train_dir, 'model.ckpt-%d' % TRAINED_STEPS)
   data_file = newest + '.data-00000-of-00002'
   with open(data_file, 'r+b') as f:
     f.truncate(os.path.getsize(data_file) // 2)
-  damaged = _snapshot(FLAGS.train_dir)[os.path.basename(data_file)]
-  FLAGS.max_steps = 5
-  cifar10_train.train()
+  damaged = _snapshot(params.train_dir)[os.path.basename(data_file)]
+  params = params.replace(max_steps=5)
+  cifar10_train.train(params)
   lines = capsys.readouterr().out.splitlines()
   assert lines[0].startswith('Skipping checkpoint %s cannot be read: ' % newest)
   assert lines[1] == 'Resuming from %s, at step 0.' % os.path.join(
-      FLAGS.train_dir, 'model.ckpt-0')
+      params.train_dir, 'model.ckpt-0')
   assert lines[-1].startswith('Done training: step 5;')
   # The damaged checkpoint is left where it was, for the user to look at.
-  assert _snapshot(FLAGS.train_dir)[os.path.basename(data_file)] == damaged
+  assert _snapshot(params.train_dir)[os.path.basename(data_file)] == damaged
 
 
 def test_no_readable_checkpoint_stops_before_touching_them(
-    trained, quick_flags, tmp_path):
-  FLAGS.data_dir = trained[0]
-  FLAGS.train_dir = _copy_trained(trained, tmp_path)
-  for path in _checkpoints(FLAGS.train_dir):
+    trained, quick_params, tmp_path):
+  params = quick_params.replace(
+      data_dir=trained[0], train_dir=_copy_trained(trained, tmp_path))
+  for path in _checkpoints(params.train_dir):
     os.remove(path + '.index')
-  before = _snapshot(FLAGS.train_dir)
-  with pytest.raises(cifar10_common.CheckpointError) as error:
-    cifar10_train.train()
+  before = _snapshot(params.train_dir)
+  with pytest.raises(cifar10_runtime.CheckpointError) as error:
+    cifar10_train.train(params)
   assert str(error.value) == (
       'none of the checkpoints in --train_dir=%s can be read (see above). '
       'They were kept: move them away to train from scratch there.' %
-      FLAGS.train_dir)
-  assert _snapshot(FLAGS.train_dir) == before
+      params.train_dir)
+  assert _snapshot(params.train_dir) == before
 
 
-def test_nan_loss_in_multi_device_training(quick_flags, capsys):
-  FLAGS.initial_learning_rate = 1e9
-  FLAGS.max_steps = 1000
-  with pytest.raises(cifar10_train.NanLossError) as error:
+def test_nan_loss_in_multi_device_training(quick_params, capsys):
+  params = quick_params.replace(initial_learning_rate=1e9, max_steps=1000)
+  with pytest.raises(cifar10_runtime.NanLossError) as error:
     cifar10_multi_gpu_train.train(
-        devices=['/cpu:0', '/cpu:1'],
+        params, devices=['/cpu:0', '/cpu:1'],
         config=tf.ConfigProto(device_count={'CPU': 2},
                               allow_soft_placement=True))
   assert str(error.value).startswith('loss is NaN at step ')
   assert 'the last checkpoint, %s, is kept' % os.path.join(
-      FLAGS.train_dir, 'model.ckpt-0') in str(error.value)
-  assert tf.train.latest_checkpoint(FLAGS.train_dir) == os.path.join(
-      FLAGS.train_dir, 'model.ckpt-0')
+      params.train_dir, 'model.ckpt-0') in str(error.value)
+  assert tf.train.latest_checkpoint(params.train_dir) == os.path.join(
+      params.train_dir, 'model.ckpt-0')
 
 
 # Bad data.
@@ -328,7 +326,8 @@ def test_a_directory_that_cannot_be_written(script, flag, more_flags, data_dir,
   blocker = tmp_path / 'a_file'
   blocker.write_text('not a directory')
   result = run_script(script, '--%s=%s/sub' % (flag, blocker), *more_flags,
-                      *quick_args(data_dir))
+                      *quick_args(data_dir,
+                                  training=script == 'cifar10_train.py'))
   assert result.returncode == 1
   assert result.stderr == ('Error: --%s=%s/sub cannot be created: Not a '
                            'directory.\n' % (flag, blocker))
@@ -368,11 +367,12 @@ def _save_other_model(directory):
 def test_reading_another_models_checkpoint(script, data_dir, tmp_path):
   other = _save_other_model(str(tmp_path / 'other'))
   args = {'cifar10_eval.py': ['--run_once',
-                              '--eval_dir=' + str(tmp_path / 'eval')],
+                              '--eval_dir=' + str(tmp_path / 'eval')] +
+                             quick_args(data_dir, training=False),
           'cifar10_predict.py': [str(tmp_path / 'image.png')],
           'cifar10_export.py': ['--export_dir=' + str(tmp_path / 'export')]}
   result = run_script(script, '--checkpoint_dir=' + str(tmp_path / 'other'),
-                      *(args[script] + quick_args(data_dir)))
+                      *args[script])
   assert result.returncode == 1
   assert result.stderr == (
       'Error: checkpoint %s is not one of this model: it has no '
@@ -382,16 +382,17 @@ def test_reading_another_models_checkpoint(script, data_dir, tmp_path):
   assert not os.path.exists(tmp_path / 'export')
 
 
-def test_training_on_another_models_checkpoint(quick_flags, tmp_path):
-  other = _save_other_model(FLAGS.train_dir)
-  before = _snapshot(FLAGS.train_dir)
-  with pytest.raises(cifar10_common.CheckpointError) as error:
-    cifar10_train.train()
+def test_training_on_another_models_checkpoint(quick_params, tmp_path):
+  params = quick_params
+  other = _save_other_model(params.train_dir)
+  before = _snapshot(params.train_dir)
+  with pytest.raises(cifar10_runtime.CheckpointError) as error:
+    cifar10_train.train(params)
   assert str(error.value) == (
       '--train_dir=%s holds checkpoints of another model: checkpoint %s is '
       'not one of this model: it has no conv1/biases (nor 29 other '
-      'variables). Train in another --train_dir.' % (FLAGS.train_dir, other))
-  assert _snapshot(FLAGS.train_dir) == before
+      'variables). Train in another --train_dir.' % (params.train_dir, other))
+  assert _snapshot(params.train_dir) == before
 
 
 def test_evaluating_a_corrupt_checkpoint(trained, tmp_path):
@@ -404,7 +405,7 @@ def test_evaluating_a_corrupt_checkpoint(trained, tmp_path):
   result = run_script('cifar10_eval.py', '--run_once',
                       '--checkpoint_dir=' + train_dir,
                       '--eval_dir=' + str(tmp_path / 'eval'),
-                      *quick_args(data_dir))
+                      *quick_args(data_dir, training=False))
   assert result.returncode == 1
   assert result.stderr.startswith('Error: checkpoint %s cannot be read: ' %
                                   newest)
@@ -417,7 +418,7 @@ def test_evaluation_stops_cleanly_while_waiting(stop_signal, tmp_path,
   evaluation = processes('cifar10_eval.py',
                          '--checkpoint_dir=' + str(tmp_path / 'none'),
                          '--eval_dir=' + str(tmp_path / 'eval'),
-                         *quick_args(data_dir))
+                         *quick_args(data_dir, training=False))
   evaluation.wait_for_line(r'.*no checkpoint in --checkpoint_dir=')
   started = time.time()
   os.kill(evaluation.process.pid, stop_signal)
@@ -429,10 +430,10 @@ def test_evaluation_stops_cleanly_while_waiting(stop_signal, tmp_path,
 
 @pytest.mark.parametrize('stop_signal', [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_an_evaluation_pass_writes_nothing(
-    stop_signal, trained, quick_flags, tmp_path, capsys, monkeypatch):
-  FLAGS.data_dir = trained[0]
-  FLAGS.checkpoint_dir = trained[1]
-  FLAGS.batch_size = 10  # 25 batches of the 250 test images.
+    stop_signal, trained, quick_params, tmp_path, capsys, monkeypatch):
+  # 25 batches of the 250 test images.
+  params = quick_params.replace(
+      data_dir=trained[0], checkpoint_dir=trained[1], batch_size=10)
   batches = []
 
   class SignalAfterTheFirstBatch(object):
@@ -450,7 +451,7 @@ def test_a_signal_during_an_evaluation_pass_writes_nothing(
 
   monkeypatch.setattr(cifar10_eval, 'np', SignalAfterTheFirstBatch())
   with pytest.raises(cifar10_common.Interrupted) as stop:
-    cifar10_eval.evaluate()
+    cifar10_eval.evaluate(params)
   assert str(stop.value) == 'Evaluation stopped by %s.' % stop_signal.name
   assert stop.value.signum == stop_signal
   assert capsys.readouterr().out.splitlines() == [
@@ -460,9 +461,9 @@ def test_a_signal_during_an_evaluation_pass_writes_nothing(
   # its first batch, of 25.
   assert len(batches) == 2
   # The event file holds the graph, and no result of the pass cut short.
-  events = [e for name in os.listdir(FLAGS.eval_dir)
+  events = [e for name in os.listdir(params.eval_dir)
             for e in tf.train.summary_iterator(
-                os.path.join(FLAGS.eval_dir, name))]
+                os.path.join(params.eval_dir, name))]
   assert any(e.HasField('graph_def') for e in events)
   assert not [v for e in events for v in e.summary.value]
 
@@ -513,7 +514,7 @@ def test_a_second_signal_during_training_keeps_the_last_checkpoint(
   # the last line says which one is kept.
   latest = tf.train.latest_checkpoint(train_dir)
   for path in _checkpoints(train_dir):
-    cifar10_common.check_checkpoint(path, {'global_step': []})
+    helpers.assert_readable(path)
   if status == 128 + signal.Signals[second]:
     assert training.lines[-1] == (
         'Caught %s while stopping: stopped at once; the last checkpoint, '

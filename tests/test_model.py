@@ -1,13 +1,19 @@
 """The model of cifar10.py: layers, parameters, losses, learning rate, update."""
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 import cifar10
 import cifar10_distributed_train
 import cifar10_multi_gpu_train
+import cifar10_train
+import cifar10_runtime
 from cifar10_common import tf
-from conftest import FLAGS
+from conftest import REPO_DIR
 
 BATCH = 8
 DECAY_STEPS = 136718  # int(50,000 / 128 * 350): 350 epochs of batch 128.
@@ -155,7 +161,6 @@ def test_initial_loss_is_near_4_6():
     (0, 0.1), (DECAY_STEPS - 1, 0.1), (DECAY_STEPS, 0.01),
     (2 * DECAY_STEPS - 1, 0.01), (2 * DECAY_STEPS, 0.001)])
 def test_learning_rate_decays_tenfold_every_350_epochs(step, rate):
-  assert FLAGS.batch_size == 128
   with tf.Graph().as_default():
     global_step = tf.train.get_or_create_global_step()
     lr = cifar10.learning_rate(global_step)
@@ -218,7 +223,6 @@ def graph_layer_size(layer):
 
 
 def test_fp16_model_trains_one_step():
-  FLAGS.use_fp16 = True
   with tf.Graph().as_default():
     global_step = tf.train.get_or_create_global_step()
     images = tf.cast(tf.constant(_random_images()), tf.float16)
@@ -245,38 +249,38 @@ def learning_rate_of(graph):
   raise AssertionError('no learning_rate summary')
 
 
-def _training_graph(kind):
-  """A training graph of `kind` on a batch in memory; returns its graph."""
-  graph = tf.Graph()
-  with graph.as_default():
-    images = tf.constant(_random_images(FLAGS.batch_size))
-    labels = tf.constant(np.arange(FLAGS.batch_size) % 10)
-    global_step = tf.train.get_or_create_global_step()
-    if kind == 'one device':
-      cifar10.train(cifar10.loss(cifar10.inference(images), labels),
-                    global_step)
-    elif kind == 'two towers':
-      cifar10_multi_gpu_train.build_training_graph(
-          lambda tower: (images, labels), ['/cpu:0', '/cpu:0'], global_step)
-    else:  # Two workers, synchronous: one update per two workers' batches.
-      FLAGS.sync_replicas = True
-      cifar10_distributed_train._train_op(  # pylint: disable=protected-access
-          cifar10.loss(cifar10.inference(images), labels), global_step,
-          is_chief=True, num_workers=2, replicas_to_aggregate=2)
-  return graph
+def _training_graph(kind, params, monkeypatch):
+  """The graph the scripts build to train `kind`; returns it, unrun."""
+  built = []
+  monkeypatch.setattr(cifar10_runtime, 'run_training',
+                      lambda *args, **kwargs: built.append(
+                          tf.get_default_graph()))
+  if kind == 'one device':
+    cifar10_train.train(params)
+  elif kind == 'two towers':
+    cifar10_multi_gpu_train.train(params, ['/cpu:0', '/cpu:0'])
+  else:  # Two workers, synchronous: one update per two workers' batches.
+    with tf.Graph().as_default() as graph:
+      images, labels = cifar10.distorted_inputs(params.data_dir,
+                                                params.batch_size)
+      cifar10_distributed_train.build_train_op(
+          cifar10.loss(cifar10.inference(images), labels),
+          tf.train.get_or_create_global_step(), params, is_chief=True,
+          num_workers=2, replicas_to_aggregate=2)
+    built.append(graph)
+  return built[0]
 
 
 @pytest.mark.parametrize('kind, examples_per_step', [
     ('one device', 32), ('two towers', 64), ('two synchronous workers', 64)])
 def test_learning_rate_decays_with_the_epochs_of_the_data_used(
-    kind, examples_per_step, data_dir):
+    kind, examples_per_step, data_dir, monkeypatch):
   # The tests' data: 5 x 64 = 320 training images, so an epoch is 10 steps
   # of 32 images, or 5 of 64: the rate falls tenfold after 3,500 or 1,750
   # steps (350 epochs), not after CIFAR-10's 136,718.
-  FLAGS.data_dir = data_dir
-  FLAGS.batch_size = 32
+  params = cifar10_runtime.Params(data_dir=data_dir, batch_size=32)
   decay_steps = int(320 / examples_per_step * 350)
-  graph = _training_graph(kind)
+  graph = _training_graph(kind, params, monkeypatch)
   with graph.as_default():
     lr = learning_rate_of(graph)
     global_step = tf.train.get_global_step()
@@ -287,3 +291,46 @@ def test_learning_rate_decays_with_the_epochs_of_the_data_used(
         sess.run(global_step.assign(step))
         rates.append(sess.run(lr))
   assert rates == pytest.approx([0.1, 0.1, 0.01, 0.001], rel=1e-6)
+
+
+LIBRARY_WITHOUT_FLAGS = '''
+import json, sys
+import numpy as np
+import cifar10
+import tensorflow.compat.v1 as tf  # cifar10 turned eager execution off.
+
+images = tf.placeholder(tf.float32, [None, 24, 24, 3])
+logits = cifar10.inference(images)
+parameters = sum(np.prod(v.shape.as_list()) for v in tf.trainable_variables())
+
+with tf.Graph().as_default():
+  train_images, labels = cifar10.distorted_inputs(
+      data_dir=sys.argv[1], batch_size=16,
+      min_fraction_of_examples_in_queue=0.1)
+  eval_images, _ = cifar10.inputs(eval_data=True, data_dir=sys.argv[1],
+                                  batch_size=16)
+  total_loss = cifar10.loss(cifar10.inference(train_images), labels)
+  global_step = tf.train.get_or_create_global_step()
+  train_op = cifar10.train(total_loss, global_step)
+  with tf.train.MonitoredSession() as sess:
+    loss, _ = sess.run([total_loss, train_op])
+    step = sess.run(global_step)
+print(json.dumps({'parameters': int(parameters), 'loss': float(loss),
+                  'step': int(step),
+                  'shapes': [train_images.shape.as_list(),
+                             eval_images.shape.as_list()]}))
+'''
+
+
+def test_the_library_needs_no_flags(data_dir):
+  # As from a notebook or a program of one's own: import cifar10 and build,
+  # in a fresh Python process, with no flag parsed anywhere.
+  result = subprocess.run([sys.executable, '-c', LIBRARY_WITHOUT_FLAGS,
+                           data_dir], cwd=REPO_DIR, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  figures = json.loads(result.stdout.splitlines()[-1])
+  assert figures['parameters'] == 1068298
+  assert figures['step'] == 1
+  assert 3 < figures['loss'] < 6
+  assert figures['shapes'] == [[16, 24, 24, 3], [None, 24, 24, 3]]

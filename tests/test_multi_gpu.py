@@ -12,8 +12,8 @@ import cifar10_eval
 import cifar10_input
 import cifar10_multi_gpu_train
 import cifar10_train
+import cifar10_runtime
 from cifar10_common import tf
-from conftest import FLAGS
 from conftest import TRAINED_BATCH_SIZE
 from conftest import TRAINED_STEPS
 import helpers
@@ -82,15 +82,14 @@ def test_two_towers_of_64_update_as_one_tower_of_128():
       part = slice(64 * tower, 64 * (tower + 1))
       return tf.constant(images[part]), tf.constant(labels[part])
     train_op, total_loss, grads = (
-        cifar10_multi_gpu_train.build_training_graph(halves, TWO_CPUS,
-                                                     global_step))
+        cifar10_multi_gpu_train.build_training_graph(
+            halves, TWO_CPUS, global_step,
+            cifar10_runtime.Params(batch_size=64)))
     by_variable = {v.op.name: g for g, v in grads}
     return train_op, total_loss, [by_variable[v.op.name]
                                   for v in tf.trainable_variables()]
 
-  FLAGS.batch_size = 128
   single = _one_step(single_tower, None, tf.ConfigProto())
-  FLAGS.batch_size = 64
   towers = _one_step(two_towers, dict(zip(single['names'], single['initial'])),
                      _two_cpu_config())
 
@@ -107,14 +106,18 @@ def test_two_towers_of_64_update_as_one_tower_of_128():
 
 
 def test_variables_live_once_on_the_cpu_and_towers_on_their_devices(
-    quick_flags, tmp_path):
+    quick_params, tmp_path):
   with tf.Graph().as_default() as graph, tf.device('/cpu:0'):
     global_step = tf.train.get_or_create_global_step()
-    images, labels = cifar10.distorted_inputs()
+    images, labels = cifar10.distorted_inputs(
+        quick_params.data_dir, quick_params.batch_size,
+        min_fraction_of_examples_in_queue=(
+            quick_params.min_fraction_of_examples_in_queue))
     batch_queue = cifar10_input.prefetch_batches(
         [images, labels], capacity=4)
     train_op, _, _ = cifar10_multi_gpu_train.build_training_graph(
-        lambda tower: batch_queue.dequeue(), TWO_CPUS, global_step)
+        lambda tower: batch_queue.dequeue(), TWO_CPUS, global_step,
+        quick_params)
     variables = tf.global_variables()
     trainable = tf.trainable_variables()
     op_types = [op.type for op in graph.get_operations()]
@@ -161,11 +164,12 @@ def test_variables_live_once_on_the_cpu_and_towers_on_their_devices(
                                  'shuffle_batch/random_shuffle_queue']
 
 
-def test_two_tower_training_learns_and_is_evaluated(quick_flags, capsys):
-  FLAGS.batch_size = TRAINED_BATCH_SIZE // 2  # Per tower.
-  FLAGS.max_steps = TRAINED_STEPS
+def test_two_tower_training_learns_and_is_evaluated(quick_params, capsys):
+  # Per tower.
+  params = quick_params.replace(
+      batch_size=TRAINED_BATCH_SIZE // 2, max_steps=TRAINED_STEPS)
   cifar10_multi_gpu_train.train(
-      devices=TWO_CPUS, config=_two_cpu_config(allow_soft_placement=True))
+      params, TWO_CPUS, _two_cpu_config(allow_soft_placement=True))
   lines = capsys.readouterr().out.splitlines()
   # The shared queue is filled once, for both towers.
   assert [l for l in lines if l.startswith('Filling the input queue with')] == [
@@ -181,13 +185,13 @@ def test_two_tower_training_learns_and_is_evaluated(quick_flags, capsys):
     rounding = examples_per_sec * 0.0005 + sec_per_batch * 0.05
     assert abs(examples_per_sec * sec_per_batch - 32) <= rounding
 
-  last = os.path.join(FLAGS.train_dir, 'model.ckpt-%d' % TRAINED_STEPS)
+  last = os.path.join(params.train_dir, 'model.ckpt-%d' % TRAINED_STEPS)
   initial = helpers.cross_entropy_on_test_set(
-      os.path.join(FLAGS.train_dir, 'model.ckpt-0'))
-  final = helpers.cross_entropy_on_test_set(last)
+      os.path.join(params.train_dir, 'model.ckpt-0'), params.data_dir)
+  final = helpers.cross_entropy_on_test_set(last, params.data_dir)
   assert final < 0.5 * initial
 
-  cifar10_eval.evaluate()
+  cifar10_eval.evaluate(params)
   match = helpers.EVAL_LINE.match(capsys.readouterr().out.splitlines()[0])
   assert match
   assert match.group(3, 4) == ('250', str(TRAINED_STEPS))
@@ -195,24 +199,24 @@ def test_two_tower_training_learns_and_is_evaluated(quick_flags, capsys):
 
 
 def test_checkpoints_are_interchangeable_with_single_device_training(
-    trained, quick_flags, capsys):
+    trained, quick_params, capsys):
   data_dir, single_device_dir, _ = trained
-  shutil.copytree(single_device_dir, FLAGS.train_dir)
-  FLAGS.data_dir = data_dir
-  FLAGS.max_steps = TRAINED_STEPS + 20
+  params = quick_params.replace(data_dir=data_dir,
+                                max_steps=TRAINED_STEPS + 20)
+  shutil.copytree(single_device_dir, params.train_dir)
   cifar10_multi_gpu_train.train(
-      devices=TWO_CPUS, config=_two_cpu_config(allow_soft_placement=True))
+      params, TWO_CPUS, _two_cpu_config(allow_soft_placement=True))
   lines = capsys.readouterr().out.splitlines()
   assert lines[0] == 'Resuming from %s, at step %d.' % (
-      os.path.join(FLAGS.train_dir, 'model.ckpt-%d' % TRAINED_STEPS),
+      os.path.join(params.train_dir, 'model.ckpt-%d' % TRAINED_STEPS),
       TRAINED_STEPS)
-  assert tf.train.load_variable(tf.train.latest_checkpoint(FLAGS.train_dir),
+  assert tf.train.load_variable(tf.train.latest_checkpoint(params.train_dir),
                                 'global_step') == TRAINED_STEPS + 20
-  FLAGS.max_steps = TRAINED_STEPS + 30
-  cifar10_train.train()
+  params = params.replace(max_steps=TRAINED_STEPS + 30)
+  cifar10_train.train(params)
   lines = capsys.readouterr().out.splitlines()
   assert lines[0] == 'Resuming from %s, at step %d.' % (
-      os.path.join(FLAGS.train_dir, 'model.ckpt-%d' % (TRAINED_STEPS + 20)),
+      os.path.join(params.train_dir, 'model.ckpt-%d' % (TRAINED_STEPS + 20)),
       TRAINED_STEPS + 20)
   assert lines[-1].startswith('Done training: step %d;' % (TRAINED_STEPS + 30))
 

@@ -6,19 +6,17 @@ import os
 import subprocess
 import sys
 
-from absl.testing import flagsaver
 import numpy as np
 import pytest
 
 import cifar10_eval
 import cifar10_export
 import cifar10_input
-import cifar10_predict
 import cifar10_train
 import cifar_data
+import cifar10_runtime
 from cifar10_common import tf
 from cifar10_common import UserError
-from conftest import FLAGS
 from helpers import EVAL_LINE
 from helpers import run_script
 import prepare_data
@@ -176,13 +174,9 @@ def trained_on_own_data(image_dir, tmp_path_factory):
   work_dir = tmp_path_factory.mktemp('own')
   data_dir = str(work_dir / 'data')
   prepare_data.prepare(image_dir[0], data_dir, 0.25, seed=0, out=io.StringIO())
-  with flagsaver.flagsaver():
-    FLAGS.data_dir = data_dir
-    FLAGS.train_dir = str(work_dir / 'train')
-    FLAGS.batch_size = 32
-    FLAGS.min_fraction_of_examples_in_queue = 0.5
-    FLAGS.max_steps = 150
-    cifar10_train.train()
+  cifar10_train.train(cifar10_runtime.Params(
+      data_dir=data_dir, train_dir=str(work_dir / 'train'), batch_size=32,
+      min_fraction_of_examples_in_queue=0.5, max_steps=150))
   return data_dir, str(work_dir / 'train')
 
 
@@ -196,11 +190,9 @@ def test_training_and_evaluation_read_the_classes(trained_on_own_data,
   with open(os.path.join(train_dir, 'batches.meta.txt')) as f:
     assert f.read() == 'cats\ndogs\nzebras\n'
 
-  FLAGS.data_dir = data_dir
-  FLAGS.checkpoint_dir = train_dir
-  FLAGS.eval_dir = str(tmp_path / 'eval')
-  FLAGS.run_once = True
-  cifar10_eval.evaluate()
+  cifar10_eval.evaluate(cifar10_runtime.Params(
+      data_dir=data_dir, checkpoint_dir=train_dir,
+      eval_dir=str(tmp_path / 'eval'), run_once=True))
   lines = capsys.readouterr().out.splitlines()
   match = EVAL_LINE.match(lines[0])
   assert match.group(3, 4) == ('30', '150')
@@ -235,7 +227,7 @@ def test_predict_prints_top_classes_and_reports_unreadable_files(
   lines = result.stdout.splitlines()
   assert [line.split(': ')[0] for line in lines] == paths
 
-  classifier = cifar10_predict.Classifier(train_dir)
+  classifier = cifar10_runtime.Classifier(train_dir)
   try:
     expected = classifier.classify(_decoded(paths))
   finally:
@@ -281,7 +273,7 @@ def test_export_loads_in_a_fresh_process_and_predicts_the_same(
   assert json.loads(result.stdout) == CLASSES
   served = np.load(str(tmp_path / 'probabilities.npy'))
 
-  classifier = cifar10_predict.Classifier(train_dir, any_size=True)
+  classifier = cifar10_runtime.Classifier(train_dir, any_size=True)
   try:
     expected = classifier.classify(images)
   finally:
@@ -348,10 +340,10 @@ def test_256_classes_with_utf8_names_train_evaluate_and_predict(tmp_path):
   sorted_names = sorted(MANY_CLASSES)  # The labels: café 0 ... 猫 255.
   assert sorted_names[-1] == '猫'
 
-  common = ['--data_dir=' + data_dir, '--batch_size=16',
-            '--min_fraction_of_examples_in_queue=0.2']
+  common = ['--data_dir=' + data_dir, '--batch_size=16']
   training = run_script('cifar10_train.py', '--train_dir=' + train_dir,
-                        '--max_steps=10', *common)
+                        '--max_steps=10',
+                        '--min_fraction_of_examples_in_queue=0.2', *common)
   assert training.returncode == 0, training.stderr
   assert tf.train.load_variable(tf.train.latest_checkpoint(train_dir),
                                 'softmax_linear/biases').shape == (256,)

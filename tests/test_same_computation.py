@@ -11,7 +11,6 @@ on the code before the speed work (tf.nn.lrn, distortions image by image).
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -187,8 +186,6 @@ def test_random_distortions_are_drawn_as_the_tutorials_ops_draw_them():
 
 
 if __name__ == '__main__':
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.FLAGS(sys.argv[:1])
   os.makedirs(os.path.dirname(GOLDEN), exist_ok=True)
   with open(GOLDEN, 'w') as golden_file:
     json.dump(model_step(), golden_file, indent=1, sort_keys=True)

@@ -16,7 +16,6 @@ import time
 import urllib.parse
 import urllib.request
 
-from absl.testing import flagsaver
 import numpy as np
 import pytest
 
@@ -24,9 +23,9 @@ import cifar10_eval
 import cifar10_input
 import cifar10_multi_gpu_train
 import cifar10_train
+import cifar10_runtime
 from cifar10_common import tf
 import cifar_data
-from conftest import FLAGS
 from conftest import REPO_DIR
 from conftest import SMALL_QUEUE_FRACTION
 import helpers
@@ -83,23 +82,20 @@ def logs(tmp_path_factory):
   root = str(tmp_path_factory.mktemp('tensorboard'))
   data_dir = os.path.join(root, 'data')
   cifar_data.make_data_dir(data_dir)
+  train_dir = os.path.join(root, 'logs', 'train')
+  params = cifar10_runtime.Params(
+      data_dir=data_dir, batch_size=16,
+      min_fraction_of_examples_in_queue=SMALL_QUEUE_FRACTION,
+      max_steps=STEPS, save_summaries_steps=10, log_frequency=10,
+      train_dir=train_dir, checkpoint_dir=train_dir,
+      eval_dir=os.path.join(root, 'logs', 'eval'), run_once=True)
   printed = io.StringIO()
-  with flagsaver.flagsaver(), contextlib.redirect_stdout(printed):
-    FLAGS.data_dir = data_dir
-    FLAGS.batch_size = 16
-    FLAGS.min_fraction_of_examples_in_queue = SMALL_QUEUE_FRACTION
-    FLAGS.max_steps = STEPS
-    FLAGS.save_summaries_steps = 10
-    FLAGS.log_frequency = 10
-    FLAGS.train_dir = os.path.join(root, 'logs', 'train')
-    cifar10_train.train()
-    FLAGS.checkpoint_dir = FLAGS.train_dir
-    FLAGS.eval_dir = os.path.join(root, 'logs', 'eval')
-    FLAGS.run_once = True
-    cifar10_eval.evaluate()
-    FLAGS.train_dir = os.path.join(root, 'multi', 'train')
-    FLAGS.max_steps = 20
+  with contextlib.redirect_stdout(printed):
+    cifar10_train.train(params)
+    cifar10_eval.evaluate(params)
     cifar10_multi_gpu_train.train(
+        params.replace(train_dir=os.path.join(root, 'multi', 'train'),
+                       max_steps=20),
         devices=['/cpu:0', '/cpu:1'],
         config=tf.ConfigProto(device_count={'CPU': 2},
                               allow_soft_placement=True))

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import cifar10_eval
+import cifar10_runtime
 import cifar10_train
 from cifar10_common import tf
-from conftest import FLAGS
 from conftest import TRAINED_STEPS
 from helpers import cross_entropy_on_test_set
 from helpers import EVAL_LINE
@@ -23,15 +23,14 @@ TRAINABLE = ['conv1/weights', 'conv1/biases', 'conv2/weights', 'conv2/biases',
              'local4/biases', 'softmax_linear/weights', 'softmax_linear/biases']
 
 
-def _train(max_steps, capsys):
-  """Trains to `max_steps` with the current flags; returns the stdout lines."""
-  FLAGS.max_steps = max_steps
-  cifar10_train.train()
+def _train(params, max_steps, capsys):
+  """Trains to `max_steps`; returns the stdout lines."""
+  cifar10_train.train(params.replace(max_steps=max_steps))
   return capsys.readouterr().out.splitlines()
 
 
-def _checkpoint(step):
-  return os.path.join(FLAGS.train_dir, 'model.ckpt-%d' % step)
+def _checkpoint(params, step):
+  return os.path.join(params.train_dir, 'model.ckpt-%d' % step)
 
 
 def test_training_lowers_the_loss_and_saves_moving_averages(trained):
@@ -58,9 +57,9 @@ def test_training_lowers_the_loss_and_saves_moving_averages(trained):
   assert not np.allclose(raw, averaged)
 
   # The first checkpoint (step 0) is the untrained model: about ln(10).
-  FLAGS.data_dir = trained[0]
-  initial = cross_entropy_on_test_set(os.path.join(train_dir, 'model.ckpt-0'))
-  final = cross_entropy_on_test_set(last)
+  initial = cross_entropy_on_test_set(os.path.join(train_dir, 'model.ckpt-0'),
+                                      trained[0])
+  final = cross_entropy_on_test_set(last, trained[0])
   assert initial == pytest.approx(np.log(10), abs=0.1)
   assert final < 0.5 * initial
 
@@ -84,11 +83,10 @@ def test_evaluation_of_the_moving_averages_counts_every_test_record(
       sess.run(tf.global_variables_initializer())
       saver.save(sess, str(tmp_path / 'scrambled' / 'model.ckpt'),
                  global_step=TRAINED_STEPS)
-  FLAGS.data_dir = data_dir
-  FLAGS.checkpoint_dir = str(tmp_path / 'scrambled')
-  FLAGS.eval_dir = str(tmp_path / 'eval')
-  FLAGS.run_once = True
-  cifar10_eval.evaluate()
+  params = cifar10_runtime.Params(
+      data_dir=data_dir, checkpoint_dir=str(tmp_path / 'scrambled'),
+      eval_dir=str(tmp_path / 'eval'), run_once=True)
+  cifar10_eval.evaluate(params)
   lines = capsys.readouterr().out.splitlines()
   assert len(lines) == 2
   match = EVAL_LINE.match(lines[0])
@@ -100,7 +98,8 @@ def test_evaluation_of_the_moving_averages_counts_every_test_record(
   assert float(precision) > 0.5  # Ten classes: chance is 0.1.
 
   # The summary holds the precision at the checkpoint's step.
-  events = [os.path.join(FLAGS.eval_dir, f) for f in os.listdir(FLAGS.eval_dir)]
+  events = [os.path.join(params.eval_dir, f)
+            for f in os.listdir(params.eval_dir)]
   values = [(e.step, v.simple_value)
             for path in events for e in tf.train.summary_iterator(path)
             for v in e.summary.value if v.tag == 'Precision @ 1']
@@ -108,45 +107,46 @@ def test_evaluation_of_the_moving_averages_counts_every_test_record(
                      pytest.approx(float(precision), abs=5e-4))]
 
 
-def test_a_second_run_resumes_at_the_saved_step(quick_flags, capsys):
-  _train(30, capsys)
-  first_files = set(os.listdir(FLAGS.train_dir))
-  lines = _train(50, capsys)
-  assert lines[0] == 'Resuming from %s, at step 30.' % _checkpoint(30)
+def test_a_second_run_resumes_at_the_saved_step(quick_params, capsys):
+  params = quick_params
+  _train(params, 30, capsys)
+  first_files = set(os.listdir(params.train_dir))
+  lines = _train(params, 50, capsys)
+  assert lines[0] == 'Resuming from %s, at step 30.' % _checkpoint(params, 30)
   steps = [int(m.group(1)) for m in map(LOG_LINE.match, lines) if m]
   assert steps == [40, 50]
-  assert tf.train.load_variable(_checkpoint(50), 'global_step') == 50
+  assert tf.train.load_variable(_checkpoint(params, 50), 'global_step') == 50
   # Nothing of the first run was deleted.
-  assert first_files <= set(os.listdir(FLAGS.train_dir))
+  assert first_files <= set(os.listdir(params.train_dir))
   # At --max_steps already: nothing to do, nothing written.
-  files = set(os.listdir(FLAGS.train_dir))
-  lines = _train(50, capsys)
+  files = set(os.listdir(params.train_dir))
+  lines = _train(params, 50, capsys)
   assert lines == ['%s is at step 50, --max_steps=50: nothing to train.' %
-                   _checkpoint(50)]
-  assert set(os.listdir(FLAGS.train_dir)) == files
+                   _checkpoint(params, 50)]
+  assert set(os.listdir(params.train_dir)) == files
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(
-    quick_flags, capsys):
-  FLAGS.initial_learning_rate = 1e9
-  with pytest.raises(cifar10_train.NanLossError) as error:
-    _train(1000, capsys)
+    quick_params, capsys):
+  params = quick_params.replace(initial_learning_rate=1e9)
+  with pytest.raises(cifar10_runtime.NanLossError) as error:
+    _train(params, 1000, capsys)
   match = re.match(r'loss is NaN at step (\d+): training diverged and was '
                    r'stopped; the last checkpoint, (\S+), is kept\.',
                    str(error.value))
   assert match, str(error.value)
   assert 1 <= int(match.group(1)) < 1000
-  assert match.group(2) == _checkpoint(0)
-  assert tf.train.latest_checkpoint(FLAGS.train_dir) == _checkpoint(0)
-  assert np.all(np.isfinite(tf.train.load_variable(_checkpoint(0),
+  assert match.group(2) == _checkpoint(params, 0)
+  assert tf.train.latest_checkpoint(params.train_dir) == _checkpoint(params, 0)
+  assert np.all(np.isfinite(tf.train.load_variable(_checkpoint(params, 0),
                                                    'local3/weights')))
 
 
 def test_scripts_train_then_evaluate_with_clean_output(data_dir, tmp_path):
   train_dir = str(tmp_path / 'train')
-  common = quick_args(data_dir)
+  common = quick_args(data_dir, training=False)
   train = run_script('cifar10_train.py', '--train_dir=' + train_dir,
-                      '--max_steps=20', *common)
+                      '--max_steps=20', *quick_args(data_dir))
   assert train.returncode == 0, train.stderr
   lines = train.stdout.splitlines()
   assert lines[0] == ('Filling the input queue with 200 CIFAR images before '
@@ -241,10 +241,10 @@ def test_use_fp16_trains_and_its_checkpoint_evaluates(data_dir, tmp_path):
   # half the tutorial's learning rate: at 0.1, 1 of 6 such float16 runs here
   # diverged by step 100 (batches of 32 are noisy), at 0.05 none of 12.
   train_dir = str(tmp_path / 'train')
-  common = ['--use_fp16', '--data_dir=' + data_dir, '--batch_size=32',
-            '--min_fraction_of_examples_in_queue=0.625']
+  common = ['--use_fp16', '--data_dir=' + data_dir, '--batch_size=32']
   train = run_script('cifar10_train.py', '--train_dir=' + train_dir,
-                     '--max_steps=100', '--initial_learning_rate=0.05', *common)
+                     '--max_steps=100', '--initial_learning_rate=0.05',
+                     '--min_fraction_of_examples_in_queue=0.625', *common)
   assert train.returncode == 0, train.stderr
   assert train.stderr == ''
   last = os.path.join(train_dir, 'model.ckpt-100')
@@ -252,10 +252,9 @@ def test_use_fp16_trains_and_its_checkpoint_evaluates(data_dir, tmp_path):
       'Done training: step 100; checkpoint %s.' % last)
   assert tf.train.load_variable(last, 'conv1/weights').dtype == np.float16
   # The loss on the test images went down.
-  FLAGS.data_dir = data_dir
-  FLAGS.use_fp16 = True
-  initial = cross_entropy_on_test_set(os.path.join(train_dir, 'model.ckpt-0'))
-  final = cross_entropy_on_test_set(last)
+  initial = cross_entropy_on_test_set(os.path.join(train_dir, 'model.ckpt-0'),
+                                      data_dir, use_fp16=True)
+  final = cross_entropy_on_test_set(last, data_dir, use_fp16=True)
   assert initial == pytest.approx(np.log(10), abs=0.1)
   assert final < 0.5 * initial
 
@@ -279,7 +278,7 @@ def test_queue_warm_up_reports_its_progress(capsys):
     tf.train.add_queue_runner(tf.train.QueueRunner(
         queue, [queue.enqueue(tf.reshape(slow_image, []))]))
     batch = queue.dequeue_many(4)
-    hook = cifar10_train._QueueWarmupHook(  # pylint: disable=protected-access
+    hook = cifar10_runtime._QueueWarmupHook(  # pylint: disable=protected-access
         report_interval_secs=0.05)
     with tf.train.MonitoredSession(hooks=[hook]) as sess:
       assert sess.run(batch).tolist() == [1, 1, 1, 1]

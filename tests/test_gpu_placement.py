@@ -1,0 +1,208 @@
+"""Placement on GPUs, proven without one: TensorFlow's kernel registry.
+
+The Linux wheel of TensorFlow is its CUDA build: its registry lists the GPU
+kernels even on a machine with no GPU. The graphs the training scripts build
+for GPUs are checked op by op: the input pipeline pinned to the CPU, the
+variables once on the CPU, and every op of a tower, forward and backward,
+with a GPU kernel for its types (so that soft placement never moves a tower
+op to the CPU, with copies back and forth every step). The tensors that
+cross between the CPU and a GPU each step are listed, and few.
+"""
+
+import collections
+
+import pytest
+from tensorflow.python.framework import kernels
+
+import cifar10_multi_gpu_train
+import cifar10_runtime
+import cifar10_train
+from cifar10_common import tf
+
+# Ops that run on the CPU by design, not each step's work: summaries (every
+# save_summaries_steps) and what feeds them.
+SUMMARY_OP_TYPES = {'ScalarSummary', 'HistogramSummary', 'ImageSummary',
+                    'MergeSummary'}
+
+
+def _gpu_kernel_exists(op):
+  """Whether the registry has a GPU kernel for this op and its types."""
+  for kernel in kernels.get_registered_kernels_for_op(op.type).kernel:
+    # DEFAULT kernels are registered for every device (resource variables,
+    # control flow).
+    if kernel.device_type not in ('GPU', 'DEFAULT'):
+      continue
+    fits = True
+    for constraint in kernel.constraint:
+      allowed = constraint.allowed_values.list.type
+      if constraint.name in op.node_def.attr and allowed:
+        if op.node_def.attr[constraint.name].type not in allowed:
+          fits = False
+          break
+    if fits:
+      return True
+  return False
+
+
+def _built_graph(script_train, params, monkeypatch, *args):
+  """The graph a training script builds, captured before it runs."""
+  built = []
+  monkeypatch.setattr(cifar10_runtime, 'run_training',
+                      lambda *a, **k: built.append(tf.get_default_graph()))
+  script_train(params, *args)
+  return built[0]
+
+
+def _device(op):
+  return tf.DeviceSpec.from_string(op.device or '')
+
+
+def _feeds_only_summaries(op, graph, memo=None):
+  """Whether the op's outputs are used, and only by summaries (which run on
+  the CPU every save_summaries_steps, not each step)."""
+  memo = {} if memo is None else memo
+  if op not in memo:
+    memo[op] = False  # While its consumers are looked at.
+    consumers = [c for t in op.outputs for c in t.consumers()]
+    memo[op] = bool(consumers) and all(
+        c.type in SUMMARY_OP_TYPES or _feeds_only_summaries(c, graph, memo)
+        for c in consumers)
+  return memo[op]
+
+
+def _on_cpu(op, graph):
+  """Whether the op runs on the CPU: pinned there, colocated with an op
+  pinned there, or using a resource (a variable) that lives there, as the
+  placer puts it."""
+  if _device(op).device_type == 'CPU':
+    return True
+  for group in op.colocation_groups():
+    name = group.decode()[len('loc:@'):]
+    if name != op.name and _on_cpu(graph.get_operation_by_name(name), graph):
+      return True
+  return any(t.dtype == tf.resource and _on_cpu(t.op, graph)
+             for t in op.inputs)
+
+
+def _crossings(graph):
+  """The tensors a step moves between the CPU and the GPUs, by direction."""
+  crossing = collections.defaultdict(set)
+  for op in graph.get_operations():
+    if op.type in SUMMARY_OP_TYPES or _feeds_only_summaries(op, graph):
+      continue
+    for tensor in op.inputs:
+      source = tensor.op
+      if _feeds_only_summaries(source, graph):
+        continue
+      if _on_cpu(source, graph) != _on_cpu(op, graph):
+        crossing['to GPU' if _on_cpu(source, graph) else 'to CPU'].add(
+            tensor.name)
+  return crossing
+
+
+MODEL_VARIABLES = {'%s/%s' % (layer, kind)
+                   for layer in ['conv1', 'conv2', 'local3', 'local4',
+                                 'softmax_linear']
+                   for kind in ['weights', 'biases']}
+
+
+def _variable_of_read(tensor, graph):
+  """The variable a ReadVariableOp reads, or None."""
+  if tensor.op.type != 'ReadVariableOp':
+    return None
+  return tensor.op.inputs[0].op.name
+
+
+def _check_placement(graph, tower_prefixes):
+  """The checks of both scripts' graphs; returns the crossings."""
+  ops = graph.get_operations()
+  # The input pipeline: readers, queues, decoding, crops, distortions.
+  input_types = {'FixedLengthRecordReaderV2', 'ReaderReadUpToV2',
+                 'RandomShuffleQueueV2', 'FIFOQueueV2', 'DecodeRaw',
+                 'QueueDequeueManyV2', 'QueueEnqueueManyV2', 'GatherV2'}
+  input_ops = [op for op in ops if op.type in input_types or
+               op.name.startswith(('input_producer', 'shuffle_batch',
+                                   'data_augmentation', 'batch_prefetch'))]
+  assert len(input_ops) > 20
+  assert not [op.name for op in input_ops if not _on_cpu(op, graph)]
+  # The variables, once, on the CPU; the loss averages' too with towers.
+  handles = [op for op in ops if op.type == 'VarHandleOp']
+  names = [op.name for op in handles]
+  assert len(names) == len(set(names))
+  model = [op for op in handles if op.name in MODEL_VARIABLES or
+           op.name.endswith('ExponentialMovingAverage') and
+           op.name.rsplit('/', 1)[0] in MODEL_VARIABLES or
+           op.name == 'global_step']
+  assert len(model) == 21
+  assert all(_on_cpu(op, graph) for op in model)
+  # Each op off the CPU: a GPU kernel for its types, unless only summaries
+  # (every save_summaries_steps, on the CPU) use it.
+  memo = {}
+  on_gpu = [op for op in ops if not _on_cpu(op, graph)]
+  assert len(on_gpu) > 300
+  without_kernel = sorted(
+      '%s (%s)' % (op.name, op.type) for op in on_gpu
+      if not _gpu_kernel_exists(op) and op.type not in SUMMARY_OP_TYPES and
+      not _feeds_only_summaries(op, graph, memo))
+  assert not without_kernel
+  # No op asks for a GPU and must run on the CPU all the same (for a
+  # resource it uses lives there): soft placement would move it, silently.
+  assert not [op.name for op in ops
+              if _device(op).device_type == 'GPU' and _on_cpu(op, graph)]
+  if tower_prefixes:
+    for op in on_gpu:
+      assert op.name.startswith(tower_prefixes), op.name
+  return _crossings(graph)
+
+
+@pytest.fixture
+def gpu_params(data_dir):
+  return cifar10_runtime.Params(data_dir=data_dir, batch_size=16)
+
+
+@pytest.mark.parametrize('use_fp16', [False, True])
+def test_one_gpu_training_graph(use_fp16, gpu_params, monkeypatch):
+  graph = _built_graph(cifar10_train.train,
+                       gpu_params.replace(use_fp16=use_fp16), monkeypatch)
+  crossings = _check_placement(graph, tower_prefixes=None)
+  # Each step: the batch and the variables' values to the GPU, the
+  # gradients back: nothing else.
+  to_gpu, to_cpu = crossings['to GPU'], crossings['to CPU']
+  reads = {_variable_of_read(graph.get_tensor_by_name(t), graph)
+           for t in to_gpu} - {None}
+  assert reads == MODEL_VARIABLES
+  batch = [t for t in to_gpu if not _variable_of_read(
+      graph.get_tensor_by_name(t), graph)]
+  assert len(batch) == 2  # Images and labels.
+  assert len(to_gpu) <= 2 + 12  # local3 and local4 weights read twice.
+  assert len(to_cpu) == 10
+  assert all(t.startswith('gradients/') for t in to_cpu)
+
+
+@pytest.mark.parametrize('use_fp16', [False, True])
+def test_two_gpu_towers_graph(use_fp16, gpu_params, monkeypatch):
+  graph = _built_graph(cifar10_multi_gpu_train.train,
+                       gpu_params.replace(use_fp16=use_fp16), monkeypatch,
+                       ['/gpu:0', '/gpu:1'])
+  crossings = _check_placement(graph, tower_prefixes=('tower_0/',
+                                                      'tower_1/'))
+  for op in graph.get_operations():
+    for tower in range(2):
+      if op.name.startswith('tower_%d/' % tower) and not _on_cpu(op, graph):
+        assert _device(op).to_string() == '/device:GPU:%d' % tower
+  to_gpu, to_cpu = crossings['to GPU'], crossings['to CPU']
+  for tower in range(2):
+    mine = [t for t in to_gpu if t.startswith('tower_%d/' % tower)]
+    reads = {_variable_of_read(graph.get_tensor_by_name(t), graph)
+             for t in mine} - {None}
+    assert reads == MODEL_VARIABLES
+    assert len(mine) <= 2 + 12
+  # In: one batch per tower (a dequeue of the shared prefetch queue); out:
+  # each tower's gradients and loss terms, averaged on the CPU.
+  batches = [t for t in to_gpu if not _variable_of_read(
+      graph.get_tensor_by_name(t), graph)]
+  assert sorted(batches) == ['tower_0/fifo_queue_Dequeue:0',
+                             'tower_0/fifo_queue_Dequeue:1',
+                             'tower_1/fifo_queue_Dequeue:0',
+                             'tower_1/fifo_queue_Dequeue:1']
+  assert len(to_cpu) <= 2 * (10 + 3 + 1)
