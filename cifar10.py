@@ -79,6 +79,10 @@ MOVING_AVERAGE_DECAY = 0.9999     # The decay to use for the moving average.
 NUM_EPOCHS_PER_DECAY = 350.0      # Epochs after which learning rate decays.
 LEARNING_RATE_DECAY_FACTOR = 0.1  # Learning rate decay factor.
 LOSS_AVERAGE_DECAY = 0.9          # The decay of the losses' moving averages.
+# Mixed precision in float16 (on a GPU): the gradients are computed of the
+# loss times this, then divided by it, so that the small ones do not vanish
+# below float16's smallest numbers. (bfloat16 has float32's range: 1.)
+FLOAT16_LOSS_SCALE = 128.0
 
 # If a model is trained with multiple GPUs, prefix all Op names with tower_name
 # to differentiate the operations. Note that this prefix is removed from the
@@ -135,7 +139,8 @@ def _activation_summary(x):
   scalar_summary(tensor_name + '/sparsity', tf.nn.zero_fraction(x))
 
 
-def _variable_on_cpu(name, shape, initializer, dtype=tf.float32):
+def _variable_on_cpu(name, shape, initializer, dtype=tf.float32,
+                     compute_dtype=None):
   """Helper to create a Variable stored on CPU memory.
 
   Every variable of the model is made here, so that all model replicas
@@ -145,17 +150,27 @@ def _variable_on_cpu(name, shape, initializer, dtype=tf.float32):
     name: name of the variable
     shape: list of ints
     initializer: initializer for Variable
-    dtype: type of the variable: the model's (float32, or float16)
+    dtype: type of the variable: float32, or float16 (--use_fp16)
+    compute_dtype: type the model computes in, if another (mixed precision:
+      float32 variables, float16 or bfloat16 computation)
 
   Returns:
-    Variable Tensor
+    Variable Tensor, or its value cast to compute_dtype
   """
   with tf.device('/cpu:0'):
     var = tf.get_variable(name, shape, initializer=initializer, dtype=dtype)
-  return var
+  return _in_type(var, compute_dtype)
 
 
-def _variable_with_weight_decay(name, shape, stddev, wd, dtype=tf.float32):
+def _in_type(value, dtype):
+  """`value` cast to `dtype`, where that is another type."""
+  if dtype is None or value.dtype.base_dtype == dtype:
+    return value
+  return tf.cast(value, dtype)
+
+
+def _variable_with_weight_decay(name, shape, stddev, wd, dtype=tf.float32,
+                                compute_dtype=None):
   """Helper to create an initialized Variable with weight decay.
 
   Note that the Variable is initialized with a truncated normal distribution.
@@ -168,9 +183,11 @@ def _variable_with_weight_decay(name, shape, stddev, wd, dtype=tf.float32):
     wd: add L2Loss weight decay multiplied by this float. If None, weight
         decay is not added for this Variable.
     dtype: type of the variable
+    compute_dtype: type the model computes in, if another (see
+      _variable_on_cpu); the weight decay is the variable's, in its type
 
   Returns:
-    Variable Tensor
+    Variable Tensor, or its value cast to compute_dtype
   """
   var = _variable_on_cpu(
       name,
@@ -180,7 +197,7 @@ def _variable_with_weight_decay(name, shape, stddev, wd, dtype=tf.float32):
   if wd is not None:
     weight_decay = tf.multiply(tf.nn.l2_loss(var), wd, name='weight_loss')
     tf.add_to_collection('losses', weight_decay)
-  return var
+  return _in_type(var, compute_dtype)
 
 
 def data_batches_dir(data_dir):
@@ -219,7 +236,8 @@ def num_examples_per_epoch(data_dir=DATA_DIR, eval_data=False):
           NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN)
 
 
-def distorted_inputs(data_dir=DATA_DIR, batch_size=BATCH_SIZE, use_fp16=False,
+def distorted_inputs(data_dir=DATA_DIR, batch_size=BATCH_SIZE,
+                     dtype=tf.float32,
                      min_fraction_of_examples_in_queue=(
                          MIN_FRACTION_OF_EXAMPLES_IN_QUEUE)):
   """Construct distorted input for CIFAR training using the Reader ops.
@@ -227,7 +245,9 @@ def distorted_inputs(data_dir=DATA_DIR, batch_size=BATCH_SIZE, use_fp16=False,
   Args:
     data_dir: Path to the CIFAR-10 data directory.
     batch_size: Number of images per batch.
-    use_fp16: Give the images as float16, for a float16 model.
+    dtype: The images' type, the model's computation's: float32, float16
+      (--use_fp16; mixed precision on a GPU) or bfloat16 (mixed precision on
+      a CPU).
     min_fraction_of_examples_in_queue: The fraction of an epoch queued before
       the first batch comes out (see cifar10_input.distorted_inputs).
 
@@ -241,13 +261,11 @@ def distorted_inputs(data_dir=DATA_DIR, batch_size=BATCH_SIZE, use_fp16=False,
   images, labels = cifar10_input.distorted_inputs(
       data_dir=data_batches_dir(data_dir), batch_size=batch_size,
       min_fraction_of_examples_in_queue=min_fraction_of_examples_in_queue)
-  if use_fp16:
-    images = tf.cast(images, tf.float16)
-  return images, labels
+  return tf.cast(images, dtype), labels
 
 
 def inputs(eval_data, data_dir=DATA_DIR, batch_size=BATCH_SIZE,
-           use_fp16=False):
+           dtype=tf.float32):
   """Construct input for CIFAR evaluation using the Reader ops.
 
   Each image of the chosen set is read once; then the pipeline raises
@@ -257,7 +275,7 @@ def inputs(eval_data, data_dir=DATA_DIR, batch_size=BATCH_SIZE,
     eval_data: bool, indicating if one should use the train or eval data set.
     data_dir: Path to the CIFAR-10 data directory.
     batch_size: Number of images per batch.
-    use_fp16: Give the images as float16, for a float16 model.
+    dtype: The images' type (see distorted_inputs).
 
   Returns:
     images: Images. 4D tensor of [batch_size, IMAGE_SIZE, IMAGE_SIZE, 3] size.
@@ -269,9 +287,7 @@ def inputs(eval_data, data_dir=DATA_DIR, batch_size=BATCH_SIZE,
   images, labels = cifar10_input.inputs(eval_data=eval_data,
                                         data_dir=data_batches_dir(data_dir),
                                         batch_size=batch_size)
-  if use_fp16:
-    images = tf.cast(images, tf.float16)
-  return images, labels
+  return tf.cast(images, dtype), labels
 
 
 def local_response_normalization(x, depth_radius, bias, alpha, beta, name):
@@ -310,27 +326,37 @@ def local_response_normalization(x, depth_radius, bias, alpha, beta, name):
   return tf.multiply(x, scale, name=name)
 
 
-def inference(images, num_classes=NUM_CLASSES, top_layers='fully_connected'):
+def inference(images, num_classes=NUM_CLASSES, top_layers='fully_connected',
+              variable_dtype=None):
   """Build the CIFAR-10 model.
 
   Args:
-    images: Images returned from distorted_inputs() or inputs(): float32, or
-      float16 for a float16 model (the variables take the images' type).
+    images: Images returned from distorted_inputs() or inputs(), of the type
+      the model computes in: float32, float16, or bfloat16.
     num_classes: Outputs of the last layer: 10 for CIFAR-10, or the number of
       classes of your own data (len(class_names(data_dir))).
     top_layers: local3 and local4 'fully_connected', as in the tutorial, or
       'locally_connected', as in cuda-convnet's model.
+    variable_dtype: The variables' type: the images' by default (float32;
+      float16 for the tutorial's --use_fp16). float32 with float16 or
+      bfloat16 images is mixed precision: the variables, their moving
+      averages, the weight decay and the checkpoints stay float32, and each
+      layer computes with its weights cast to the images' type.
 
   Returns:
-    Logits.
+    Logits, of the images' type.
 
   Raises:
     ValueError: images of another type, or an unknown top_layers.
   """
   dtype = images.dtype.base_dtype
-  if dtype not in (tf.float32, tf.float16):
-    raise ValueError('inference() takes float32 or float16 images, not %s.' %
-                     dtype.name)
+  if dtype not in (tf.float32, tf.float16, tf.bfloat16):
+    raise ValueError('inference() takes float32, float16 or bfloat16 images, '
+                     'not %s.' % dtype.name)
+  variable_dtype = variable_dtype or dtype
+  if variable_dtype == tf.bfloat16:
+    raise ValueError('bfloat16 variables are not supported: give '
+                     'variable_dtype=tf.float32 (mixed precision).')
   if top_layers not in TOP_LAYERS:
     raise ValueError('top_layers=%r: it is one of %s.' % (top_layers,
                                                           ', '.join(TOP_LAYERS)))
@@ -344,10 +370,11 @@ def inference(images, num_classes=NUM_CLASSES, top_layers='fully_connected'):
     kernel = _variable_with_weight_decay('weights',
                                          shape=[5, 5, 3, 64],
                                          stddev=5e-2,
-                                         wd=None, dtype=dtype)
+                                         wd=None, dtype=variable_dtype,
+                                         compute_dtype=dtype)
     conv = tf.nn.conv2d(images, kernel, [1, 1, 1, 1], padding='SAME')
     biases = _variable_on_cpu('biases', [64], tf.constant_initializer(0.0),
-                              dtype)
+                              variable_dtype, dtype)
     pre_activation = tf.nn.bias_add(conv, biases)
     conv1 = tf.nn.relu(pre_activation, name=scope.name)
     _activation_summary(conv1)
@@ -364,10 +391,11 @@ def inference(images, num_classes=NUM_CLASSES, top_layers='fully_connected'):
     kernel = _variable_with_weight_decay('weights',
                                          shape=[5, 5, 64, 64],
                                          stddev=5e-2,
-                                         wd=None, dtype=dtype)
+                                         wd=None, dtype=variable_dtype,
+                                         compute_dtype=dtype)
     conv = tf.nn.conv2d(norm1, kernel, [1, 1, 1, 1], padding='SAME')
     biases = _variable_on_cpu('biases', [64], tf.constant_initializer(0.1),
-                              dtype)
+                              variable_dtype, dtype)
     pre_activation = tf.nn.bias_add(conv, biases)
     conv2 = tf.nn.relu(pre_activation, name=scope.name)
     _activation_summary(conv2)
@@ -383,8 +411,10 @@ def inference(images, num_classes=NUM_CLASSES, top_layers='fully_connected'):
     # The top of Alex Krizhevsky's cuda-convnet model (the tutorial's
     # exercise; layers-conv-local-11pct.cfg): two locally connected layers,
     # then the linear layer.
-    local3 = _locally_connected('local3', pool2, filters=64, size=3)
-    local4 = _locally_connected('local4', local3, filters=32, size=3)
+    local3 = _locally_connected('local3', pool2, filters=64, size=3,
+                                variable_dtype=variable_dtype)
+    local4 = _locally_connected('local4', local3, filters=32, size=3,
+                                variable_dtype=variable_dtype)
     top = tf.reshape(local4, [-1, local4.get_shape()[1:].num_elements()])
   else:
     # local3
@@ -395,9 +425,11 @@ def inference(images, num_classes=NUM_CLASSES, top_layers='fully_connected'):
       dim = pool2.get_shape()[1:].num_elements()
       reshape = tf.reshape(pool2, [-1, dim])
       weights = _variable_with_weight_decay('weights', shape=[dim, 384],
-                                            stddev=0.04, wd=0.004, dtype=dtype)
+                                            stddev=0.04, wd=0.004,
+                                            dtype=variable_dtype,
+                                            compute_dtype=dtype)
       biases = _variable_on_cpu('biases', [384], tf.constant_initializer(0.1),
-                                dtype)
+                                variable_dtype, dtype)
       local3 = tf.nn.relu(tf.matmul(reshape, weights) + biases,
                           name=scope.name)
       _activation_summary(local3)
@@ -405,9 +437,11 @@ def inference(images, num_classes=NUM_CLASSES, top_layers='fully_connected'):
     # local4
     with tf.variable_scope('local4') as scope:
       weights = _variable_with_weight_decay('weights', shape=[384, 192],
-                                            stddev=0.04, wd=0.004, dtype=dtype)
+                                            stddev=0.04, wd=0.004,
+                                            dtype=variable_dtype,
+                                            compute_dtype=dtype)
       biases = _variable_on_cpu('biases', [192], tf.constant_initializer(0.1),
-                                dtype)
+                                variable_dtype, dtype)
       local4 = tf.nn.relu(tf.matmul(local3, weights) + biases,
                           name=scope.name)
       _activation_summary(local4)
@@ -421,16 +455,18 @@ def inference(images, num_classes=NUM_CLASSES, top_layers='fully_connected'):
     dim = top.get_shape()[-1]
     weights = _variable_with_weight_decay('weights', [dim, num_classes],
                                           stddev=1.0 / dim, wd=None,
-                                          dtype=dtype)
+                                          dtype=variable_dtype,
+                                          compute_dtype=dtype)
     biases = _variable_on_cpu('biases', [num_classes],
-                              tf.constant_initializer(0.0), dtype)
+                              tf.constant_initializer(0.0),
+                              variable_dtype, dtype)
     softmax_linear = tf.add(tf.matmul(top, weights), biases, name=scope.name)
     _activation_summary(softmax_linear)
 
   return softmax_linear
 
 
-def _locally_connected(name, inputs, filters, size):
+def _locally_connected(name, inputs, filters, size, variable_dtype=None):
   """A locally connected layer with ReLU: a convolution whose weights differ
   at every position (cuda-convnet's 'local' layers).
 
@@ -442,11 +478,13 @@ def _locally_connected(name, inputs, filters, size):
     inputs: 4-D Tensor [batch, height, width, depth].
     filters: Output channels.
     size: Side of the square window; SAME padding, stride 1.
+    variable_dtype: The variables' type; the inputs' by default.
 
   Returns:
     4-D Tensor [batch, height, width, filters].
   """
   dtype = inputs.dtype.base_dtype
+  variable_dtype = variable_dtype or dtype
   with tf.variable_scope(name) as scope:
     _, height, width, depth = inputs.get_shape().as_list()
     positions, window = height * width, size * size * depth
@@ -455,9 +493,10 @@ def _locally_connected(name, inputs, filters, size):
                                        rates=[1, 1, 1, 1], padding='SAME')
     weights = _variable_with_weight_decay(
         'weights', shape=[positions, window, filters], stddev=0.04, wd=0.004,
-        dtype=dtype)
+        dtype=variable_dtype, compute_dtype=dtype)
     biases = _variable_on_cpu('biases', [positions, filters],
-                              tf.constant_initializer(0.1), dtype)
+                              tf.constant_initializer(0.1),
+                              variable_dtype, dtype)
     # One matrix multiply per position: [positions, batch, window] x
     # [positions, window, filters].
     by_position = tf.transpose(tf.reshape(patches, [-1, positions, window]),
@@ -513,7 +552,12 @@ def loss(logits, labels):
   Returns:
     Loss tensor of type float.
   """
-  # Calculate the average cross entropy loss across the batch.
+  # Calculate the average cross entropy loss across the batch, in the type of
+  # the weight decay terms: float32 for a mixed precision model, whose
+  # logits are float16 or bfloat16.
+  weight_decay = tf.get_collection('losses')
+  if weight_decay:
+    logits = _in_type(logits, weight_decay[0].dtype.base_dtype)
   labels = tf.cast(labels, tf.int64)
   cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(
       labels=labels, logits=logits, name='cross_entropy_per_example')
@@ -606,10 +650,30 @@ def add_variable_and_gradient_summaries(grads):
       histogram_summary(var.op.name + '/gradients', grad)
 
 
+def gradients(total_loss, loss_scale=1.0):
+  """The gradient of the loss for each trainable variable.
+
+  Args:
+    total_loss: The loss.
+    loss_scale: Gradients are computed of the loss times this, then divided
+      by it (FLOAT16_LOSS_SCALE for float16 computation with float32
+      variables).
+
+  Returns:
+    List of (gradient, variable) pairs.
+  """
+  variables = tf.trainable_variables()
+  if loss_scale == 1.0:
+    return list(zip(tf.gradients(total_loss, variables), variables))
+  scaled = tf.gradients(total_loss * loss_scale, variables)
+  return [(None if g is None else g / loss_scale, v)
+          for g, v in zip(scaled, variables)]
+
+
 def train(total_loss, global_step, examples_per_step=BATCH_SIZE,
           examples_per_epoch=NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN,
           initial_learning_rate=INITIAL_LEARNING_RATE, grads=None, losses=None,
-          wrap_optimizer=None):
+          wrap_optimizer=None, loss_scale=1.0):
   """Train CIFAR-10 model.
 
   Create an optimizer and apply to all trainable variables. Add moving
@@ -635,6 +699,7 @@ def train(total_loss, global_step, examples_per_step=BATCH_SIZE,
       with `variable_averages` itself (tf.train.SyncReplicasOptimizer, for
       synchronous distributed training); by default, the update is followed
       by the moving averages here.
+    loss_scale: See gradients(); with `grads` given, they were computed so.
 
   Returns:
     train_op: op for training.
@@ -657,7 +722,7 @@ def train(total_loss, global_step, examples_per_step=BATCH_SIZE,
 
   # Compute gradients.
   if grads is None:
-    grads = opt.compute_gradients(total_loss)
+    grads = gradients(total_loss, loss_scale)
 
   # Apply gradients.
   apply_gradient_op = opt.apply_gradients(grads, global_step=global_step)

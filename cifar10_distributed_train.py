@@ -193,10 +193,11 @@ def train(params, server, cluster, task_index, sync_replicas=False,
       # The input pipeline stays on this worker, on its CPU.
       with tf.device(worker_device + '/cpu:0'):
         images, labels = cifar10.distorted_inputs(
-            params.data_dir, params.batch_size, params.use_fp16,
+            params.data_dir, params.batch_size, params.compute_dtype,
             params.min_fraction_of_examples_in_queue)
       logits = cifar10.inference(
-          images, len(cifar10.class_names(params.data_dir)), params.top_layers)
+          images, len(cifar10.class_names(params.data_dir)), params.top_layers,
+          params.variable_dtype)
       loss = cifar10.loss(logits, labels)
       train_op, hooks = build_train_op(
           loss, global_step, params, is_chief, num_workers,
@@ -246,7 +247,8 @@ def build_train_op(loss, global_step, params, is_chief, num_workers,
       examples_per_step=params.batch_size * (replicas_to_aggregate or 1),
       examples_per_epoch=cifar10.num_examples_per_epoch(params.data_dir),
       initial_learning_rate=params.initial_learning_rate,
-      wrap_optimizer=synchronous if replicas_to_aggregate else None)
+      wrap_optimizer=synchronous if replicas_to_aggregate else None,
+      loss_scale=params.loss_scale)
   return train_op, hooks
 
 
@@ -293,9 +295,13 @@ def main(argv=None):  # pylint: disable=unused-argument
     cifar10.maybe_download_and_extract(params.data_dir, params.data_url,
                                        params.data_md5)
   address = cluster.task_address(job_name, task_index)
+  # A parameter server keeps the variables on its CPU: it leaves the GPUs
+  # alone.
+  config = (tf.ConfigProto(device_count={'GPU': 0}) if job_name == 'ps'
+            else cifar10_runtime.session_config(params))
   try:
     server = tf.train.Server(cluster, job_name=job_name,
-                             task_index=task_index)
+                             task_index=task_index, config=config)
   except tf.errors.OpError as e:
     raise UserError(
         'cannot start the %s %d server at %s (%s): is the port in use (a task '

@@ -41,9 +41,10 @@ import cifar10_runtime
 from cifar10_common import tf
 
 cifar10_flags.define(
-    'data_dir', 'data_url', 'data_md5', 'batch_size', 'use_fp16', 'top_layers',
-    'checkpoint_dir', 'moving_average', 'eval_dir', 'eval_data',
-    'eval_interval_secs', 'run_once')
+    'data_dir', 'data_url', 'data_md5', 'batch_size', 'use_fp16',
+    'mixed_precision', 'top_layers', 'gpu_memory_growth', 'checkpoint_dir',
+    'moving_average', 'eval_dir', 'eval_data', 'eval_interval_secs',
+    'run_once')
 
 
 # The ops of one evaluation pass.
@@ -52,7 +53,7 @@ EvalOps = collections.namedtuple(
 
 
 def eval_once(saver, summary_writer, eval_ops, checkpoint_path, num_examples,
-              class_names, stop):
+              class_names, stop, config=None):
   """Evaluates one checkpoint: one pass over every image of the data.
 
   Args:
@@ -65,6 +66,7 @@ def eval_once(saver, summary_writer, eval_ops, checkpoint_path, num_examples,
     num_examples: The number of images the pass must see.
     class_names: The names of the classes, in label order.
     stop: cifar10_common.StopSignals; a signal abandons the pass.
+    config: The session's tf.ConfigProto.
 
   Returns:
     The precision @ 1, a float; None if a signal stopped the pass.
@@ -74,7 +76,7 @@ def eval_once(saver, summary_writer, eval_ops, checkpoint_path, num_examples,
     CheckpointError: it cannot be restored into this model.
   """
   global_step = cifar10_runtime.checkpoint_step(checkpoint_path)
-  with tf.Session() as sess:
+  with tf.Session(config=config) as sess:
     cifar10_runtime.restore(sess, saver, checkpoint_path)
     sess.run(eval_ops.local_init)
 
@@ -150,13 +152,14 @@ def evaluate(params):
     # Get images and labels for CIFAR-10.
     eval_data = params.eval_data == 'test'
     images, labels = cifar10.inputs(eval_data, params.data_dir,
-                                    params.batch_size, params.use_fp16)
+                                    params.batch_size, params.compute_dtype)
     num_examples = cifar10.num_examples_per_epoch(params.data_dir, eval_data)
     class_names = cifar10.class_names(params.data_dir)
 
     # Build a Graph that computes the logits predictions from the
     # inference model.
-    logits = cifar10.inference(images, len(class_names), params.top_layers)
+    logits = cifar10.inference(images, len(class_names), params.top_layers,
+                               params.variable_dtype)
 
     # Calculate predictions: is the likeliest class the label? Of classes
     # tied for first place, argmax takes the lowest label. (Not
@@ -194,7 +197,8 @@ def evaluate(params):
             cifar10_runtime.check_checkpoint(checkpoint_path,
                                              variables_to_restore)
             if eval_once(saver, summary_writer, eval_ops, checkpoint_path,
-                         num_examples, class_names, stop) is not None:
+                         num_examples, class_names, stop,
+                         cifar10_runtime.session_config(params)) is not None:
               evaluated.add(checkpoint_path)
           except cifar10_runtime.CheckpointUnreadable as e:
             if params.run_once:

@@ -31,7 +31,7 @@ from cifar10_common import UserError
 
 FLAGS = flags.FLAGS
 cifar10_flags.define('checkpoint_dir', 'moving_average', 'top_layers',
-                     'use_fp16')
+                     'use_fp16', 'mixed_precision', 'gpu_memory_growth')
 
 flags.DEFINE_string('export_dir', None,
                     'Where to write the SavedModel: a folder that does not '

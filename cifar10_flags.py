@@ -14,6 +14,7 @@ them, with its own flags); their defaults are those of
 """
 
 import dataclasses
+import sys
 
 from absl import flags
 
@@ -36,7 +37,18 @@ _HELP = {
                  'empty to skip the check.', {}),
     'batch_size': ('Number of images to process in a batch.',
                    {'lower_bound': 1}),
-    'use_fp16': ('Train the model using fp16.', {}),
+    'use_fp16': ('Train the model using fp16: float16 variables and '
+                 'computation, as the tutorial has it. On a GPU; on a CPU it '
+                 'is slow (use --mixed_precision).', {}),
+    'mixed_precision': ('Float32 variables, moving averages and checkpoints '
+                        '(those of float32 training), computation in float16 '
+                        '(with loss scaling) on a GPU, in bfloat16 on a CPU '
+                        '(fast with AVX512-BF16 or AMX).', {}),
+    'gpu_memory_growth': ('Take GPU memory as needed rather than all of it at '
+                          'start, so that evaluation fits beside training on '
+                          'one GPU; --nogpu_memory_growth takes it all.', {}),
+    'xla': ('Compile the training step with XLA (auto-clustering); see the '
+            'README for where it helps.', {}),
     'top_layers': ('local3 and local4 fully connected, as in the tutorial, or '
                    'locally connected, as in cuda-convnet\'s model (3x3 '
                    'windows of 64, then 32 filters, weights not shared '
@@ -77,7 +89,8 @@ _HELP = {
 
 # The flags of the training scripts (one device, towers, workers).
 TRAINING = ('data_dir', 'data_url', 'data_md5', 'batch_size', 'use_fp16',
-            'top_layers', 'train_dir', 'max_steps', 'initial_learning_rate',
+            'mixed_precision', 'top_layers', 'gpu_memory_growth', 'xla',
+            'train_dir', 'max_steps', 'initial_learning_rate',
             'min_fraction_of_examples_in_queue', 'log_device_placement',
             'log_frequency', 'save_checkpoint_secs', 'save_summaries_steps')
 
@@ -102,8 +115,17 @@ def define(*names):
 
 
 def params():
-  """The Params of the flags this process defined; defaults for the rest."""
-  return cifar10_runtime.Params(**{
+  """The Params of the flags this process defined; defaults for the rest.
+
+  A choice of precision that is slow on this machine is warned about, once,
+  on stderr.
+  """
+  made = cifar10_runtime.Params(**{
       field.name: FLAGS[field.name].value
       for field in dataclasses.fields(cifar10_runtime.Params)
       if field.name in FLAGS})
+  warning = cifar10_runtime.precision_warning(made)
+  if warning:
+    sys.stderr.write('Warning: %s\n' % warning)
+    sys.stderr.flush()
+  return made

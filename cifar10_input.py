@@ -599,7 +599,9 @@ class ImageDecoder(object):
       self._contents = tf.placeholder(tf.string, [])
       self._image = resize_to_cifar(tf.image.decode_image(
           self._contents, channels=3, expand_animations=False))
-    self._session = tf.Session(graph=self._graph)
+    # Decoding is the CPU's work: the GPUs are left alone.
+    self._session = tf.Session(
+        graph=self._graph, config=tf.ConfigProto(device_count={'GPU': 0}))
 
   def decode(self, contents):
     """Returns the [32, 32, 3] uint8 image; raises ValueError if unreadable."""

@@ -48,7 +48,7 @@ flags.DEFINE_integer('num_gpus', 1, 'How many GPUs to use: one tower each.',
 
 
 def tower_loss(scope, images, labels, num_classes=cifar10.NUM_CLASSES,
-               top_layers='fully_connected'):
+               top_layers='fully_connected', variable_dtype=None):
   """Calculate the total loss on a single tower running the CIFAR model.
 
   Args:
@@ -57,6 +57,7 @@ def tower_loss(scope, images, labels, num_classes=cifar10.NUM_CLASSES,
     labels: Labels. 1D tensor of shape [batch_size].
     num_classes: The model's number of classes.
     top_layers: The model's top layers (see cifar10.inference).
+    variable_dtype: The variables' type (see cifar10.inference).
 
   Returns:
      Tensor of shape [] containing the total loss for a batch of data, and
@@ -64,7 +65,7 @@ def tower_loss(scope, images, labels, num_classes=cifar10.NUM_CLASSES,
   """
 
   # Build inference Graph.
-  logits = cifar10.inference(images, num_classes, top_layers)
+  logits = cifar10.inference(images, num_classes, top_layers, variable_dtype)
 
   # Build the portion of the Graph calculating the losses. Note that we will
   # assemble the total_loss using a custom function below.
@@ -187,14 +188,13 @@ def build_training_graph(get_batch, devices, global_step, params):
           # constructs the entire CIFAR model but shares the variables across
           # all towers.
           loss, losses = tower_loss(scope, images, labels, num_classes,
-                                    params.top_layers)
+                                    params.top_layers, params.variable_dtype)
 
           # Reuse variables for the next tower.
           tf.get_variable_scope().reuse_variables()
 
           # Calculate the gradients for the batch of data on this CIFAR tower.
-          variables = tf.trainable_variables()
-          grads = list(zip(tf.gradients(loss, variables), variables))
+          grads = cifar10.gradients(loss, params.loss_scale)
 
           # Keep track of the gradients across all towers.
           tower_grads.append(grads)
@@ -227,7 +227,7 @@ def build_training_graph(get_batch, devices, global_step, params):
       examples_per_step=params.batch_size * len(devices),
       examples_per_epoch=cifar10.num_examples_per_epoch(params.data_dir),
       initial_learning_rate=params.initial_learning_rate, grads=grads,
-      losses=loss_terms)
+      losses=loss_terms, loss_scale=params.loss_scale)
   return train_op, total_loss, grads
 
 
@@ -244,7 +244,7 @@ def train(params, devices, config=None):
 
     # One input pipeline for all towers, and a queue of whole batches.
     images, labels = cifar10.distorted_inputs(
-        params.data_dir, params.batch_size, params.use_fp16,
+        params.data_dir, params.batch_size, params.compute_dtype,
         params.min_fraction_of_examples_in_queue)
     batch_queue = cifar10_input.prefetch_batches([images, labels],
                                                  capacity=2 * len(devices))

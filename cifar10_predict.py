@@ -29,7 +29,7 @@ from cifar10_common import UserError
 
 FLAGS = flags.FLAGS
 cifar10_flags.define('checkpoint_dir', 'moving_average', 'top_layers',
-                     'use_fp16')
+                     'use_fp16', 'mixed_precision', 'gpu_memory_growth')
 flags.DEFINE_integer('top_k', 3, 'How many classes to print per image.',
                      lower_bound=1)
 

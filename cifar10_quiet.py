@@ -113,6 +113,8 @@ INTENTIONAL_V1_APIS = frozenset([
     'string_input_producer',
     'SyncReplicasOptimizer.__init__',  # cifar10_distributed_train.py's.
     'build_tensor_info',  # cifar10_export.py's SavedModel signature.
+    # TensorFlow's own FLOP counting (cifar10_runtime.training_flops_per_image).
+    'tensor_shape_from_node_def_name',
 ])
 
 

@@ -45,7 +45,11 @@ class Params(object):
   data_md5: str = cifar10.DATA_MD5
   batch_size: int = cifar10.BATCH_SIZE
   use_fp16: bool = False
+  mixed_precision: bool = False
   top_layers: str = cifar10.TOP_LAYERS[0]
+  # Devices.
+  gpu_memory_growth: bool = True
+  xla: bool = False
   # Training.
   train_dir: str = '/tmp/cifar10_train'
   max_steps: int = 1000000
@@ -69,9 +73,54 @@ class Params(object):
     return dataclasses.replace(self, **changes)
 
   @property
-  def dtype(self):
-    """The model's type: float16 with use_fp16, float32 otherwise."""
+  def variable_dtype(self):
+    """The variables' type: float16 with use_fp16, float32 otherwise."""
     return tf.float16 if self.use_fp16 else tf.float32
+
+  @property
+  def compute_dtype(self):
+    """The type the model computes in (the images'): the variables', or,
+    with mixed_precision, float16 where a GPU is, bfloat16 on a CPU."""
+    if self.mixed_precision and not self.use_fp16:
+      return tf.float16 if gpus_available() else tf.bfloat16
+    return self.variable_dtype
+
+  @property
+  def loss_scale(self):
+    """See cifar10.gradients: float16 computation of float32 variables."""
+    if self.compute_dtype == tf.float16 and self.variable_dtype == tf.float32:
+      return cifar10.FLOAT16_LOSS_SCALE
+    return 1.0
+
+
+def gpus_available():
+  """Whether TensorFlow sees a GPU here."""
+  return bool(tf.config.list_physical_devices('GPU'))
+
+
+def cpu_has_fast_bfloat16():
+  """Whether this CPU multiplies bfloat16 fast (AVX512-BF16 or AMX)."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      flags = set(re.search(r'^flags\s*:(.*)$', f.read(), re.M).group(1).split())
+  except (OSError, AttributeError):
+    return False
+  return bool(flags & {'avx512_bf16', 'amx_bf16'})
+
+
+def precision_warning(params):
+  """What to tell a user whose choice of precision is slow here, or None."""
+  if gpus_available():
+    return None
+  if params.use_fp16:
+    return ('--use_fp16 on a CPU is slow: float16 has no fast CPU kernels '
+            '(several to hundreds of times slower than float32, by CPU); '
+            '--mixed_precision computes in bfloat16 instead, fast on CPUs '
+            'with AVX512-BF16 or AMX.')
+  if params.mixed_precision and not cpu_has_fast_bfloat16():
+    return ('--mixed_precision computes in bfloat16 on a CPU, which is slow '
+            'on this one (it has neither AVX512-BF16 nor AMX).')
+  return None
 
 
 # The log lines: what training and evaluation print, and the patterns that
@@ -249,15 +298,24 @@ class _QueueWarmupHook(tf.train.SessionRunHook):
 def session_config(params, **kwargs):
   """The session configuration of the scripts.
 
+  GPU memory is taken as needed (gpu_memory_growth), not all at once, so
+  that evaluation can run beside training on one GPU; with xla, TensorFlow
+  compiles clusters of the graph's ops (auto-clustering).
+
   Args:
-    params: Params (log_device_placement).
+    params: Params (log_device_placement, gpu_memory_growth, xla).
     **kwargs: more ConfigProto fields.
 
   Returns:
     A tf.ConfigProto.
   """
-  return tf.ConfigProto(log_device_placement=params.log_device_placement,
-                        **kwargs)
+  config = tf.ConfigProto(log_device_placement=params.log_device_placement,
+                          **kwargs)
+  config.gpu_options.allow_growth = params.gpu_memory_growth
+  if params.xla:
+    config.graph_options.optimizer_options.global_jit_level = (
+        tf.OptimizerOptions.ON_1)
+  return config
 
 
 # Checkpoints.
@@ -604,13 +662,15 @@ class Classifier(object):
                        cifar10_input.SOURCE_WIDTH, cifar10_input.SOURCE_DEPTH],
             name='images')
       images = cifar10_input.preprocess_for_eval(resized)
-      logits = cifar10.inference(tf.cast(images, params.dtype),
-                                 len(self.class_names), params.top_layers)
+      logits = cifar10.inference(tf.cast(images, params.compute_dtype),
+                                 len(self.class_names), params.top_layers,
+                                 params.variable_dtype)
       # Probabilities in float32, whatever the model's type.
       self.probabilities = cifar10.predictions(tf.cast(logits, tf.float32))
       to_restore = cifar10.variables_to_restore(moving_average)
       check_checkpoint(self.checkpoint_path, to_restore)
-      self.session = tf.Session(graph=self.graph)
+      self.session = tf.Session(graph=self.graph,
+                                config=session_config(params))
       restore(self.session, tf.train.Saver(to_restore), self.checkpoint_path)
 
   def classify(self, images):

@@ -50,13 +50,13 @@ def train(params):
     with tf.device('/cpu:0'):
       global_step = tf.train.get_or_create_global_step()
       images, labels = cifar10.distorted_inputs(
-          params.data_dir, params.batch_size, params.use_fp16,
+          params.data_dir, params.batch_size, params.compute_dtype,
           params.min_fraction_of_examples_in_queue)
 
     # Build a Graph that computes the logits predictions from the
     # inference model.
     logits = cifar10.inference(images, len(cifar10.class_names(params.data_dir)),
-                               params.top_layers)
+                               params.top_layers, params.variable_dtype)
 
     # Calculate loss.
     loss = cifar10.loss(logits, labels)
@@ -66,7 +66,8 @@ def train(params):
     train_op = cifar10.train(
         loss, global_step, examples_per_step=params.batch_size,
         examples_per_epoch=cifar10.num_examples_per_epoch(params.data_dir),
-        initial_learning_rate=params.initial_learning_rate)
+        initial_learning_rate=params.initial_learning_rate,
+        loss_scale=params.loss_scale)
 
     cifar10_runtime.run_training(train_op, loss, params)
 

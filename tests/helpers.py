@@ -22,7 +22,8 @@ EVAL_LINE = cifar10_runtime.EVAL_LINE
 def cross_entropy_on_test_set(checkpoint_path, data_dir, use_fp16=False):
   """Mean cross entropy on the test records, with a checkpoint's weights."""
   with tf.Graph().as_default():
-    images, labels = cifar10.inputs(True, data_dir, use_fp16=use_fp16)
+    images, labels = cifar10.inputs(
+        True, data_dir, dtype=tf.float16 if use_fp16 else tf.float32)
     logits = cifar10.inference(images)
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=tf.cast(labels, tf.int64), logits=logits)

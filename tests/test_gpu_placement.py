@@ -2,7 +2,8 @@
 
 The Linux wheel of TensorFlow is its CUDA build: its registry lists the GPU
 kernels even on a machine with no GPU. The graphs the training scripts build
-for GPUs are checked op by op: the input pipeline pinned to the CPU, the
+for GPUs (float32, the tutorial's float16, and mixed precision) are checked
+op by op: the input pipeline pinned to the CPU, the
 variables once on the CPU, and every op of a tower, forward and backward,
 with a GPU kernel for its types (so that soft placement never moves a tower
 op to the CPU, with copies back and forth every step). The tensors that
@@ -155,15 +156,34 @@ def _check_placement(graph, tower_prefixes):
   return _crossings(graph)
 
 
-@pytest.fixture
-def gpu_params(data_dir):
-  return cifar10_runtime.Params(data_dir=data_dir, batch_size=16)
+# float32; the tutorial's float16; mixed precision as on a GPU (float32
+# variables, float16 computation with loss scaling).
+PRECISIONS = {'float32': {}, 'use_fp16': {'use_fp16': True},
+              'mixed': {'mixed_precision': True}}
 
 
-@pytest.mark.parametrize('use_fp16', [False, True])
-def test_one_gpu_training_graph(use_fp16, gpu_params, monkeypatch):
-  graph = _built_graph(cifar10_train.train,
-                       gpu_params.replace(use_fp16=use_fp16), monkeypatch)
+@pytest.fixture(params=sorted(PRECISIONS))
+def gpu_params(request, data_dir, monkeypatch):
+  # As on a machine with GPUs: mixed precision then computes in float16.
+  monkeypatch.setattr(cifar10_runtime, 'gpus_available', lambda: True)
+  params = cifar10_runtime.Params(data_dir=data_dir, batch_size=16,
+                                  **PRECISIONS[request.param])
+  assert params.compute_dtype == (tf.float32 if request.param == 'float32'
+                                  else tf.float16)
+  return params
+
+
+def _gradients_applied(graph, to_cpu):
+  """Each tensor crossing to the CPU is a gradient, applied to a variable."""
+  for name in to_cpu:
+    consumers = {op.type for op in graph.get_tensor_by_name(name).consumers()}
+    assert consumers & {'ResourceApplyGradientDescent', 'AddN', 'ExpandDims',
+                        'Pack', 'ConcatV2', 'AddV2', 'RealDiv', 'Identity',
+                        'Mul'}, (name, consumers)
+
+
+def test_one_gpu_training_graph(gpu_params, monkeypatch):
+  graph = _built_graph(cifar10_train.train, gpu_params, monkeypatch)
   crossings = _check_placement(graph, tower_prefixes=None)
   # Each step: the batch and the variables' values to the GPU, the
   # gradients back: nothing else.
@@ -175,15 +195,15 @@ def test_one_gpu_training_graph(use_fp16, gpu_params, monkeypatch):
       graph.get_tensor_by_name(t), graph)]
   assert len(batch) == 2  # Images and labels.
   assert len(to_gpu) <= 2 + 12  # local3 and local4 weights read twice.
-  assert len(to_cpu) == 10
-  assert all(t.startswith('gradients/') for t in to_cpu)
+  assert len(to_cpu) == 10  # One gradient per variable.
+  assert {op.type for name in to_cpu
+          for op in graph.get_tensor_by_name(name).consumers()} - (
+              SUMMARY_OP_TYPES) == {'ResourceApplyGradientDescent'}
 
 
-@pytest.mark.parametrize('use_fp16', [False, True])
-def test_two_gpu_towers_graph(use_fp16, gpu_params, monkeypatch):
-  graph = _built_graph(cifar10_multi_gpu_train.train,
-                       gpu_params.replace(use_fp16=use_fp16), monkeypatch,
-                       ['/gpu:0', '/gpu:1'])
+def test_two_gpu_towers_graph(gpu_params, monkeypatch):
+  graph = _built_graph(cifar10_multi_gpu_train.train, gpu_params,
+                       monkeypatch, ['/gpu:0', '/gpu:1'])
   crossings = _check_placement(graph, tower_prefixes=('tower_0/',
                                                       'tower_1/'))
   for op in graph.get_operations():
@@ -206,3 +226,4 @@ def test_two_gpu_towers_graph(use_fp16, gpu_params, monkeypatch):
                              'tower_1/fifo_queue_Dequeue:0',
                              'tower_1/fifo_queue_Dequeue:1']
   assert len(to_cpu) <= 2 * (10 + 3 + 1)
+  _gradients_applied(graph, to_cpu)
