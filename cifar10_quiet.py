@@ -106,7 +106,8 @@ INTENTIONAL_V1_APIS = frozenset([
     'add_queue_runner',
     'batch',
     'input_producer',
-    'get_checkpoint_mtimes',  # Used by Saver itself when it restores.
+    'get_checkpoint_mtimes',  # Used by Saver itself when it restores,
+    'remove_checkpoint',  # and when it deletes all but the last 5.
     'limit_epochs',
     'shuffle_batch',
     'start_queue_runners',

@@ -91,9 +91,9 @@ def _check_trained(cluster, target_steps, tmp_path):
   latest = tf.train.latest_checkpoint(train_dir)
   step = tf.train.load_variable(latest, 'global_step')
   assert step >= target_steps
-  initial = cross_entropy_on_test_set(os.path.join(train_dir, 'model.ckpt-0'),
-                                      cluster.data_dir)
-  assert cross_entropy_on_test_set(latest, cluster.data_dir) < 0.7 * initial
+  # Against the untrained model's ln(10) (its step-0 checkpoint may be gone:
+  # training keeps its last 5 checkpoints, and a slow run writes more).
+  assert cross_entropy_on_test_set(latest, cluster.data_dir) < 0.7 * np.log(10)
   evaluation = run_script('cifar10_eval.py', '--run_once',
                           '--data_dir=' + cluster.data_dir,
                           '--checkpoint_dir=' + train_dir,
@@ -166,8 +166,11 @@ def test_one_ps_two_workers_train_to_the_target(mode, cluster, tmp_path):
 
 def test_killed_workers_restart_and_rejoin_the_chief_from_its_checkpoint(
     cluster, tmp_path):
+  # Training has no end in sight (no race with a run that finishes before
+  # the kills): once the restarted tasks have trained past `target`, the
+  # test stops them, cleanly.
   target = 400
-  flags = ['--max_steps=%d' % target, '--initial_learning_rate=0.05',
+  flags = ['--max_steps=1000000', '--initial_learning_rate=0.05',
            '--save_checkpoint_secs=2']
   ps = cluster('ps', 0, *flags)
   chief = cluster('worker', 0, *flags)
@@ -178,8 +181,7 @@ def test_killed_workers_restart_and_rejoin_the_chief_from_its_checkpoint(
   os.kill(worker.process.pid, signal.SIGKILL)
   assert worker.finish() == -signal.SIGKILL
   worker = cluster('worker', 1, *flags)
-  rejoined_at = int(worker.wait_for_line(WORKER_LOG_LINE % 1,
-                                         timeout=TIMEOUT).group(1))
+  worker.wait_for_line(WORKER_LOG_LINE % 1, timeout=TIMEOUT)
 
   # The chief dies once it has written a checkpoint after step 0, and is
   # started again: it resumes from its latest checkpoint.
@@ -194,16 +196,30 @@ def test_killed_workers_restart_and_rejoin_the_chief_from_its_checkpoint(
   chief = cluster('worker', 0, *flags)
   resumed = chief.wait_for_line(r'^Resuming from (\S+), at step (\d+)\.$',
                                 timeout=TIMEOUT)
-
-  for process in [chief, worker, ps]:
-    assert process.finish(timeout=TIMEOUT) == 0, process.stderr()
-  assert rejoined_at < target
   assert resumed.group(1) == latest
   assert int(resumed.group(2)) == tf.train.load_variable(latest, 'global_step')
-  assert 0 < int(resumed.group(2)) < target
-  assert worker.lines[-1].startswith('Done training: worker 1, ')
-  assert chief.lines[-1].startswith('Done training: worker 0, ')
-  assert ps.lines[-1] == 'All 2 workers are done: stopping.'
+  assert int(resumed.group(2)) > 0
+
+  # Both train on, together, past the target; then each stops cleanly.
+  logged = 1
+  while int(chief.wait_for_line(WORKER_LOG_LINE % 0, timeout=TIMEOUT,
+                                count=logged).group(1)) < target:
+    logged += 1
+  for process in [chief, worker, ps]:
+    os.kill(process.process.pid, signal.SIGTERM)
+    assert process.finish(timeout=TIMEOUT) == 128 + signal.SIGTERM, (
+        process.stderr())
+  # (The parameter server logs, as warnings, the connections lost when the
+  # workers were killed: real events, kept.)
+  for process in [chief, worker]:
+    assert process.stderr() == ''
+  stopped = re.match(r'^Stopped by SIGTERM at step (\d+); checkpoint (\S+) '
+                     r'saved\.$', chief.lines[-1])
+  assert stopped, chief.lines[-3:]
+  assert stopped.group(2) == tf.train.latest_checkpoint(cluster.train_dir)
+  assert re.match(r'^Stopped by SIGTERM at step \d+; the chief writes the '
+                  r'checkpoints\.$', worker.lines[-1]), worker.lines[-3:]
+  assert ps.lines[-1] == 'Parameter server 0 stopped by SIGTERM.'
   _check_trained(cluster, target, tmp_path)
 
 
