@@ -70,6 +70,10 @@ flags.DEFINE_string('compare_with', None,
                     'checkout, for a before/after table.')
 flags.DEFINE_integer('repeats', 1, 'Runs of each measurement; the table '
                      'shows their medians.', lower_bound=1)
+flags.DEFINE_boolean('profile', False,
+                     'Instead of the benchmark: trace one training step (on a '
+                     'batch in memory, after a warm-up) and print the time '
+                     'of its ops by type.')
 flags.DEFINE_enum('measure', None,
                   ['step_pair', 'forward_alone', 'input_alone'],
                   'Internal: measure one thing in this process, print JSON.')
@@ -134,7 +138,8 @@ def _start(kind):
     session.run([tf.global_variables_initializer(),
                  tf.local_variables_initializer()])
     coord = tf.train.Coordinator()
-    tf.train.start_queue_runners(session, coord)
+    if tf.get_collection(tf.GraphKeys.QUEUE_RUNNERS):
+      tf.train.start_queue_runners(session, coord)
   for _ in range(BLOCK_STEPS):
     session.run(fetch)
   return session, fetch, coord
@@ -183,6 +188,83 @@ def _measure_in_process(kind):
     coord.request_stop()
     session.close()
   return {k: float(np.median(v)) for k, v in rates.items()}
+
+
+def _convolutions_gflops(batch=128, runs=10, repeats=5):
+  """The model's convolutions alone, float32, in TensorFlow: GFLOP/s.
+
+  conv1 and conv2 at the model's shapes and batch 128, forward and backward
+  (conv1's filter gradient; conv2's filter and input gradients), the best
+  of 5 blocks of 10 runs: the ceiling the training step's convolutions
+  could reach on this machine.
+  """
+  from tensorflow.python.framework import ops as ops_lib  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+
+  def variable(shape):
+    return tf.Variable(rng.normal(size=shape).astype(np.float32) * 0.05)
+
+  graph = tf.Graph()
+  with graph.as_default():
+    x1, w1 = variable([batch, 24, 24, 3]), variable([5, 5, 3, 64])
+    x2, w2 = variable([batch, 12, 12, 64]), variable([5, 5, 64, 64])
+    y1 = tf.nn.conv2d(x1, w1, [1, 1, 1, 1], padding='SAME')
+    y2 = tf.nn.conv2d(x2, w2, [1, 1, 1, 1], padding='SAME')
+    dy1, dy2 = variable(y1.shape.as_list()), variable(y2.shape.as_list())
+    grads = (tf.gradients(y1, [w1], grad_ys=dy1) +
+             tf.gradients(y2, [x2, w2], grad_ys=dy2))
+    # Sums of the results, fetched: each run computes them all.
+    fetch = [tf.reduce_sum(t) for t in [y1, y2] + grads]
+    # The four convolutions a step runs (not conv1's input gradient).
+    convolutions = [y1.op, y2.op] + [g.op for g in grads]
+    assert sorted(op.type for op in convolutions) == [
+        'Conv2D', 'Conv2D', 'Conv2DBackpropFilter', 'Conv2DBackpropFilter',
+        'Conv2DBackpropInput'], [op.type for op in convolutions]
+    flops = sum(ops_lib.get_stats_for_node_def(graph, op.node_def,
+                                               'flops').value
+                for op in convolutions)
+    with tf.Session() as session:
+      session.run(tf.global_variables_initializer())
+      for _ in range(runs):
+        session.run(fetch)
+      best = min(_timed(lambda: [session.run(fetch) for _ in range(runs)])
+                 for _ in range(repeats))
+  return flops * runs / best / 1e9
+
+
+def profile_one_step():
+  """Prints the time of one training step's ops, by type (--profile).
+
+  The step runs on a batch in memory, traced after a warm-up of BLOCK_STEPS
+  steps. The ops' times add up to more than the step's wall time where ops
+  run at once (on 2 cores, and within oneDNN).
+  """
+  session, fetch, _ = _start('step_alone')
+  metadata = tf.RunMetadata()
+  start = time.perf_counter()
+  session.run(fetch, options=tf.RunOptions(
+      trace_level=tf.RunOptions.FULL_TRACE), run_metadata=metadata)
+  wall = time.perf_counter() - start
+  by_type = collections.defaultdict(lambda: [0, 0])
+  for device in metadata.step_stats.dev_stats:
+    for node in device.node_stats:
+      # The type of the kernel that ran ('_FusedConv2D' where TensorFlow
+      # fused a convolution with its bias and ReLU), not of the graph's op.
+      # (The label: '[allocator sizes] name = Type(inputs)'.)
+      match = re.search(r'\S+ = (\w+)\(', node.timeline_label)
+      op_type = match.group(1) if match else node.node_name
+      by_type[op_type][0] += node.all_end_rel_micros
+      by_type[op_type][1] += 1
+  session.close()
+  total = sum(micros for micros, _ in by_type.values())
+  print('One training step, batch %d, traced: %.1f ms of ops (%.1f ms wall '
+        'time, traced).' % (FLAGS.batch_size, total / 1e3, wall * 1e3))
+  print('%-40s %10s %7s %6s' % ('op type', 'ms', 'share', 'ops'))
+  for op_type, (micros, count) in sorted(by_type.items(),
+                                         key=lambda item: -item[1][0]):
+    if micros >= 0.005 * total:
+      print('%-40s %10.1f %6.1f%% %6d' % (op_type, micros / 1e3,
+                                          100.0 * micros / total, count))
 
 
 def _matmul_gflops(size=4096, repeats=5):
@@ -331,6 +413,8 @@ _ROWS = [
     ('forward_alone_per_sec', 'images/sec', 'forward pass alone, in memory'),
     ('two_tower_examples_per_sec', 'examples/sec', 'two-tower training'),
     ('training_gflops', 'GFLOP/s', 'training FLOP rate'),
+    ('share_of_convolutions', '%',
+     "  as a share of the convolutions' rate alone"),
     ('share_of_matmul', '%', '  as a share of the matmul rate'),
 ]
 
@@ -379,9 +463,10 @@ def run_benchmark():
                           'real' if real_data else 'synthetic',
                           FLAGS.repeats), flush=True)
     samples = {name: collections.defaultdict(list) for name in trees}
-    matmul = []
+    matmul, convolutions = [], []
     for _ in range(FLAGS.repeats):
       matmul.append(_matmul_gflops())
+      convolutions.append(_convolutions_gflops())
       measuring = {name: _measure_tree(tree, data_dir, work_dir)
                    for name, tree in trees.items()}
       for figure in zip(*measuring.values()):  # Tree by tree, in turn.
@@ -393,12 +478,15 @@ def run_benchmark():
   flops, flops_by_op_type = cifar10_runtime.training_flops_per_image(
       len(cifar10.class_names(data_dir)), FLAGS.top_layers)
   matmul_gflops = float(np.median(matmul))
+  convolutions_gflops = float(np.median(convolutions))
   figures = {}
   for name in trees:
     figures[name] = {key: float(np.median(values))
                      for key, values in samples[name].items()}
     figures[name]['training_gflops'] = (
         figures[name]['training_examples_per_sec'] * flops / 1e9)
+    figures[name]['share_of_convolutions'] = (
+        figures[name]['training_gflops'] / convolutions_gflops)
     figures[name]['share_of_matmul'] = (figures[name]['training_gflops'] /
                                         matmul_gflops)
 
@@ -420,6 +508,8 @@ def run_benchmark():
       before, after = (figures[name][key] for name in trees)
       row += '%9.2fx' % (after / before)
     print(row)
+  print('%-46s%20s' % ("the model's convolutions alone (TF, batch 128)",
+                       '%.0f GFLOP/s' % convolutions_gflops))
   print('%-46s%20s' % ('float32 matmul, numpy 4096x4096',
                        '%.0f GFLOP/s' % matmul_gflops))
   print('\nTargets (%s):' % 'now')
@@ -435,6 +525,7 @@ def run_benchmark():
                'synthetic', 'batch_size': FLAGS.batch_size,
                'steps': FLAGS.steps, 'repeats': FLAGS.repeats,
                'matmul_gflops': matmul_gflops,
+               'convolutions_gflops': convolutions_gflops,
                'mflop_per_training_image': flops / 1e6,
                'figures': figures,
                'samples': {name: dict(values)
@@ -445,7 +536,9 @@ def run_benchmark():
 
 def main(argv):
   del argv
-  if FLAGS.measure:
+  if FLAGS.profile:
+    profile_one_step()
+  elif FLAGS.measure:
     print(json.dumps(_measure_in_process(FLAGS.measure)))
   else:
     run_benchmark()

@@ -160,7 +160,9 @@ _RUNTIME_NOISE = (
     r'|add_port\.cc:\d+\] Failed to add port to server'
     r'|grpc_server_lib\.cc:\d+\] UNKNOWN: Could not start gRPC server'
     r'|util\.cc:\d+\] oneDNN supports DT_(UINT8|HALF) only on platforms with '
-    r'AVX-512')
+    r'AVX-512'
+    # A traced step (benchmark.py --profile) on a machine without a GPU.
+    r'|xplane_to_step_stats\.cc:\d+\] GPU trace was not collected')
 
 # The filter process: copies its stdin to its stdout, line by line, without
 # the lines matching argv[1] and the indented lines that follow them. It
