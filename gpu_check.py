@@ -133,10 +133,10 @@ def run_checks(data_dir, work_dir, num_gpus):
       # Evaluation beside training, on one GPU.
       train_dir = tempfile.mkdtemp(dir=work_dir)
       one_gpu = {'CUDA_VISIBLE_DEVICES': '0'}
-      first = _finish(_start('cifar10_train.py', common + precision_flag + [
+      # A first checkpoint, for evaluation to find at once.
+      _finish(_start('cifar10_train.py', common + precision_flag + [
           '--train_dir=' + train_dir, '--max_steps=20'], one_gpu),
-                      'a first checkpoint')
-      del first
+              'a first checkpoint')
       training = _start('cifar10_train.py', common + precision_flag + [
           '--train_dir=' + train_dir], one_gpu)
       evaluation = _start('cifar10_eval.py', [
