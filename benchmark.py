@@ -54,7 +54,8 @@ import cifar10_input
 try:
   import cifar10_flags  # pylint: disable=g-import-not-at-top
   import cifar10_runtime  # pylint: disable=g-import-not-at-top
-  cifar10_flags.define('data_dir', 'batch_size', 'top_layers')
+  cifar10_flags.define('data_dir', 'batch_size', 'top_layers',
+                       'mixed_precision')
 except ImportError:
   cifar10_flags = cifar10_runtime = None
 
@@ -146,11 +147,14 @@ def _start(kind):
 
 
 def _model_flags():
-  """The model's flags for the scripts: none for the tutorial's model (so
-  that an older revision without --top_layers is measured too)."""
-  if FLAGS.top_layers == cifar10_runtime.Params.top_layers:
-    return []
-  return ['--top_layers=' + FLAGS.top_layers]
+  """The model's flags for the scripts: none for the tutorial's model in
+  float32 (so that an older revision without them is measured too)."""
+  model_flags = []
+  if FLAGS.top_layers != cifar10_runtime.Params.top_layers:
+    model_flags.append('--top_layers=' + FLAGS.top_layers)
+  if FLAGS.mixed_precision:
+    model_flags.append('--mixed_precision')
+  return model_flags
 
 
 def _inference(images):
@@ -158,8 +162,10 @@ def _inference(images):
   library takes them as arguments (an older one reads its flags)."""
   if not cifar10_runtime:
     return cifar10.inference(images)
-  return cifar10.inference(images, len(cifar10.class_names(FLAGS.data_dir)),
-                           FLAGS.top_layers)
+  params = cifar10_runtime.Params(mixed_precision=FLAGS.mixed_precision)
+  return cifar10.inference(tf.cast(images, params.compute_dtype),
+                           len(cifar10.class_names(FLAGS.data_dir)),
+                           FLAGS.top_layers, params.variable_dtype)
 
 
 def _block_rate(session, fetch):

@@ -3,12 +3,16 @@ figures are measured by running it, never asserted by a test)."""
 
 import re
 
+import pytest
+
 import cifar10_runtime
 from helpers import run_script
 
 
-def test_profile_prints_the_ops_of_a_traced_step_by_type():
-  result = run_script('benchmark.py', '--profile', '--batch_size=16')
+@pytest.mark.parametrize('precision', [[], ['--mixed_precision']])
+def test_profile_prints_the_ops_of_a_traced_step_by_type(precision):
+  result = run_script('benchmark.py', '--profile', '--batch_size=16',
+                      *precision)
   assert result.returncode == 0, result.stderr
   assert result.stderr == ''
   lines = result.stdout.splitlines()
