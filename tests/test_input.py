@@ -167,6 +167,23 @@ def test_training_images_are_standardised_and_distorted(tmp_path):
   np.testing.assert_allclose(batch.std(axis=(1, 2, 3)), 1, atol=1e-3)
 
 
+def _assert_each_record_seen_once(results, images, labels):
+  """An evaluation pass's (images, labels) batches hold every record once,
+  centrally cropped and standardised, with its label."""
+  count = len(labels)
+  seen_labels = np.concatenate([l for _, l in results])
+  seen_images = np.concatenate([i for i, _ in results]).reshape(count, -1)
+  # Match each image seen to the record it comes from: every record once.
+  crops = images[:, 4:28, 4:28, :].reshape(count, -1).astype(np.float64)
+  expected = (crops - crops.mean(axis=1, keepdims=True)) / crops.std(
+      axis=1, keepdims=True)
+  distances = ((seen_images[:, None, :] - expected[None, :, :]) ** 2).sum(-1)
+  sources = distances.argmin(axis=1)
+  assert distances.min(axis=1).max() < 1e-4
+  assert sorted(sources) == list(range(count))
+  np.testing.assert_array_equal(seen_labels, labels[sources])
+
+
 def test_eval_pass_reads_every_record_exactly_once(tmp_path):
   # 250 records and batches of 128: 128 + 122, with no wrap-around.
   rng = np.random.default_rng(4)
@@ -179,17 +196,7 @@ def test_eval_pass_reads_every_record_exactly_once(tmp_path):
         eval_data=True, data_dir=batches_dir, batch_size=128)
     results = _run_until_exhausted([eval_images, eval_labels])
   assert [len(l) for _, l in results] == [128, 122]
-  seen_labels = np.concatenate([l for _, l in results])
-  seen_images = np.concatenate([i for i, _ in results]).reshape(250, -1)
-  # Match each image seen to the record it comes from: every record once.
-  crops = images[:, 4:28, 4:28, :].reshape(250, -1).astype(np.float64)
-  expected = (crops - crops.mean(axis=1, keepdims=True)) / crops.std(
-      axis=1, keepdims=True)
-  distances = ((seen_images[:, None, :] - expected[None, :, :]) ** 2).sum(-1)
-  sources = distances.argmin(axis=1)
-  assert distances.min(axis=1).max() < 1e-4
-  assert sorted(sources) == list(range(250))
-  np.testing.assert_array_equal(seen_labels, labels[sources])
+  _assert_each_record_seen_once(results, images, labels)
   assert cifar10_input.count_records(
       cifar10_input.data_filenames(batches_dir, eval_data=True)) == 250
 
@@ -250,16 +257,7 @@ def test_train_eval_input_reads_every_training_record_once_undistorted(
         eval_data=False, data_dir=str(batches_dir), batch_size=64)
     results = _run_until_exhausted([eval_images, eval_labels])
   assert [len(l) for _, l in results] == [64, 64, 22]
-  seen_images = np.concatenate([i for i, _ in results]).reshape(150, -1)
-  crops = images[:, 4:28, 4:28, :].reshape(150, -1).astype(np.float64)
-  expected = (crops - crops.mean(axis=1, keepdims=True)) / crops.std(
-      axis=1, keepdims=True)
-  distances = ((seen_images[:, None, :] - expected[None, :, :]) ** 2).sum(-1)
-  sources = distances.argmin(axis=1)
-  assert distances.min(axis=1).max() < 1e-4
-  assert sorted(sources) == list(range(150))
-  np.testing.assert_array_equal(
-      np.concatenate([l for _, l in results]), labels[sources])
+  _assert_each_record_seen_once(results, images, labels)
 
 
 def _contrast_ratio(images):
