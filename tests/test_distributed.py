@@ -106,12 +106,13 @@ def _check_trained(cluster, target_steps, tmp_path):
 @pytest.mark.parametrize('mode', ['async', 'sync'])
 def test_one_ps_two_workers_train_to_the_target(mode, cluster, tmp_path):
   target = 200 if mode == 'async' else 150
-  # Asynchronous updates from two workers are stale by about one step: the
-  # tutorial's learning rate of 0.1 then makes the loss lurch on this data
-  # for hundreds of steps (or diverge), where half of it learns in 100.
-  flags = ['--max_steps=%d' % target] + (
-      ['--sync_replicas'] if mode == 'sync' else
-      ['--initial_learning_rate=0.05'])
+  # Half the tutorial's learning rate of 0.1. Asynchronous updates from two
+  # workers are stale by about one step: at 0.1 the loss lurches on this data
+  # for hundreds of steps (or diverges), where half of it learns in 100.
+  # Synchronous training at 0.1 stalled in 1 of 18 runs here (cross entropy
+  # 1.90 at step 150); at 0.05, 18 of 18 reached 0.002-0.003.
+  flags = ['--max_steps=%d' % target, '--initial_learning_rate=0.05'] + (
+      ['--sync_replicas'] if mode == 'sync' else [])
   # The cluster from flags for some tasks, from TF_CONFIG for the others.
   ps = cluster('ps', 0, *flags, tf_config=mode == 'sync')
   workers = [cluster('worker', 0, *flags, tf_config=mode == 'async'),
