@@ -317,19 +317,25 @@ def local_response_normalization(x, depth_radius, bias, alpha, beta, name):
   channel = np.arange(depth)
   window = np.abs(channel[:, None] - channel[None, :]) <= depth_radius
 
-  def windowed_sum(values, weight):
-    """weight * the sum of `values` over each channel's window."""
-    return tf.reshape(
-        tf.matmul(tf.reshape(values, [-1, depth]),
-                  tf.constant(weight * window, dtype=values.dtype)),
-        tf.shape(values))
+  def windowed_sum(values, weight, offset=None):
+    """weight * the sum of `values` over each channel's window (+ offset).
+
+    The weight is folded into the band matrix, and the offset added by the
+    multiply (TensorFlow fuses a bias_add into it): no elementwise op.
+    """
+    flat = tf.matmul(tf.reshape(values, [-1, depth]),
+                     tf.constant(weight * window, dtype=values.dtype))
+    if offset is not None:
+      flat = tf.nn.bias_add(flat, tf.fill([depth], tf.cast(offset,
+                                                           values.dtype)))
+    return tf.reshape(flat, tf.shape(values))
 
   @tf.custom_gradient
   def normalize(x):
-    square_sum = windowed_sum(tf.square(x), 1.0)
-    denominator = bias + alpha * square_sum
+    denominator = windowed_sum(tf.square(x), alpha, offset=bias)
     if beta == 0.75:  # The tutorial's: two square roots beat a power.
-      scale = tf.math.rsqrt(denominator) * tf.math.rsqrt(tf.sqrt(denominator))
+      inverse_root = tf.math.rsqrt(denominator)
+      scale = inverse_root * tf.sqrt(inverse_root)
     else:
       scale = tf.pow(denominator, -beta)
     normalized = x * scale
