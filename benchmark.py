@@ -14,18 +14,25 @@ threads or memory:
   input pipeline costs the step (this machine's speed drifts by up to 10%
   from process to process, which would drown a comparison of two);
 - the input pipeline alone: distorted batches dequeued, no model;
+- training with --mixed_precision (bfloat16 on a CPU), where the code has
+  the option;
 - evaluation (cifar10_eval.py --run_once): images/sec over the whole test
-  set, and the forward pass alone on a batch in memory;
+  set, seconds from launch to the printed result, and the forward pass alone
+  on a batch in memory;
 - two-tower training (cifar10_multi_gpu_train.py --num_gpus=2);
-- the machine's ceiling: float32 matrix multiply GFLOP/s (numpy, a large
-  matmul), and the training FLOP rate as a share of it (the FLOPs counted
-  from the training graph built, cifar10_runtime.training_flops_per_image).
+- the machine's ceilings: the model's convolutions alone (forward and
+  backward, its shapes, batch 128) in float32 and in bfloat16, and float32
+  matrix multiply GFLOP/s (numpy, a large matmul), with the training FLOP
+  rate as a share of each (the FLOPs counted from the training graph built,
+  cifar10_runtime.training_flops_per_image).
 
 It prints a table, checks the speed targets, and writes the figures as JSON
 (--json). With --compare_with=REVISION it measures that git revision too, in
 turn with this checkout (each measurement of one, then of the other), for a
-before/after table from one run; --repeats=N runs everything N times and
-reports medians.
+before/after table from one run, and checks the targets set relative to the
+code before (float32 and mixed-precision training against its float32
+training, memory against its memory); --repeats=N runs everything N times
+and reports medians.
 """
 
 import collections
@@ -196,19 +203,26 @@ def _measure_in_process(kind):
   return {k: float(np.median(v)) for k, v in rates.items()}
 
 
-def _convolutions_gflops(batch=128, runs=10, repeats=5):
-  """The model's convolutions alone, float32, in TensorFlow: GFLOP/s.
+def _convolutions_gflops(dtype=tf.float32, batch=128, runs=10, repeats=5):
+  """The model's convolutions alone, in TensorFlow: GFLOP/s.
 
   conv1 and conv2 at the model's shapes and batch 128, forward and backward
   (conv1's filter gradient; conv2's filter and input gradients), the best
   of 5 blocks of 10 runs: the ceiling the training step's convolutions
   could reach on this machine.
+
+  Args:
+    dtype: tf.float32, or tf.bfloat16: the ceiling of mixed precision here.
+    batch: Images per batch.
+    runs: Runs of the convolutions in each timed block.
+    repeats: Timed blocks; the best counts.
   """
   from tensorflow.python.framework import ops as ops_lib  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
 
   def variable(shape):
-    return tf.Variable(rng.normal(size=shape).astype(np.float32) * 0.05)
+    return tf.Variable(tf.constant(
+        rng.normal(size=shape).astype(np.float32) * 0.05, dtype=dtype))
 
   graph = tf.Graph()
   with graph.as_default():
@@ -301,29 +315,37 @@ def _run_measurement(tree, kind, data_dir):
   return json.loads(output.stdout.strip().splitlines()[-1])
 
 
-def _run_script(tree, script, args):
-  """Runs a script of `tree`; returns (stdout lines, secs to first step, RSS).
+def _run_script(tree, script, args, awaited):
+  """Runs a script of `tree`; returns (stdout lines, secs to a line, RSS).
 
-  The first step's time is when its 'first step done' line is read, from
-  the launch: imports, graph building and the queue warm-up included. The
-  peak resident memory is the process's own (wait4), in bytes.
+  Args:
+    tree: The checkout whose script runs.
+    script: Its file name.
+    args: Its command line.
+    awaited: A regex: the seconds from the launch to the first line it
+      matches are returned (imports, graph building, queue warm-up
+      included).
+
+  Returns:
+    The lines printed, the seconds to the awaited line (None if none came),
+    the peak resident memory of the process (wait4), in bytes.
   """
   start = time.perf_counter()
   process = subprocess.Popen([sys.executable, os.path.join(tree, script)] +
                              args, cwd=tree, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
   lines = []
-  first_step_secs = None
+  awaited_secs = None
   for line in process.stdout:
     lines.append(line.rstrip('\n'))
-    if first_step_secs is None and 'first step done' in line:
-      first_step_secs = time.perf_counter() - start
+    if awaited_secs is None and re.search(awaited, line):
+      awaited_secs = time.perf_counter() - start
   _, status, usage = os.wait4(process.pid, 0)
   stderr = process.stderr.read()
   if status:
     raise RuntimeError('%s %s failed:\n%s\n%s' % (script, ' '.join(args),
                                                   '\n'.join(lines), stderr))
-  return lines, first_step_secs, usage.ru_maxrss * 1024
+  return lines, awaited_secs, usage.ru_maxrss * 1024
 
 
 def _training_figures(tree, script, extra_args, data_dir, train_dir):
@@ -332,7 +354,7 @@ def _training_figures(tree, script, extra_args, data_dir, train_dir):
       tree, script, ['--data_dir=' + data_dir, '--train_dir=' + train_dir,
                      '--max_steps=%d' % FLAGS.steps, '--log_frequency=10',
                      '--batch_size=%d' % FLAGS.batch_size] + extra_args +
-      _model_flags())
+      _model_flags(), awaited='first step done')
   rates = [float(m.group(3)) for m in map(cifar10_runtime.LOG_LINE.match,
                                            lines)
            if m and int(m.group(1)) > FLAGS.warmup_steps]
@@ -373,6 +395,15 @@ def _checkout(revision, work_dir):
   return tree
 
 
+def _has_mixed_precision(tree):
+  """Whether the scripts of `tree` have --mixed_precision (older ones not)."""
+  try:
+    with open(os.path.join(tree, 'cifar10_flags.py')) as f:
+      return "'mixed_precision'" in f.read()
+  except FileNotFoundError:
+    return False
+
+
 def _measure_tree(tree, data_dir, work_dir):
   """Every figure of one tree: a generator of (name, value), one at a time.
 
@@ -384,15 +415,22 @@ def _measure_tree(tree, data_dir, work_dir):
   yield 'training_examples_per_sec', training['examples_per_sec']
   yield 'first_step_secs', training['first_step_secs']
   yield 'peak_rss_mb', training['peak_rss_mb']
-  eval_lines, _, _ = _run_script(
+  eval_lines, eval_secs, _ = _run_script(
       tree, 'cifar10_eval.py', [
           '--data_dir=' + data_dir, '--run_once',
           '--checkpoint_dir=' + train_dir,
           '--eval_dir=' + tempfile.mkdtemp(dir=work_dir),
-          '--batch_size=%d' % FLAGS.batch_size] + _model_flags())
+          '--batch_size=%d' % FLAGS.batch_size] + _model_flags(),
+      awaited=cifar10_runtime.EVAL_LINE)
   yield 'evaluation_images_per_sec', float(
       [m for m in map(cifar10_runtime.EVAL_LINE.match, eval_lines)
        if m][0].group(5))
+  yield 'evaluation_launch_to_result_secs', eval_secs
+  if not FLAGS.mixed_precision:  # (With it, every row is mixed precision.)
+    yield 'mixed_precision_examples_per_sec', _training_figures(
+        tree, 'cifar10_train.py', ['--mixed_precision'], data_dir,
+        tempfile.mkdtemp(dir=work_dir))['examples_per_sec'] if (
+            _has_mixed_precision(tree)) else None
   pair = _run_measurement(tree, 'step_pair', data_dir)
   yield 'step_with_input_per_sec', pair['step_with_input']
   yield 'step_alone_per_sec', pair['step_alone']
@@ -410,25 +448,41 @@ _ROWS = [
      'training, real input pipeline'),
     ('first_step_secs', 's', '  launch to first step (queue fill included)'),
     ('peak_rss_mb', 'MB', '  peak resident memory'),
+    ('mixed_precision_examples_per_sec', 'examples/sec',
+     'training with --mixed_precision'),
     ('step_with_input_per_sec', 'examples/sec',
      'training step on the real input pipeline'),
     ('step_alone_per_sec', 'examples/sec',
      '  the same, batch in memory, in turn with it'),
     ('input_alone_per_sec', 'images/sec', 'input pipeline alone'),
     ('evaluation_images_per_sec', 'images/sec', 'evaluation, whole test set'),
+    ('evaluation_launch_to_result_secs', 's',
+     '  launch to printed result (--run_once)'),
     ('forward_alone_per_sec', 'images/sec', 'forward pass alone, in memory'),
     ('two_tower_examples_per_sec', 'examples/sec', 'two-tower training'),
     ('training_gflops', 'GFLOP/s', 'training FLOP rate'),
     ('share_of_convolutions', '%',
      "  as a share of the convolutions' rate alone"),
     ('share_of_matmul', '%', '  as a share of the matmul rate'),
+    ('mixed_precision_share_of_convolutions', '%',
+     "  mixed precision, share of bfloat16's"),
 ]
 
 
-def _targets(figures, matmul_gflops):
-  """The speed targets, each (text, met?), for one tree's figures."""
+def _targets(figures, before=None):
+  """The speed targets, each (text, met?), for one tree's figures.
+
+  Args:
+    figures: The figures of this checkout.
+    before: Those of the revision compared with, if any: the targets of the
+      second round of speed work are relative to it (its float32 training,
+      its memory).
+
+  Returns:
+    A list of (text, met?).
+  """
   training = figures['training_examples_per_sec']
-  return [
+  targets = [
       ('training >= 55%% of the matmul rate (%.0f%%)' %
        (100 * figures['share_of_matmul']), figures['share_of_matmul'] >= 0.55),
       ('training step on the input pipeline within 5%% of the step alone '
@@ -446,7 +500,30 @@ def _targets(figures, matmul_gflops):
       ('two towers no more than 5%% slower than one (%+.1f%%)' %
        (100 * (figures['two_tower_examples_per_sec'] / training - 1)),
        figures['two_tower_examples_per_sec'] >= 0.95 * training),
+      ('evaluation launch to result <= 5 s (%.1f s)' %
+       figures['evaluation_launch_to_result_secs'],
+       figures['evaluation_launch_to_result_secs'] <= 5),
+      ('evaluation >= 6,000 images/sec (%.0f)' %
+       figures['evaluation_images_per_sec'],
+       figures['evaluation_images_per_sec'] >= 6000),
+      ('launch to first step <= 4 s (%.1f s)' % figures['first_step_secs'],
+       figures['first_step_secs'] <= 4),
   ]
+  if before:
+    before_training = before['training_examples_per_sec']
+    targets.append(('training >= 1.5x before (%.2fx)' % (
+        training / before_training), training >= 1.5 * before_training))
+    mixed = figures.get('mixed_precision_examples_per_sec')
+    if mixed:
+      targets.append(('mixed precision training >= 2x the float32 training '
+                      'before (%.2fx)' % (mixed / before_training),
+                      mixed >= 2 * before_training))
+    # Peak memory moves by a few MB from run to run.
+    targets.append(('peak memory no higher than before, within 2%% '
+                    '(%+.1f%%)' % (100 * (figures['peak_rss_mb'] /
+                                          before['peak_rss_mb'] - 1)),
+                    figures['peak_rss_mb'] <= 1.02 * before['peak_rss_mb']))
+  return targets
 
 
 def run_benchmark():
@@ -469,10 +546,12 @@ def run_benchmark():
                           'real' if real_data else 'synthetic',
                           FLAGS.repeats), flush=True)
     samples = {name: collections.defaultdict(list) for name in trees}
-    matmul, convolutions = [], []
+    matmul = []
+    convolutions = {tf.float32: [], tf.bfloat16: []}
     for _ in range(FLAGS.repeats):
       matmul.append(_matmul_gflops())
-      convolutions.append(_convolutions_gflops())
+      for dtype, rates in convolutions.items():
+        rates.append(_convolutions_gflops(dtype))
       measuring = {name: _measure_tree(tree, data_dir, work_dir)
                    for name, tree in trees.items()}
       for figure in zip(*measuring.values()):  # Tree by tree, in turn.
@@ -484,10 +563,15 @@ def run_benchmark():
   flops, flops_by_op_type = cifar10_runtime.training_flops_per_image(
       len(cifar10.class_names(data_dir)), FLAGS.top_layers)
   matmul_gflops = float(np.median(matmul))
-  convolutions_gflops = float(np.median(convolutions))
+  float32_convolutions, bfloat16_convolutions = (
+      float(np.median(rates)) for rates in convolutions.values())
+  # The ceiling of the table's training: the convolutions in its precision.
+  convolutions_gflops = (bfloat16_convolutions if FLAGS.mixed_precision else
+                         float32_convolutions)
   figures = {}
   for name in trees:
-    figures[name] = {key: float(np.median(values))
+    # A figure a tree cannot measure (an older one's missing option): None.
+    figures[name] = {key: None if None in values else float(np.median(values))
                      for key, values in samples[name].items()}
     figures[name]['training_gflops'] = (
         figures[name]['training_examples_per_sec'] * flops / 1e9)
@@ -495,6 +579,9 @@ def run_benchmark():
         figures[name]['training_gflops'] / convolutions_gflops)
     figures[name]['share_of_matmul'] = (figures[name]['training_gflops'] /
                                         matmul_gflops)
+    mixed = figures[name].get('mixed_precision_examples_per_sec')
+    figures[name]['mixed_precision_share_of_convolutions'] = (
+        mixed * flops / 1e9 / bfloat16_convolutions if mixed else None)
 
   print('\nMedians of %d repeat(s), %d steps each, batch %d:\n' %
         (FLAGS.repeats, FLAGS.steps, FLAGS.batch_size))
@@ -503,23 +590,29 @@ def run_benchmark():
     header += '%10s' % 'ratio'
   print(header)
   for key, unit, label in _ROWS:
-    cells = []
-    for name in trees:
-      value = figures[name][key]
-      cells.append('%.0f%%' % (100 * value) if unit == '%' else
-                   '%.1f %s' % (value, unit) if unit == 's' else
-                   '%.0f %s' % (value, unit))
+    values = [figures[name].get(key) for name in trees]
+    if all(value is None for value in values):
+      continue  # Not measured in this run (with --mixed_precision).
+    cells = ['-' if value is None else
+             '%.0f%%' % (100 * value) if unit == '%' else
+             '%.1f %s' % (value, unit) if unit == 's' else
+             '%.0f %s' % (value, unit) for value in values]
     row = '%-46s' % label + ''.join('%20s' % cell for cell in cells)
-    if len(trees) == 2:
-      before, after = (figures[name][key] for name in trees)
+    if len(trees) == 2 and None not in values and unit != '%':
+      before, after = values
       row += '%9.2fx' % (after / before)
     print(row)
-  print('%-46s%20s' % ("the model's convolutions alone (TF, batch 128)",
-                       '%.0f GFLOP/s' % convolutions_gflops))
+  for dtype, rate in [('float32', float32_convolutions),
+                      ('bfloat16', bfloat16_convolutions)]:
+    print('%-46s%20s' % ("the model's convolutions alone, %s" % dtype,
+                         '%.0f GFLOP/s' % rate))
   print('%-46s%20s' % ('float32 matmul, numpy 4096x4096',
                        '%.0f GFLOP/s' % matmul_gflops))
-  print('\nTargets (%s):' % 'now')
-  for text, met in _targets(figures['now'], matmul_gflops):
+  print('\nTargets (%s%s):' % ('now', ', against %s' % FLAGS.compare_with
+                                if FLAGS.compare_with else ''))
+  for text, met in _targets(
+      figures['now'], figures.get(FLAGS.compare_with) if
+      FLAGS.compare_with else None):
     print('  [%s] %s' % ('met' if met else 'MISSED', text))
   print('\nFLOPs per training image, counted in the training graph '
         '(%.1f MFLOP), by op type:' % (flops / 1e6))
@@ -531,7 +624,8 @@ def run_benchmark():
                'synthetic', 'batch_size': FLAGS.batch_size,
                'steps': FLAGS.steps, 'repeats': FLAGS.repeats,
                'matmul_gflops': matmul_gflops,
-               'convolutions_gflops': convolutions_gflops,
+               'convolutions_gflops': float32_convolutions,
+               'bfloat16_convolutions_gflops': bfloat16_convolutions,
                'mflop_per_training_image': flops / 1e6,
                'figures': figures,
                'samples': {name: dict(values)

@@ -42,3 +42,44 @@ def test_flops_per_training_image_from_the_graph():
   assert round(local / 1e6, 1) == 131.0
   more_classes, _ = cifar10_runtime.training_flops_per_image(num_classes=100)
   assert more_classes > flops
+
+
+def _figures(**changes):
+  """Figures of one tree, as the benchmark measures them."""
+  figures = {
+      'training_examples_per_sec': 1600.0, 'first_step_secs': 3.5,
+      'peak_rss_mb': 900.0, 'mixed_precision_examples_per_sec': 2600.0,
+      'step_with_input_per_sec': 1650.0, 'step_alone_per_sec': 1700.0,
+      'evaluation_images_per_sec': 4300.0,
+      'evaluation_launch_to_result_secs': 4.8,
+      'two_tower_examples_per_sec': 1700.0, 'share_of_matmul': 0.9}
+  figures.update(changes)
+  return figures
+
+
+def test_targets_of_the_second_round_are_relative_to_the_code_before():
+  import benchmark  # pylint: disable=g-import-not-at-top  (defines flags)
+  before = _figures(mixed_precision_examples_per_sec=None,
+                    training_examples_per_sec=1300.0, peak_rss_mb=890.0)
+  targets = dict(benchmark._targets(_figures(), before))
+  assert targets == {
+      'training >= 55% of the matmul rate (90%)': True,
+      'training step on the input pipeline within 5% of the step alone '
+      '(2.9% below)': True,
+      'evaluation >= 3,000 images/sec (4300)': True,
+      'launch to first step <= 10 s (3.5 s)': True,
+      'peak resident memory <= 1 GB (900 MB)': True,
+      'two towers no more than 5% slower than one (+6.2%)': True,
+      'evaluation launch to result <= 5 s (4.8 s)': True,
+      'evaluation >= 6,000 images/sec (4300)': False,
+      'launch to first step <= 4 s (3.5 s)': True,
+      'training >= 1.5x before (1.23x)': False,
+      'mixed precision training >= 2x the float32 training before (2.00x)':
+          True,
+      'peak memory no higher than before, within 2% (+1.1%)': True,
+  }
+  # Without a revision to compare with, only the absolute targets.
+  assert len(benchmark._targets(_figures())) == 9
+  assert not dict(benchmark._targets(
+      _figures(peak_rss_mb=910.0), before))[
+          'peak memory no higher than before, within 2% (+2.2%)']
