@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 
 from absl import flags
@@ -328,24 +329,47 @@ def _run_script(tree, script, args, awaited):
 
   Returns:
     The lines printed, the seconds to the awaited line (None if none came),
-    the peak resident memory of the process (wait4), in bytes.
+    the peak resident memory of the process, in bytes.
   """
   start = time.perf_counter()
   process = subprocess.Popen([sys.executable, os.path.join(tree, script)] +
                              args, cwd=tree, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
+  peak_rss = []
+  watcher = threading.Thread(target=_watch_peak_rss,
+                             args=(process.pid, peak_rss), daemon=True)
+  watcher.start()
   lines = []
   awaited_secs = None
   for line in process.stdout:
     lines.append(line.rstrip('\n'))
     if awaited_secs is None and re.search(awaited, line):
       awaited_secs = time.perf_counter() - start
-  _, status, usage = os.wait4(process.pid, 0)
+  watcher.join()
   stderr = process.stderr.read()
-  if status:
+  if process.wait():
     raise RuntimeError('%s %s failed:\n%s\n%s' % (script, ' '.join(args),
                                                   '\n'.join(lines), stderr))
-  return lines, awaited_secs, usage.ru_maxrss * 1024
+  return lines, awaited_secs, max(peak_rss, default=0)
+
+
+def _watch_peak_rss(pid, peak_rss):
+  """Appends the peak resident memory of process `pid` (bytes) until it ends.
+
+  The process's own high-water mark, VmHWM, read every 50 ms. (Not wait4's
+  ru_maxrss: Linux carries a forked child's maximum across its exec, so a
+  script started by this process, which holds TensorFlow and the ceilings'
+  tensors, would report this process's memory when it is the larger.)
+  """
+  while True:
+    try:
+      with open('/proc/%d/status' % pid) as f:
+        high_water_kb = int(re.search(r'^VmHWM:\s*(\d+) kB', f.read(),
+                                      re.M).group(1))
+    except (OSError, AttributeError):
+      return  # Ended (a zombie has no memory lines).
+    peak_rss.append(high_water_kb * 1024)
+    time.sleep(0.05)
 
 
 def _training_figures(tree, script, extra_args, data_dir, train_dir):
