@@ -297,10 +297,12 @@ def local_response_normalization(x, depth_radius, bias, alpha, beta, name):
   depth_radius of its own) ** beta, as tf.nn.lrn defines it. TensorFlow's CPU
   kernels for LRN and its gradient run on one thread and took a fifth of a
   training step; the windowed sum of squares is a product with a band
-  matrix, which oneDNN multiplies on every core. The gradient is written out
-  (5 elementwise ops and the same product, where differentiating the ops
-  one by one ran 14 of them). The results agree with tf.nn.lrn to float
-  rounding (see tests/test_same_computation.py).
+  matrix, which oneDNN multiplies on every core. Elementwise ops cost more
+  than their FLOPs (each reads and writes the whole tensor), so there are
+  few: alpha and the bias go into the product (5 elementwise ops forward,
+  where there were 8), and the gradient is written out (5 and one product,
+  where differentiating op by op ran 13). The results agree with tf.nn.lrn
+  to float rounding (see tests/test_same_computation.py).
 
   Args:
     x: A 4-D [batch, height, width, channels] Tensor.
