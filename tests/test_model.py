@@ -85,6 +85,7 @@ def test_layers_are_the_tutorials():
   # Order: pool1 -> norm1 -> conv2 -> norm2 -> pool2.
   assert 'pool1' in _computed_from(ops['norm1'])
   assert 'conv2/conv2' not in _computed_from(ops['norm1'])
+  assert 'norm1' in _computed_from(ops['conv2/conv2'])
   assert 'conv2/conv2' in _computed_from(ops['norm2'])
   assert ops['pool2'].inputs[0].op.name == 'norm2'
   # The normalisations are the tutorial's LRN: depth radius 4, bias 1.0,
