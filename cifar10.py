@@ -328,8 +328,7 @@ def local_response_normalization(x, depth_radius, bias, alpha, beta, name):
     flat = tf.matmul(tf.reshape(values, [-1, depth]),
                      tf.constant(weight * window, dtype=values.dtype))
     if offset is not None:
-      flat = tf.nn.bias_add(flat, tf.fill([depth], tf.cast(offset,
-                                                           values.dtype)))
+      flat = tf.nn.bias_add(flat, tf.constant(offset, values.dtype, [depth]))
     return tf.reshape(flat, tf.shape(values))
 
   @tf.custom_gradient

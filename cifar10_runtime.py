@@ -700,6 +700,7 @@ def training_flops_per_image(num_classes=cifar10.NUM_CLASSES,
     (FLOPs per image, {op type: FLOPs per image}, largest first).
   """
   from tensorflow.python.framework import ops as ops_lib  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.ops import op_selector  # pylint: disable=g-import-not-at-top
   graph = tf.Graph()
   with graph.as_default():
     logits = cifar10.inference(tf.zeros([batch_size, 24, 24, 3]), num_classes,
@@ -708,13 +709,8 @@ def training_flops_per_image(num_classes=cifar10.NUM_CLASSES,
     gradients = tf.gradients(loss, tf.trainable_variables())
   # Only what the step runs: the ops the gradients need (tf.gradients also
   # builds the gradient of the images, which no step computes).
-  needed, pending = set(), [g.op for g in gradients]
-  while pending:
-    op = pending.pop()
-    if op not in needed:
-      needed.add(op)
-      pending.extend(t.op for t in op.inputs)
-      pending.extend(op.control_inputs)
+  needed = op_selector.get_backward_walk_ops([g.op for g in gradients],
+                                             control_inputs=True)
   by_type = {}
   for op in needed:
     try:

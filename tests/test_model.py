@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from tensorflow.python.ops import op_selector
 
 import cifar10
 import cifar10_distributed_train
@@ -65,13 +66,8 @@ def test_layer_shapes_and_logits():
 
 def _computed_from(op):
   """The names of the ops whose outputs `op` is computed from."""
-  names, pending = set(), [t.op for t in op.inputs]
-  while pending:
-    source = pending.pop()
-    if source.name not in names:
-      names.add(source.name)
-      pending.extend(t.op for t in source.inputs)
-  return names
+  return {source.name for source in op_selector.get_backward_walk_ops(
+      [op], inclusive=False)}
 
 
 def test_layers_are_the_tutorials():
