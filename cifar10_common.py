@@ -64,22 +64,20 @@ class StopSignals(object):
     self.signum = None
     self._what_is_kept = what_is_kept
     self._event = threading.Event()
-    self._lock = threading.Lock()
     self._previous = {}
     self._previous_wakeup_fd = None
     self._pipe = None
 
   def _on_signal(self, signum):
-    """Called once per signal, by the handler or by the watching thread."""
-    with self._lock:
-      first = self.received is None
-      if first:
-        self.received = signal.Signals(signum).name
-        self.signum = signum
-    if first:
-      self._event.set()
+    """Called once per signal, by the watching thread."""
+    name = signal.Signals(signum).name
+    if self.signum is None:
+      self.signum = signum
+      # Said before the main thread can see it and print its own last line.
       print('Caught %s: stopping cleanly (send it again to stop at once).' %
-            self.received, flush=True)
+            name, flush=True)
+      self.received = name
+      self._event.set()
       return
     kept = self._what_is_kept() if self._what_is_kept else None
     print('Caught %s while stopping: stopped at once%s.' % (
@@ -185,6 +183,11 @@ def run(main):
   from absl import flags  # pylint: disable=g-import-not-at-top
 
   cifar10_quiet.filter_runtime_noise_from_stderr()
+  # Lines are printed by more than one thread (StopSignals, the queue
+  # warm-up's progress). Written through at once (PYTHONUNBUFFERED), a line
+  # and its newline are two writes, and another thread's line can come
+  # between them; buffered by line, each line is written whole.
+  sys.stdout.reconfigure(line_buffering=True, write_through=False)
 
   def parse_flags_reporting_errors(argv):
     try:

@@ -7,6 +7,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -494,6 +496,40 @@ def test_a_second_signal_stops_at_once_while_tensorflow_waits(processes):
   assert blocked.lines[-1] == ('Caught SIGINT while stopping: stopped at once; '
                                'the last checkpoint, model.ckpt-7, is kept.')
   assert blocked.stderr() == ''
+
+
+TWO_THREADS_PRINTING = """
+import threading
+import cifar10_common
+
+def print_lines(text):
+  for count in range(20000):
+    print(text * (1 + count % 40), flush=True)
+
+def main(argv):
+  # As the signal watcher or the queue warm-up's progress does, beside the
+  # main thread's log lines.
+  thread = threading.Thread(target=print_lines, args=('a',))
+  thread.start()
+  print_lines('b')
+  thread.join()
+
+cifar10_common.run(main)
+"""
+
+
+def test_lines_printed_by_two_threads_are_whole():
+  # Written through (PYTHONUNBUFFERED=1, as CI sets it), a line and its
+  # newline were two writes: about 1 in 8 lines came out joined to another
+  # thread's ('Caught SIGTERM: ...Evaluation stopped by SIGTERM.', then '').
+  result = subprocess.run(
+      [sys.executable, '-c', TWO_THREADS_PRINTING], cwd=helpers.REPO_DIR,
+      env=dict(os.environ, PYTHONUNBUFFERED='1'), capture_output=True,
+      text=True, check=True)
+  lines = result.stdout.splitlines()
+  assert len(lines) == 40000
+  assert [line for line in lines
+          if line.strip('a') and line.strip('b')] == []
 
 
 def test_a_second_signal_during_training_keeps_the_last_checkpoint(
