@@ -437,6 +437,13 @@ def test_a_signal_during_an_evaluation_pass_writes_nothing(
   params = quick_params.replace(
       data_dir=trained[0], checkpoint_dir=trained[1], batch_size=10)
   batches = []
+  stop_signals = []
+
+  class SeenStopSignals(cifar10_common.StopSignals):
+
+    def __enter__(self):
+      stop_signals.append(self)
+      return super().__enter__()
 
   class SignalAfterTheFirstBatch(object):
     """numpy for cifar10_eval, which counts each batch with np.bincount."""
@@ -448,9 +455,11 @@ def test_a_signal_during_an_evaluation_pass_writes_nothing(
       batches.append(1)
       if len(batches) == 1:
         os.kill(os.getpid(), stop_signal)  # As a user would.
-        time.sleep(1)  # Ample time for the signal to be seen, before batch 2.
+        # The signal is taken in (by a thread) before batch 2.
+        assert stop_signals[0].wait(60)
       return np.bincount(*args, **kwargs)
 
+  monkeypatch.setattr(cifar10_common, 'StopSignals', SeenStopSignals)
   monkeypatch.setattr(cifar10_eval, 'np', SignalAfterTheFirstBatch())
   with pytest.raises(cifar10_common.Interrupted) as stop:
     cifar10_eval.evaluate(params)
