@@ -9,6 +9,7 @@ the clean stop on Ctrl-C (StopSignals), and `run()`, which turns such an
 error into one clear line and a non-zero exit status instead of a traceback.
 """
 
+import io
 import os
 import signal
 import sys
@@ -187,7 +188,8 @@ def run(main):
   # warm-up's progress). Written through at once (PYTHONUNBUFFERED), a line
   # and its newline are two writes, and another thread's line can come
   # between them; buffered by line, each line is written whole.
-  sys.stdout.reconfigure(line_buffering=True, write_through=False)
+  if isinstance(sys.stdout, io.TextIOWrapper):  # Not a notebook's stream.
+    sys.stdout.reconfigure(line_buffering=True, write_through=False)
 
   def parse_flags_reporting_errors(argv):
     try:
