@@ -16,6 +16,7 @@ import cifar10
 import cifar10_distributed_train
 import cifar10_runtime
 from cifar10_common import tf
+from conftest import LEARNING_RATE
 from conftest import SMALL_QUEUE_FRACTION
 from helpers import cross_entropy_on_test_set
 from helpers import EVAL_LINE
@@ -106,12 +107,13 @@ def _check_trained(cluster, target_steps, tmp_path):
 @pytest.mark.parametrize('mode', ['async', 'sync'])
 def test_one_ps_two_workers_train_to_the_target(mode, cluster, tmp_path):
   target = 200 if mode == 'async' else 150
-  # Half the tutorial's learning rate of 0.1. Asynchronous updates from two
-  # workers are stale by about one step: at 0.1 the loss lurches on this data
-  # for hundreds of steps (or diverges), where half of it learns in 100.
-  # Synchronous training at 0.1 stalled in 1 of 18 runs here (cross entropy
-  # 1.90 at step 150); at 0.05, 18 of 18 reached 0.002-0.003.
-  flags = ['--max_steps=%d' % target, '--initial_learning_rate=0.05'] + (
+  # Asynchronous updates from two workers are stale by about one step: at
+  # the tutorial's 0.1 the loss lurches on this data for hundreds of steps
+  # (or diverges), where LEARNING_RATE learns in 100. Synchronous training at
+  # 0.1 stalled in 1 of 18 runs here (cross entropy 1.90 at step 150); at
+  # LEARNING_RATE, 18 of 18 reached 0.002-0.003.
+  flags = ['--max_steps=%d' % target,
+           '--initial_learning_rate=%g' % LEARNING_RATE] + (
       ['--sync_replicas'] if mode == 'sync' else [])
   # The cluster from flags for some tasks, from TF_CONFIG for the others.
   ps = cluster('ps', 0, *flags, tf_config=mode == 'sync')
@@ -171,7 +173,7 @@ def test_killed_workers_restart_and_rejoin_the_chief_from_its_checkpoint(
   # the kills): once the restarted tasks have trained past `target`, the
   # test stops them, cleanly.
   target = 400
-  flags = ['--max_steps=1000000', '--initial_learning_rate=0.05',
+  flags = ['--max_steps=1000000', '--initial_learning_rate=%g' % LEARNING_RATE,
            '--save_checkpoint_secs=2']
   ps = cluster('ps', 0, *flags)
   chief = cluster('worker', 0, *flags)

@@ -14,6 +14,7 @@ import cifar10_multi_gpu_train
 import cifar10_train
 import cifar10_runtime
 from cifar10_common import tf
+from conftest import LEARNING_RATE
 from conftest import TRAINED_BATCH_SIZE
 from conftest import TRAINED_STEPS
 import helpers
@@ -167,7 +168,8 @@ def test_variables_live_once_on_the_cpu_and_towers_on_their_devices(
 def test_two_tower_training_learns_and_is_evaluated(quick_params, capsys):
   # Per tower.
   params = quick_params.replace(
-      batch_size=TRAINED_BATCH_SIZE // 2, max_steps=TRAINED_STEPS)
+      batch_size=TRAINED_BATCH_SIZE // 2, max_steps=TRAINED_STEPS,
+      initial_learning_rate=LEARNING_RATE)
   cifar10_multi_gpu_train.train(
       params, TWO_CPUS, _two_cpu_config(allow_soft_placement=True))
   lines = capsys.readouterr().out.splitlines()

@@ -17,6 +17,7 @@ import cifar_data
 import cifar10_runtime
 from cifar10_common import tf
 from cifar10_common import UserError
+from conftest import LEARNING_RATE
 from helpers import EVAL_LINE
 from helpers import run_script
 import prepare_data
@@ -174,13 +175,10 @@ def trained_on_own_data(image_dir, tmp_path_factory):
   work_dir = tmp_path_factory.mktemp('own')
   data_dir = str(work_dir / 'data')
   prepare_data.prepare(image_dir[0], data_dir, 0.25, seed=0, out=io.StringIO())
-  # At half the tutorial's learning rate: on these 90 images in batches of
-  # 32, 1 of 20 runs at 0.1 diverged (and one CI run under load); at 0.05,
-  # 20 of 20 reached precision 1.000.
   cifar10_train.train(cifar10_runtime.Params(
       data_dir=data_dir, train_dir=str(work_dir / 'train'), batch_size=32,
       min_fraction_of_examples_in_queue=0.5, max_steps=150,
-      initial_learning_rate=0.05))
+      initial_learning_rate=LEARNING_RATE))
   return data_dir, str(work_dir / 'train')
 
 

@@ -11,6 +11,7 @@ import cifar10_eval
 import cifar10_runtime
 import cifar10_train
 from cifar10_common import tf
+from conftest import LEARNING_RATE
 from helpers import cross_entropy_on_test_set
 from helpers import EVAL_LINE
 from helpers import run_script
@@ -69,13 +70,12 @@ def test_mixed_precision_training_writes_float32_checkpoints(data_dir,
   # Trained with --mixed_precision (bfloat16 on this CPU), the checkpoints
   # are those of float32 training: evaluation, prediction and export read
   # them without the option.
-  # At half the tutorial's learning rate: batches of 32 at 0.1 learn at a
-  # random moment, or not by step 150 (9 of 12 runs here with this code, 3
-  # of 12 before LRN's gradient was written out), and once diverged (NaN at
-  # step 116, in CI); at 0.05, 10 of 10 had learnt by step 60.
+  # At the tutorial's 0.1, batches of 32 learnt at a random moment, or not
+  # by step 150 (9 of 12 runs), and once diverged (NaN at step 116, in CI);
+  # at LEARNING_RATE, 10 of 10 had learnt by step 60.
   train_dir = str(tmp_path / 'train')
   train = run_script('cifar10_train.py', '--mixed_precision',
-                     '--initial_learning_rate=0.05',
+                     '--initial_learning_rate=%g' % LEARNING_RATE,
                      '--train_dir=' + train_dir, '--data_dir=' + data_dir,
                      '--batch_size=32', '--max_steps=150',
                      '--min_fraction_of_examples_in_queue=0.625')

@@ -11,6 +11,7 @@ import cifar10_eval
 import cifar10_runtime
 import cifar10_train
 from cifar10_common import tf
+from conftest import LEARNING_RATE
 from conftest import TRAINED_STEPS
 from helpers import cross_entropy_on_test_set
 from helpers import EVAL_LINE
@@ -238,12 +239,13 @@ def test_eval_without_checkpoint_says_so(data_dir, tmp_path):
 
 def test_use_fp16_trains_and_its_checkpoint_evaluates(data_dir, tmp_path):
   # float16 has no fast kernels on a CPU: a short run, on the small data, at
-  # half the tutorial's learning rate: at 0.1, 1 of 6 such float16 runs here
+  # LEARNING_RATE: at the tutorial's 0.1, 1 of 6 such float16 runs here
   # diverged by step 100 (batches of 32 are noisy), at 0.05 none of 12.
   train_dir = str(tmp_path / 'train')
   common = ['--use_fp16', '--data_dir=' + data_dir, '--batch_size=32']
   train = run_script('cifar10_train.py', '--train_dir=' + train_dir,
-                     '--max_steps=100', '--initial_learning_rate=0.05',
+                     '--max_steps=100',
+                     '--initial_learning_rate=%g' % LEARNING_RATE,
                      '--min_fraction_of_examples_in_queue=0.625', *common)
   assert train.returncode == 0, train.stderr
   # The one line it says: float16 is slow on a CPU, and what is faster.
