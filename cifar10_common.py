@@ -82,7 +82,7 @@ class StopSignals(object):
       return
     kept = self._what_is_kept() if self._what_is_kept else None
     print('Caught %s while stopping: stopped at once%s.' % (
-        signal.Signals(signum).name, '; ' + kept if kept else ''), flush=True)
+        name, '; ' + kept if kept else ''), flush=True)
     sys.stderr.flush()
     os._exit(128 + signum)  # pylint: disable=protected-access
 
