@@ -63,9 +63,9 @@ def quick_params(data_dir, tmp_path):
 # The learning rate of the tests that train until the model has learnt:
 # half the tutorial's 0.1. Their small data in batches of 32 or 64 learns
 # at either, but at 0.1 it learns at the edge of divergence: loss spikes up
-# to 9.6 (from 2-4), and 1 run in 20 to 30 diverges (own data, float16,
-# distributed, mixed precision; tests/README.md has the counts). At 0.05 no
-# run of any of them diverged or stalled.
+# to 9.6 (from 2-4), and some runs diverge or stall (own data 1 of 20,
+# float16 1 of 6, synchronous workers 1 of 18; tests/README.md has the
+# counts). At 0.05 no run of any of them diverged or stalled.
 LEARNING_RATE = 0.05
 
 # Enough for the learnable data to be learnt, reliably: at LEARNING_RATE,
