@@ -528,9 +528,10 @@ cifar10_common.run(main)
 
 
 def test_lines_printed_by_two_threads_are_whole():
-  # Written through (PYTHONUNBUFFERED=1, as CI sets it), a line and its
-  # newline were two writes: about 1 in 8 lines came out joined to another
-  # thread's ('Caught SIGTERM: ...Evaluation stopped by SIGTERM.', then '').
+  # Written through (PYTHONUNBUFFERED=1, set on these machines), a line and
+  # its newline were two writes: about 1 in 8 lines came out joined to
+  # another thread's ('Caught SIGTERM: ...Evaluation stopped by SIGTERM.',
+  # then '').
   result = subprocess.run(
       [sys.executable, '-c', TWO_THREADS_PRINTING], cwd=helpers.REPO_DIR,
       env=dict(os.environ, PYTHONUNBUFFERED='1'), capture_output=True,
