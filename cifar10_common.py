@@ -9,6 +9,7 @@ the clean stop on Ctrl-C (StopSignals), and `run()`, which turns such an
 error into one clear line and a non-zero exit status instead of a traceback.
 """
 
+import functools
 import io
 import os
 import signal
@@ -171,17 +172,58 @@ def ensure_writable_dir(path, flag_name):
                     (flag_name, path, e.strerror)) from None
 
 
-def run(main):
-  """Runs a script's `main` with absl; a bad flag or a UserError is one line.
+def parse_flags(argv):
+  """absl's parsing of a script's command line; a bad flag is one line.
 
-  A bad flag exits with status 2, a UserError with 1, a clean stop on a
-  signal (Interrupted) with 128 + the signal's number.
+  Returns:
+    The arguments that are not flags.
+
+  Raises:
+    SystemExit: status 2, after the one line on stderr.
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    sys.stderr.write('Error: %s (see --helpshort)\n' % error)
+    sys.stderr.flush()
+    sys.exit(2)
+
+
+def run_main(main, argv):
+  """Runs a script's main(argv); what a user can fix is one line, no traceback.
+
+  A UserError exits with status 1, a clean stop on a signal (Interrupted)
+  with 128 + the signal's number, as does a Ctrl-C that comes outside a
+  loop that handles it (during a download, say).
+
+  Raises:
+    SystemExit: with that status.
+  """
+  try:
+    main(argv)
+  except UserError as error:
+    sys.stderr.write('Error: %s\n' % error)
+    sys.stderr.flush()
+    sys.exit(1)
+  except Interrupted as stop:
+    print(stop, flush=True)
+    sys.exit(128 + stop.signum)
+  except KeyboardInterrupt:
+    print('Stopped by SIGINT.', flush=True)
+    sys.exit(128 + signal.SIGINT)
+
+
+def run(main):
+  """Runs a script's `main` with absl: the entry point of every script.
+
+  Its stderr is rid of TensorFlow's runtime noise, its stdout buffered by
+  line, its flags parsed by parse_flags and its main run by run_main.
 
   Args:
     main: the script's main function, taking the remaining argv.
   """
   from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
 
   cifar10_quiet.filter_runtime_noise_from_stderr()
   # Lines are printed by more than one thread (StopSignals, the queue
@@ -190,24 +232,4 @@ def run(main):
   # between them; buffered by line, each line is written whole.
   if isinstance(sys.stdout, io.TextIOWrapper):  # Not a notebook's stream.
     sys.stdout.reconfigure(line_buffering=True, write_through=False)
-
-  def parse_flags_reporting_errors(argv):
-    try:
-      return flags.FLAGS(argv)
-    except flags.Error as error:
-      sys.stderr.write('Error: %s (see --helpshort)\n' % error)
-      sys.stderr.flush()
-      sys.exit(2)
-
-  def main_reporting_user_errors(argv):
-    try:
-      main(argv)
-    except UserError as error:
-      sys.stderr.write('Error: %s\n' % error)
-      sys.stderr.flush()
-      sys.exit(1)
-    except Interrupted as stop:
-      print(stop, flush=True)
-      sys.exit(128 + stop.signum)
-
-  app.run(main_reporting_user_errors, flags_parser=parse_flags_reporting_errors)
+  app.run(functools.partial(run_main, main), flags_parser=parse_flags)

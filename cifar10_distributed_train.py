@@ -138,14 +138,15 @@ def done_queues(cluster):
 def serve(server, cluster, task_index):
   """A parameter server's life: serve until all workers are done."""
   num_workers = cluster.num_tasks('worker')
-  print('Parameter server %d serving at %s, until the %d worker%s done.' %
-        (task_index, cluster.task_address('ps', task_index), num_workers,
-         ' is' if num_workers == 1 else 's are'), flush=True)
   with tf.Graph().as_default():
     done_workers = done_queues(cluster)[task_index].size()
+    # Signals are taken in before the line below says it serves.
     with cifar10_common.StopSignals() as stop, tf.Session(
         server.target, config=tf.ConfigProto(
             device_filters=['/job:ps/task:%d' % task_index])) as sess:
+      print('Parameter server %d serving at %s, until the %d worker%s done.' %
+            (task_index, cluster.task_address('ps', task_index), num_workers,
+             ' is' if num_workers == 1 else 's are'), flush=True)
       # Polled, not a blocking dequeue: a signal must stop it at once.
       while not stop.received:
         if sess.run(done_workers) >= num_workers:
