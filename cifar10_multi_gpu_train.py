@@ -144,7 +144,7 @@ def tower_devices(num_gpus):
   Returns:
     A list of device names.
   """
-  found = len(tf.config.list_physical_devices('GPU'))
+  found = len(cifar10_runtime.gpus())
   if found < num_gpus:
     if found == 0:
       on_cpu = 'the tower runs' if num_gpus == 1 else (

@@ -42,8 +42,19 @@ _TF_BANNER_LINES = (
     r'|^I\d{4} [\d:. ]+\d+ (port|cudart_stub|cpu_feature_guard)\.cc:\d+\]'
     r'|^To enable the following instructions: .* rebuild TensorFlow')
 # The CUDA build of TensorFlow fails to initialise CUDA on a machine with no
-# GPU and says so as an error; it is only noise where no GPU is installed.
+# GPU, or whose GPUs the user hid (CUDA_VISIBLE_DEVICES= or -1), and says so
+# as an error: noise then, a real problem where GPUs are meant to be used.
 _NO_GPU_CUDA_ERROR = r'|^E\d{4} [\d:. ]+\d+ cuda_platform\.cc:\d+\] failed call to cuInit'
+
+
+def cuda_error_is_noise(gpu_device_files, cuda_visible_devices):
+  """Whether CUDA's failure to initialise is expected, not worth showing.
+
+  Args:
+    gpu_device_files: The NVIDIA devices installed (/dev/nvidia0, ...).
+    cuda_visible_devices: $CUDA_VISIBLE_DEVICES, or None if it is not set.
+  """
+  return not gpu_device_files or cuda_visible_devices in ('', '-1')
 
 # TF_CPP_MIN_LOG_LEVEL=0 asks for every message of TensorFlow: then nothing is
 # filtered.
@@ -63,7 +74,8 @@ def _import_tensorflow_quietly():
   # The banners are written straight to file descriptor 2 by C++ code while
   # the libraries load, so they can only be caught there.
   noise = _TF_BANNER_LINES
-  if not glob.glob('/dev/nvidia[0-9]*'):
+  if cuda_error_is_noise(glob.glob('/dev/nvidia[0-9]*'),
+                         os.environ.get('CUDA_VISIBLE_DEVICES')):
     noise += _NO_GPU_CUDA_ERROR
   noise = re.compile(noise)
   sys.stderr.flush()

@@ -82,7 +82,7 @@ class Params(object):
     """The type the model computes in (the images'): the variables', or,
     with mixed_precision, float16 where a GPU is, bfloat16 on a CPU."""
     if self.mixed_precision and not self.use_fp16:
-      return tf.float16 if gpus_available() else tf.bfloat16
+      return tf.float16 if gpus() else tf.bfloat16
     return self.variable_dtype
 
   @property
@@ -93,9 +93,10 @@ class Params(object):
     return 1.0
 
 
-def gpus_available():
-  """Whether TensorFlow sees a GPU here."""
-  return bool(tf.config.list_physical_devices('GPU'))
+def gpus():
+  """The names of the GPUs TensorFlow sees here: what decides, everywhere,
+  whether a GPU is present. (CUDA_VISIBLE_DEVICES= hides them all.)"""
+  return [gpu.name for gpu in tf.config.list_physical_devices('GPU')]
 
 
 def cpu_has_fast_bfloat16():
@@ -110,7 +111,7 @@ def cpu_has_fast_bfloat16():
 
 def precision_warning(params):
   """What to tell a user whose choice of precision is slow here, or None."""
-  if gpus_available():
+  if gpus():
     return None
   if params.use_fp16:
     return ('--use_fp16 on a CPU is slow: float16 has no fast CPU kernels '
@@ -509,14 +510,16 @@ def restore(session, saver, path):
 class _WorkerSessionCreator(tf.train.SessionCreator):
   """A worker's session: waits until the chief has set up the variables.
 
-  tf.train.WorkerSessionCreator does this too, but looks every 30 s; this
-  looks every second.
+  tf.train.WorkerSessionCreator does this too, but looks every 30 s, and
+  silently; this looks every second, and says that it waits.
   """
 
-  def __init__(self, scaffold, master, config, max_wait_secs=30 * 60):
+  def __init__(self, scaffold, master, config, worker_name,
+               max_wait_secs=30 * 60):
     self._scaffold = scaffold
     self._master = master
     self._config = config
+    self._worker_name = worker_name
     self._max_wait_secs = max_wait_secs
 
   def create_session(self):
@@ -526,6 +529,12 @@ class _WorkerSessionCreator(tf.train.SessionCreator):
         ready_op=self._scaffold.ready_op,
         ready_for_local_init_op=self._scaffold.ready_for_local_init_op,
         graph=tf.get_default_graph(), recovery_wait_secs=1)
+    try:  # One look: are the variables set up already?
+      return session_manager.wait_for_session(
+          self._master, config=self._config, max_wait_secs=0)
+    except tf.errors.DeadlineExceededError:
+      print('%s: waiting for the chief (worker 0) to initialise or restore '
+            'the variables.' % self._worker_name.capitalize(), flush=True)
     return session_manager.wait_for_session(
         self._master, config=self._config, max_wait_secs=self._max_wait_secs)
 
@@ -599,7 +608,8 @@ def run_training(train_op, loss, params, batches_per_step=1, config=None,
         scaffold=scaffold, master=master,
         checkpoint_filename_with_path=resume_from, config=config)
   else:
-    session_creator = _WorkerSessionCreator(scaffold, master, config)
+    session_creator = _WorkerSessionCreator(scaffold, master, config,
+                                            worker_name)
   with cifar10_common.StopSignals(
       lambda: kept_checkpoint(train_dir) if is_chief else None) as stop:
     with tf.train.MonitoredSession(session_creator=session_creator,

@@ -45,11 +45,6 @@ FLAGS = flags.FLAGS
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-def gpus():
-  """The GPUs TensorFlow sees here."""
-  return tf.config.list_physical_devices('GPU')
-
-
 class _GpuMemoryWatcher(object):
   """Polls nvidia-smi: the peak GPU memory of each process, in MiB."""
 
@@ -251,7 +246,7 @@ def _table(rows):
 
 def main(argv):
   del argv
-  found = gpus()
+  found = cifar10_runtime.gpus()
   if not found:
     print('No GPU found: nothing to check on this machine (the checks that '
           'need none are tests/test_gpu_placement.py).')
@@ -260,9 +255,9 @@ def main(argv):
   data_dir = os.path.join(work_dir, 'data')
   _synthetic_data(data_dir)
   started = time.time()
-  print('%d GPU(s): %s' % (len(found), ', '.join(g.name for g in found)),
+  print('%d GPU(s): %s' % (len(found), ', '.join(found)),
         flush=True)
-  figures = {'gpus': [g.name for g in found], 'placement': {},
+  figures = {'gpus': found, 'placement': {},
              'towers_equal_one': {}}
   two = ['/gpu:0', '/gpu:1' if len(found) > 1 else '/gpu:0']
   for mixed in (False, True):

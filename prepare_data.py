@@ -82,12 +82,15 @@ def list_images(image_dir):
   return class_names, sorted(files), sorted(ignored)
 
 
-def prepare(image_dir, output_dir, test_fraction, seed, out=sys.stdout):
+def prepare(image_dir, output_dir, test_fraction, seed, out=None):
   """Writes the data set; returns {class name: (train count, test count)}.
+
+  What it says goes to `out`, sys.stdout by default.
 
   Raises:
     UserError: too few images, or the output cannot be written.
   """
+  out = out or sys.stdout
   class_names, files, ignored = list_images(image_dir)
   decoder = cifar10_input.ImageDecoder()
   images, labels, unreadable = [], [], []

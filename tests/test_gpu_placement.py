@@ -11,14 +11,27 @@ cross between the CPU and a GPU each step are listed, and few.
 """
 
 import collections
+import re
 
 import pytest
 from tensorflow.python.framework import kernels
 
+import cifar10
 import cifar10_multi_gpu_train
 import cifar10_runtime
 import cifar10_train
 from cifar10_common import tf
+
+def _build_has_cuda_kernels():
+  return any(kernel.device_type == 'GPU' for kernel in
+             kernels.get_registered_kernels_for_op('Conv2D').kernel)
+
+
+pytestmark = pytest.mark.skipif(
+    not _build_has_cuda_kernels(),
+    reason='this build of TensorFlow has no CUDA kernels (the Linux x86-64 '
+    'wheel has them): where the graphs would run on GPUs cannot be read '
+    'from its kernel registry')
 
 # Ops that run on the CPU by design, not each step's work: summaries (every
 # save_summaries_steps) and what feeds them.
@@ -165,12 +178,32 @@ PRECISIONS = {'float32': {}, 'use_fp16': {'use_fp16': True},
 @pytest.fixture(params=sorted(PRECISIONS))
 def gpu_params(request, data_dir, monkeypatch):
   # As on a machine with GPUs: mixed precision then computes in float16.
-  monkeypatch.setattr(cifar10_runtime, 'gpus_available', lambda: True)
+  monkeypatch.setattr(cifar10_runtime, 'gpus',
+                      lambda: ['/physical_device:GPU:0'])
   params = cifar10_runtime.Params(data_dir=data_dir, batch_size=16,
                                   **PRECISIONS[request.param])
   assert params.compute_dtype == (tf.float32 if request.param == 'float32'
                                   else tf.float16)
   return params
+
+
+def _loss_scales(graph):
+  """The constants the training graph multiplies its total losses by, before
+  the gradients (mixed precision's loss scaling)."""
+  return sorted(
+      float(tf.get_static_value(factor))
+      for op in graph.get_operations()
+      if op.type == 'Mul' and 'gradients' not in op.name.split('/')
+      for loss, factor in [op.inputs, op.inputs[::-1]]
+      if re.search(r'(^|/)total_loss(_\d+)?$', loss.op.name) and
+      tf.get_static_value(factor) is not None)
+
+
+def _check_loss_scale(graph, params, towers):
+  """float16 computation of float32 variables: each tower's loss x 128."""
+  scaled = params.mixed_precision  # Here: float16, as on a GPU.
+  assert _loss_scales(graph) == (
+      [cifar10.FLOAT16_LOSS_SCALE] * towers if scaled else [])
 
 
 def _gradients_applied(graph, to_cpu):
@@ -185,6 +218,7 @@ def _gradients_applied(graph, to_cpu):
 def test_one_gpu_training_graph(gpu_params, monkeypatch):
   graph = _built_graph(cifar10_train.train, gpu_params, monkeypatch)
   crossings = _check_placement(graph, tower_prefixes=None)
+  _check_loss_scale(graph, gpu_params, towers=1)
   # Each step: the batch and the variables' values to the GPU, the
   # gradients back: nothing else.
   to_gpu, to_cpu = crossings['to GPU'], crossings['to CPU']
@@ -206,6 +240,7 @@ def test_two_gpu_towers_graph(gpu_params, monkeypatch):
                        monkeypatch, ['/gpu:0', '/gpu:1'])
   crossings = _check_placement(graph, tower_prefixes=('tower_0/',
                                                       'tower_1/'))
+  _check_loss_scale(graph, gpu_params, towers=2)
   for op in graph.get_operations():
     for tower in range(2):
       if op.name.startswith('tower_%d/' % tower) and not _on_cpu(op, graph):
