@@ -2,22 +2,44 @@
 
 The library reads no flags: the tests give each function its settings, as
 a cifar10_runtime.Params, and run the scripts (with flags) as a user does.
+
+The tests check the CPU path on every machine: this process and every
+script it starts see no GPU, whatever the machine has (how the graphs are
+placed on GPUs is checked from TensorFlow's kernel registry, in
+test_gpu_placement.py; on real GPUs, gpu_check.py checks the rest).
+CIFAR10_TESTS_AS_IF (see as_if/sitecustomize.py) makes the code see another
+machine: with GPUs, a CPU without fast bfloat16, TensorFlow without CUDA.
 """
 
-import contextlib
-import io
 import os
 import sys
 
-import pytest
+# Before TensorFlow is imported, by this module or by any script started.
+os.environ['CUDA_VISIBLE_DEVICES'] = ''
 
-import cifar10_runtime
-import cifar10_train
+_TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+if os.environ.get('CIFAR10_TESTS_AS_IF'):
+  _AS_IF_DIR = os.path.join(_TESTS_DIR, 'as_if')
+  os.environ['PYTHONPATH'] = os.pathsep.join(
+      [_AS_IF_DIR] + list(filter(None, [os.environ.get('PYTHONPATH')])))
+  sys.path.insert(0, _AS_IF_DIR)
+  import sitecustomize  # pylint: disable=g-import-not-at-top,unused-import
+  sitecustomize.install()  # In this process, whose start-up did not.
 
-sys.path.insert(0, os.path.dirname(__file__))
+import contextlib  # pylint: disable=g-import-not-at-top,g-bad-import-order
+import fcntl  # pylint: disable=g-import-not-at-top
+import io  # pylint: disable=g-import-not-at-top
+import json  # pylint: disable=g-import-not-at-top
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+import cifar10_runtime  # pylint: disable=g-import-not-at-top
+import cifar10_train  # pylint: disable=g-import-not-at-top
+
+sys.path.insert(0, _TESTS_DIR)
 import cifar_data  # pylint: disable=g-import-not-at-top
 
-REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_DIR = os.path.dirname(_TESTS_DIR)
 
 # Training in the tests waits for few images: 200 of the 320 of an epoch of
 # the small data.
@@ -77,21 +99,50 @@ TRAINED_STEPS = 200
 TRAINED_BATCH_SIZE = 64
 
 
+def shared_dir(tmp_path_factory, name):
+  """A folder of this run shared by its pytest-xdist workers (each has a
+  temporary folder of its own, below a common one)."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent
+  return str(root / name)
+
+
+@contextlib.contextmanager
+def made_once(directory):
+  """Yields whether `directory` must be made: True to the first process of
+  the run that asks, which makes it while the others wait; False after."""
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, '.lock'), 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    done = os.path.join(directory, '.done')
+    must_make = not os.path.exists(done)
+    yield must_make
+    if must_make:
+      open(done, 'w').close()
+
+
 @pytest.fixture(scope='session')
 def trained(tmp_path_factory):
-  """One quick training of TRAINED_STEPS steps, shared by the tests.
+  """One quick training of TRAINED_STEPS steps, shared by the tests (and by
+  the parallel workers of a run).
 
   Returns:
     (data_dir, train_dir, the lines the training printed). Tests copy the
     train dir before they change anything in it.
   """
-  work_dir = str(tmp_path_factory.mktemp('trained'))
+  work_dir = shared_dir(tmp_path_factory, 'trained')
   data_dir = os.path.join(work_dir, 'data')
-  cifar_data.make_data_dir(data_dir)
-  printed = io.StringIO()
-  with contextlib.redirect_stdout(printed):
-    cifar10_train.train(quick_params_for(data_dir, work_dir).replace(
-        max_steps=TRAINED_STEPS, batch_size=TRAINED_BATCH_SIZE,
-        initial_learning_rate=LEARNING_RATE))
-  return data_dir, os.path.join(work_dir, 'train'), printed.getvalue(
-      ).splitlines()
+  printed_path = os.path.join(work_dir, 'printed.json')
+  with made_once(work_dir) as must_make:
+    if must_make:
+      cifar_data.make_data_dir(data_dir)
+      printed = io.StringIO()
+      with contextlib.redirect_stdout(printed):
+        cifar10_train.train(quick_params_for(data_dir, work_dir).replace(
+            max_steps=TRAINED_STEPS, batch_size=TRAINED_BATCH_SIZE,
+            initial_learning_rate=LEARNING_RATE))
+      with open(printed_path, 'w') as f:
+        json.dump(printed.getvalue().splitlines(), f)
+  with open(printed_path) as f:
+    return data_dir, os.path.join(work_dir, 'train'), json.load(f)

@@ -1,14 +1,19 @@
 """Helpers of the tests: running the scripts, reading what they print."""
 
+import contextlib
+import importlib
+import io
 import re
 import subprocess
 import sys
 import threading
 import time
 
+from absl.testing import flagsaver
 import numpy as np
 
 import cifar10
+import cifar10_common
 from cifar10_common import tf
 import cifar10_runtime
 from conftest import REPO_DIR
@@ -45,10 +50,65 @@ def cross_entropy_on_test_set(checkpoint_path, data_dir, use_fp16=False):
   return float(np.mean(np.concatenate(values)))
 
 
-def run_script(script, *args):
+def run_script(script, *args, env=None):
   """Runs one of the scripts as a user would; returns the CompletedProcess."""
   return subprocess.run([sys.executable, script] + list(args), cwd=REPO_DIR,
-                        capture_output=True, text=True, timeout=300)
+                        env=env, capture_output=True, text=True, timeout=300)
+
+
+def run_scripts(*commands):
+  """Runs scripts at once, each as run_script; returns their
+  CompletedProcesses, in order. Each is a process of its own (what is seen
+  from outside: exit status, stderr, flags); together they take the time of
+  the slowest, on a machine of several cores.
+
+  Args:
+    *commands: (script, arg, ...) each.
+  """
+  started = [subprocess.Popen([sys.executable] + list(command), cwd=REPO_DIR,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for command in commands]
+  results = []
+  for command, process in zip(commands, started):
+    try:
+      stdout, stderr = process.communicate(timeout=300)
+    finally:
+      process.kill()
+    results.append(subprocess.CompletedProcess(
+        [sys.executable] + list(command), process.returncode, stdout, stderr))
+  return results
+
+
+def run_main(script, *args):
+  """Runs a script's main in this process, as a user's command would run.
+
+  The same flag parsing, settings and error reporting as the script's own
+  process (cifar10_common.parse_flags and run_main), without what only a
+  process of its own shows: TensorFlow's start-up, the filter of its stderr,
+  signals. So its flags are those of every script this process imported: a
+  flag of another script is not refused here, as it would be there. The
+  flags are restored afterwards.
+
+  Args:
+    script: The script's file name, e.g. 'cifar10_eval.py'.
+    *args: Its command line.
+
+  Returns:
+    A CompletedProcess: returncode (the exit status), stdout and stderr
+    (what the script printed to sys.stdout and sys.stderr).
+  """
+  module = importlib.import_module(script[:-len('.py')])
+  stdout, stderr = io.StringIO(), io.StringIO()
+  with flagsaver.flagsaver(), contextlib.redirect_stdout(stdout), (
+      contextlib.redirect_stderr(stderr)):
+    try:
+      argv = cifar10_common.parse_flags([script] + list(args))
+      cifar10_common.run_main(module.main, argv)
+      returncode = 0
+    except SystemExit as exit_status:
+      returncode = exit_status.code
+  return subprocess.CompletedProcess([script] + list(args), returncode,
+                                     stdout.getvalue(), stderr.getvalue())
 
 
 def quick_args(data_dir, training=True):
@@ -74,7 +134,9 @@ class ScriptProcess(object):
     self.process = subprocess.Popen(
         [sys.executable, script] + list(args), cwd=REPO_DIR, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    self.started = time.time()
     self.lines = []
+    self.times = []  # When each line came, by time.time().
     self._stdout_reader = threading.Thread(target=self._read_stdout,
                                            daemon=True)
     self._stdout_reader.start()
@@ -86,6 +148,7 @@ class ScriptProcess(object):
 
   def _read_stdout(self):
     for line in self.process.stdout:
+      self.times.append(time.time())
       self.lines.append(line.rstrip('\n'))
 
   def wait_for_line(self, pattern, timeout=60, count=1):

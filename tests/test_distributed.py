@@ -4,6 +4,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import threading
@@ -18,8 +19,10 @@ import cifar10_runtime
 from cifar10_common import tf
 from conftest import LEARNING_RATE
 from conftest import SMALL_QUEUE_FRACTION
+from conftest import TRAINED_STEPS
 from helpers import cross_entropy_on_test_set
 from helpers import EVAL_LINE
+from helpers import run_main
 from helpers import run_script
 
 SCRIPT = 'cifar10_distributed_train.py'
@@ -87,7 +90,7 @@ def cluster(data_dir, tmp_path, processes):
 
 
 def _check_trained(cluster, target_steps, tmp_path):
-  """The checkpoint reached the target, learnt, and cifar10_eval.py reads it."""
+  """The checkpoint reached the target, learnt, and evaluation reads it."""
   train_dir = cluster.train_dir
   latest = tf.train.latest_checkpoint(train_dir)
   step = tf.train.load_variable(latest, 'global_step')
@@ -95,10 +98,10 @@ def _check_trained(cluster, target_steps, tmp_path):
   # Against the untrained model's ln(10) (its step-0 checkpoint may be gone:
   # training keeps its last 5 checkpoints, and a slow run writes more).
   assert cross_entropy_on_test_set(latest, cluster.data_dir) < 0.7 * np.log(10)
-  evaluation = run_script('cifar10_eval.py', '--run_once',
-                          '--data_dir=' + cluster.data_dir,
-                          '--checkpoint_dir=' + train_dir,
-                          '--eval_dir=' + str(tmp_path / 'eval'))
+  evaluation = run_main('cifar10_eval.py', '--run_once',
+                        '--data_dir=' + cluster.data_dir,
+                        '--checkpoint_dir=' + train_dir,
+                        '--eval_dir=' + str(tmp_path / 'eval'))
   assert evaluation.returncode == 0, evaluation.stderr
   match = EVAL_LINE.match(evaluation.stdout.splitlines()[0])
   assert match.group(3, 4) == ('250', str(step))
@@ -156,11 +159,11 @@ def test_one_ps_two_workers_train_to_the_target(mode, cluster, tmp_path):
   # cifar10_train.py resumes from the distributed training's checkpoint.
   step = tf.train.load_variable(
       tf.train.latest_checkpoint(cluster.train_dir), 'global_step')
-  resumed = run_script('cifar10_train.py', '--train_dir=' + cluster.train_dir,
-                       '--max_steps=%d' % (step + 10), '--batch_size=32',
-                       '--data_dir=' + cluster.data_dir,
-                       '--min_fraction_of_examples_in_queue=%g' %
-                       SMALL_QUEUE_FRACTION)
+  resumed = run_main('cifar10_train.py', '--train_dir=' + cluster.train_dir,
+                     '--max_steps=%d' % (step + 10), '--batch_size=32',
+                     '--data_dir=' + cluster.data_dir,
+                     '--min_fraction_of_examples_in_queue=%g' %
+                     SMALL_QUEUE_FRACTION)
   assert resumed.returncode == 0, resumed.stderr
   assert resumed.stdout.splitlines()[0].startswith('Resuming from ')
   assert resumed.stdout.splitlines()[-1].startswith(
@@ -168,30 +171,48 @@ def test_one_ps_two_workers_train_to_the_target(mode, cluster, tmp_path):
 
 
 def test_killed_workers_restart_and_rejoin_the_chief_from_its_checkpoint(
-    cluster, tmp_path):
-  # Training has no end in sight (no race with a run that finishes before
-  # the kills): once the restarted tasks have trained past `target`, the
-  # test stops them, cleanly.
-  target = 400
+    cluster, trained, tmp_path):
+  # The chief resumes from a checkpoint of cifar10_train.py's. Training has
+  # no end in sight (no race with a run that finishes before the kills):
+  # once the restarted tasks have trained past `target`, the test stops
+  # them, cleanly, the parameter server with Ctrl-C.
+  shutil.copytree(trained[1], cluster.train_dir)
+  target = TRAINED_STEPS + 100
   flags = ['--max_steps=1000000', '--initial_learning_rate=%g' % LEARNING_RATE,
            '--save_checkpoint_secs=2']
   ps = cluster('ps', 0, *flags)
-  chief = cluster('worker', 0, *flags)
+
+  # Worker 1 starts before the chief: it waits for it, and trains once the
+  # chief has restored the variables.
   worker = cluster('worker', 1, *flags)
+  worker.wait_for_line(r'^Worker 1: waiting for the chief \(worker 0\) to '
+                       r'initialise or restore the variables\.$',
+                       timeout=TIMEOUT)
+  chief = cluster('worker', 0, *flags)
+  resumed = chief.wait_for_line(r'^Resuming from (\S+), at step (\d+)\.$',
+                                timeout=TIMEOUT)
+  assert resumed.groups() == (
+      os.path.join(cluster.train_dir, 'model.ckpt-%d' % TRAINED_STEPS),
+      str(TRAINED_STEPS))
+  worker.wait_for_line(WORKER_LOG_LINE % 1, timeout=TIMEOUT)
+  first_logged = [i for i, line in enumerate(worker.lines)
+                  if re.match(WORKER_LOG_LINE % 1, line)][0]
+  assert worker.times[first_logged] > chief.started
 
   # Worker 1 dies, and is started again: it rejoins.
-  worker.wait_for_line(WORKER_LOG_LINE % 1, timeout=TIMEOUT)
   os.kill(worker.process.pid, signal.SIGKILL)
   assert worker.finish() == -signal.SIGKILL
   worker = cluster('worker', 1, *flags)
   worker.wait_for_line(WORKER_LOG_LINE % 1, timeout=TIMEOUT)
 
-  # The chief dies once it has written a checkpoint after step 0, and is
+  # The chief dies once it has written a checkpoint of its own, and is
   # started again: it resumes from its latest checkpoint.
   chief.wait_for_line(WORKER_LOG_LINE % 0, timeout=TIMEOUT)
   deadline = time.time() + TIMEOUT
-  while (tf.train.latest_checkpoint(cluster.train_dir) or '').endswith('-0'):
-    assert time.time() < deadline, 'no checkpoint after step 0'
+  while cifar10_runtime.checkpoint_step(tf.train.latest_checkpoint(
+      cluster.train_dir)) <= TRAINED_STEPS:
+    assert time.time() < deadline, 'no checkpoint after step %d' % (
+        TRAINED_STEPS)
     time.sleep(0.2)
   os.kill(chief.process.pid, signal.SIGKILL)
   assert chief.finish() == -signal.SIGKILL
@@ -201,16 +222,17 @@ def test_killed_workers_restart_and_rejoin_the_chief_from_its_checkpoint(
                                 timeout=TIMEOUT)
   assert resumed.group(1) == latest
   assert int(resumed.group(2)) == tf.train.load_variable(latest, 'global_step')
-  assert int(resumed.group(2)) > 0
+  assert int(resumed.group(2)) > TRAINED_STEPS
 
   # Both train on, together, past the target; then each stops cleanly.
   logged = 1
   while int(chief.wait_for_line(WORKER_LOG_LINE % 0, timeout=TIMEOUT,
                                 count=logged).group(1)) < target:
     logged += 1
-  for process in [chief, worker, ps]:
-    os.kill(process.process.pid, signal.SIGTERM)
-    assert process.finish(timeout=TIMEOUT) == 128 + signal.SIGTERM, (
+  for process, stop_signal in [(chief, signal.SIGTERM),
+                               (worker, signal.SIGTERM), (ps, signal.SIGINT)]:
+    os.kill(process.process.pid, stop_signal)
+    assert process.finish(timeout=TIMEOUT) == 128 + stop_signal, (
         process.stderr())
   # (The parameter server logs, as warnings, the connections lost when the
   # workers were killed: real events, kept.)
@@ -222,18 +244,8 @@ def test_killed_workers_restart_and_rejoin_the_chief_from_its_checkpoint(
   assert stopped.group(2) == tf.train.latest_checkpoint(cluster.train_dir)
   assert re.match(r'^Stopped by SIGTERM at step \d+; the chief writes the '
                   r'checkpoints\.$', worker.lines[-1]), worker.lines[-3:]
-  assert ps.lines[-1] == 'Parameter server 0 stopped by SIGTERM.'
+  assert ps.lines[-1] == 'Parameter server 0 stopped by SIGINT.'
   _check_trained(cluster, target, tmp_path)
-
-
-def test_a_parameter_server_stops_on_ctrl_c(cluster):
-  stop_signal = signal.SIGINT
-  ps = cluster('ps', 0)
-  ps.wait_for_line(r'^Parameter server 0 serving at ', timeout=TIMEOUT)
-  os.kill(ps.process.pid, stop_signal)
-  assert ps.finish(timeout=30) == 128 + stop_signal
-  assert ps.lines[-1] == 'Parameter server 0 stopped by %s.' % stop_signal.name
-  assert ps.stderr() == ''
 
 
 def test_a_port_in_use_is_one_clear_line(data_dir, tmp_path):
@@ -283,8 +295,8 @@ def test_bad_cluster_is_one_clear_line(flags, environment, message,
     monkeypatch.delenv('TF_CONFIG', raising=False)
   else:
     monkeypatch.setenv('TF_CONFIG', environment)
-  result = run_script(SCRIPT, '--data_dir=' + data_dir,
-                      '--train_dir=' + str(tmp_path / 'train'), *flags)
+  result = run_main(SCRIPT, '--data_dir=' + data_dir,
+                    '--train_dir=' + str(tmp_path / 'train'), *flags)
   assert result.returncode == 1
   assert result.stderr == 'Error: %s\n' % message
   assert not os.path.exists(tmp_path / 'train')

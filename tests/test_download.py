@@ -17,7 +17,7 @@ import cifar10_runtime
 from cifar10_common import UserError
 import cifar_data
 from helpers import EVAL_LINE
-from helpers import run_script
+from helpers import run_main
 
 ARCHIVE_NAME = 'cifar-10-binary.tar.gz'
 ALL_FILES = cifar10_input.TRAIN_FILENAMES + cifar10_input.EVAL_FILENAMES
@@ -259,9 +259,9 @@ def test_data_url_and_data_md5_flags_of_the_scripts(tmp_path, archive):
             '--min_fraction_of_examples_in_queue=0.5']
   # The right MD5: downloaded, checked, unpacked, trained on.
   data_dir = str(tmp_path / 'data')
-  result = run_script('cifar10_train.py', '--data_dir=' + data_dir,
-                      '--train_dir=' + str(tmp_path / 'train'),
-                      '--data_md5=' + md5, *common)
+  result = run_main('cifar10_train.py', '--data_dir=' + data_dir,
+                    '--train_dir=' + str(tmp_path / 'train'),
+                    '--data_md5=' + md5, *common)
   assert result.returncode == 0, result.stderr
   lines = result.stdout.splitlines()
   downloaded = '>> Downloaded %s: %d bytes, MD5 %s.' % (
@@ -272,8 +272,8 @@ def test_data_url_and_data_md5_flags_of_the_scripts(tmp_path, archive):
 
   # The default MD5, the official archive's: this one is refused, not kept.
   data_dir = str(tmp_path / 'data2')
-  result = run_script('cifar10_train.py', '--data_dir=' + data_dir,
-                      '--train_dir=' + str(tmp_path / 'train2'), *common)
+  result = run_main('cifar10_train.py', '--data_dir=' + data_dir,
+                    '--train_dir=' + str(tmp_path / 'train2'), *common)
   assert result.returncode == 1
   assert result.stderr == (
       'Error: downloaded file://%s (%d bytes) has MD5 %s, expected %s: it is '
@@ -284,10 +284,10 @@ def test_data_url_and_data_md5_flags_of_the_scripts(tmp_path, archive):
   assert not os.path.exists(tmp_path / 'train2')
 
   # --data_md5= (empty): no check.
-  result = run_script('cifar10_eval.py', '--data_dir=' + data_dir,
-                      '--data_md5=', '--data_url=file://' + path,
-                      '--run_once', '--checkpoint_dir=' + str(tmp_path / 'train'),
-                      '--eval_dir=' + str(tmp_path / 'eval'), '--batch_size=4')
+  result = run_main('cifar10_eval.py', '--data_dir=' + data_dir,
+                    '--data_md5=', '--data_url=file://' + path, '--run_once',
+                    '--checkpoint_dir=' + str(tmp_path / 'train'),
+                    '--eval_dir=' + str(tmp_path / 'eval'), '--batch_size=4')
   assert result.returncode == 0, result.stderr
   assert downloaded in result.stdout.splitlines()
   assert EVAL_LINE.match(result.stdout.splitlines()[-2]).group(3, 4) == (

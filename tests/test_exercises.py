@@ -6,8 +6,6 @@ import numpy as np
 import pytest
 
 import cifar10
-import cifar10_eval
-import cifar10_runtime
 import cifar10_train
 import cifar_data
 from cifar10_common import tf
@@ -15,7 +13,7 @@ from conftest import TRAINED_STEPS
 from helpers import EVAL_LINE
 from helpers import LOG_LINE
 from helpers import quick_args
-from helpers import run_script
+from helpers import run_main
 from test_train_eval import TRAINABLE
 
 
@@ -38,37 +36,31 @@ def _saved_copy(checkpoint, path, change):
       saver.save(sess, path)
 
 
-def _evaluate(params, capsys):
-  cifar10_eval.evaluate(params)
-  lines = capsys.readouterr().out.splitlines()
-  match = EVAL_LINE.match(lines[0])
-  assert match, lines
-  return int(match.group(2))
-
-
-def test_eval_with_or_without_the_moving_averages(trained, capsys, tmp_path):
+def test_eval_with_or_without_the_moving_averages(trained, tmp_path):
   data_dir, train_dir, _ = trained
   checkpoint = os.path.join(train_dir, 'model.ckpt-%d' % TRAINED_STEPS)
   # A copy whose raw weights and biases are all zero, and whose averages are
   # those of the training: the two evaluations must see different models.
   _saved_copy(checkpoint, str(tmp_path / 'copy' / 'model.ckpt'),
               lambda name, value: 0 * value if name in TRAINABLE else value)
-  params = cifar10_runtime.Params(
-      data_dir=data_dir, checkpoint_dir=str(tmp_path / 'copy'), run_once=True)
-  correct_with_averages = _evaluate(
-      params.replace(eval_dir=str(tmp_path / 'eval_averages')), capsys)
-  correct_raw = _evaluate(
-      params.replace(eval_dir=str(tmp_path / 'eval_raw'),
-                     moving_average=False), capsys)
+  common = ['--run_once', '--data_dir=' + data_dir,
+            '--checkpoint_dir=' + str(tmp_path / 'copy')]
+  correct = {}
+  for flag in ['--moving_average', '--nomoving_average']:
+    result = run_main('cifar10_eval.py', flag,
+                      '--eval_dir=' + str(tmp_path / flag), *common)
+    assert result.returncode == 0, result.stderr
+    correct[flag] = int(EVAL_LINE.match(result.stdout.splitlines()[0]).group(
+        2))
 
-  assert correct_with_averages > 0.5 * 250  # Learnt; chance is 25 of 250.
+  assert correct['--moving_average'] > 0.5 * 250  # Chance: 25 of 250.
   # All-zero weights give equal logits, a tie for first place between all
   # classes: not every class counts as right (as tf.nn.in_top_k would
   # count), but the lowest label, airplane, so that the count is that of
   # airplanes in the test set.
   test_labels = cifar_data.read_labels(
       os.path.join(data_dir, 'cifar-10-batches-bin', 'test_batch.bin'))
-  assert correct_raw == np.sum(test_labels == 0)
+  assert correct['--nomoving_average'] == np.sum(test_labels == 0)
 
 
 def test_predictions_are_normalised_probabilities():
@@ -147,8 +139,8 @@ def test_locally_connected_trains_evaluates_and_refuses_the_other(
     trained, data_dir, tmp_path):
   train_dir = str(tmp_path / 'train_local')
   local_top = ['--top_layers=locally_connected']
-  train = run_script('cifar10_train.py', '--train_dir=' + train_dir,
-                     '--max_steps=20', *(quick_args(data_dir) + local_top))
+  train = run_main('cifar10_train.py', '--train_dir=' + train_dir,
+                   '--max_steps=20', *(quick_args(data_dir) + local_top))
   assert train.returncode == 0, train.stderr
   assert [int(LOG_LINE.match(l).group(1)) for l in train.stdout.splitlines()
           if LOG_LINE.match(l)] == [10, 20]
@@ -156,21 +148,40 @@ def test_locally_connected_trains_evaluates_and_refuses_the_other(
   assert tf.train.load_variable(checkpoint, 'local3/weights').shape == tuple(
       LOCAL3_WEIGHTS)
 
-  evaluation = run_script('cifar10_eval.py', '--run_once',
-                          '--checkpoint_dir=' + train_dir,
-                          '--eval_dir=' + str(tmp_path / 'eval'),
-                          *(quick_args(data_dir, training=False) + local_top))
+  evaluation = run_main('cifar10_eval.py', '--run_once',
+                        '--checkpoint_dir=' + train_dir,
+                        '--eval_dir=' + str(tmp_path / 'eval'),
+                        *(quick_args(data_dir, training=False) + local_top))
   assert evaluation.returncode == 0, evaluation.stderr
   assert EVAL_LINE.match(evaluation.stdout.splitlines()[0]).group(3, 4) == (
       '250', '20')
 
+  # Prediction and export read it too: the same probabilities, of the
+  # tutorial's ten classes, three printed by default.
+  image = write_png(str(tmp_path / 'image.png'))
+  prediction = run_main('cifar10_predict.py', '--checkpoint_dir=' + train_dir,
+                        image, *local_top)
+  assert prediction.returncode == 0, prediction.stderr
+  printed = prediction.stdout.splitlines()[0].split(': ')[1].split(', ')
+  assert len(printed) == 3
+  assert [p.split(' ')[0] for p in printed][0] in cifar10.class_names(data_dir)
+  export_dir = str(tmp_path / 'export_local')
+  exported = run_main('cifar10_export.py', '--checkpoint_dir=' + train_dir,
+                      '--export_dir=' + export_dir, *local_top)
+  assert exported.returncode == 0, exported.stderr
+  assert exported.stdout == 'Exported %s to %s.\n' % (checkpoint, export_dir)
+  served = _serve(export_dir, _png_pixels(image))[:3]
+  assert [p.split(' ')[0] for p in printed] == [name for name, _ in served]
+  np.testing.assert_allclose([float(p.split(' ')[1]) for p in printed],
+                             [probability for _, probability in served],
+                             atol=5e-4)
+
   # The fully connected model refuses the locally connected checkpoint, in
   # every script that reads one; resuming does not touch it, exporting
   # writes nothing.
-  image = write_png(str(tmp_path / 'image.png'))
   files_before = sorted(os.listdir(train_dir))
   for script, args in refusing_scripts(train_dir, tmp_path, image, data_dir):
-    result = run_script(script, *args)
+    result = run_main(script, *args)
     assert result.returncode == 1
     assert result.stderr.count('\n') == 1, result.stderr
     assert result.stderr.startswith('Error: ')
@@ -190,7 +201,7 @@ def test_locally_connected_trains_evaluates_and_refuses_the_other(
                                        data_dir):
     if script == 'cifar10_train.py':
       continue  # It would write into the shared training's folder.
-    result = run_script(script, *(args + local_top))
+    result = run_main(script, *(args + local_top))
     assert result.returncode == 1
     assert result.stderr.count('\n') == 1, result.stderr
     assert fully_connected_dir in result.stderr
@@ -198,6 +209,26 @@ def test_locally_connected_trains_evaluates_and_refuses_the_other(
         'Its model differs: it was trained with '
         '--top_layers=fully_connected.\n')
   assert not os.path.exists(tmp_path / 'export')
+
+
+def _png_pixels(path):
+  """The uint8 [height, width, 3] pixels of a PNG file."""
+  with open(path, 'rb') as f, tf.Graph().as_default(), tf.Session() as sess:
+    return sess.run(tf.io.decode_png(f.read(), channels=3))
+
+
+def _serve(export_dir, image):
+  """(class name, probability) of an exported model for one image, likeliest
+  first: its serving signature, loaded as TensorFlow Serving would."""
+  with tf.Graph().as_default(), tf.Session() as sess:
+    meta_graph = tf.saved_model.loader.load(sess, ['serve'], export_dir)
+    signature = meta_graph.signature_def['serving_default']
+    probabilities, names = sess.run(
+        [signature.outputs['probabilities'].name,
+         signature.outputs['class_names'].name],
+        {signature.inputs['images'].name: image[None]})
+  order = np.argsort(-probabilities[0], kind='stable')
+  return [(names[i].decode(), probabilities[0][i]) for i in order]
 
 
 def write_png(path, label=0):
@@ -230,10 +261,10 @@ def test_data_of_other_classes_is_refused_with_the_reason(trained, tmp_path):
   batches_dir = cifar_data.make_data_dir(five_classes, num_classes=5)
   with open(os.path.join(batches_dir, 'batches.meta.txt'), 'w') as f:
     f.write('a\nb\nc\nd\ne\n')
-  result = run_script('cifar10_eval.py', '--run_once',
-                      '--checkpoint_dir=' + train_dir,
-                      '--eval_dir=' + str(tmp_path / 'eval'),
-                      *quick_args(five_classes, training=False))
+  result = run_main('cifar10_eval.py', '--run_once',
+                    '--checkpoint_dir=' + train_dir,
+                    '--eval_dir=' + str(tmp_path / 'eval'),
+                    *quick_args(five_classes, training=False))
   assert result.returncode == 1
   assert result.stderr.endswith(
       'Its model differs: it has 10 classes, where this model has 5 (from the '

@@ -23,7 +23,7 @@ from cifar10_common import tf
 from conftest import TRAINED_STEPS
 import helpers
 from helpers import quick_args
-from helpers import run_script
+from helpers import run_main
 
 STOP_LINE = r'^Stopped by (SIG\w+) at step (\d+); checkpoint (\S+) saved\.$'
 
@@ -74,8 +74,8 @@ def test_sigkill_mid_run_resumes_from_the_newest_complete_checkpoint(
   for path in _checkpoints(train_dir):
     helpers.assert_readable(path)
   step = int(tf.train.load_variable(latest, 'global_step'))
-  resumed = run_script('cifar10_train.py', '--train_dir=' + train_dir,
-                       '--max_steps=%d' % (step + 1), *quick_args(data_dir))
+  resumed = run_main('cifar10_train.py', '--train_dir=' + train_dir,
+                     '--max_steps=%d' % (step + 1), *quick_args(data_dir))
   assert resumed.returncode == 0, resumed.stderr
   assert resumed.stderr == ''
   assert resumed.stdout.splitlines()[0] == 'Resuming from %s, at step %d.' % (
@@ -93,29 +93,32 @@ def test_sigkill_mid_run_resumes_from_the_newest_complete_checkpoint(
         rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize('script, stop_signal', [
-    ('cifar10_train.py', signal.SIGTERM),
-    ('cifar10_train.py', signal.SIGINT),
-    ('cifar10_multi_gpu_train.py', signal.SIGTERM),
-])
 def test_a_signal_stops_training_with_a_checkpoint_of_the_current_step(
-    script, stop_signal, data_dir, tmp_path, processes):
-  train_dir = str(tmp_path / 'train')
-  training = processes(script, '--train_dir=' + train_dir,
-                       '--max_steps=100000', *quick_args(data_dir))
-  training.wait_for_line(helpers.LOG_LINE.pattern)
-  os.kill(training.process.pid, stop_signal)
-  assert training.finish() == 128 + stop_signal
-  assert training.stderr() == ''  # No traceback, from any thread.
-  stop = training.wait_for_line(STOP_LINE)
-  assert stop.group(1) == stop_signal.name
-  step = int(stop.group(2))
-  assert stop.group(3) == os.path.join(train_dir, 'model.ckpt-%d' % step)
-  assert tf.train.latest_checkpoint(train_dir) == stop.group(3)
-  assert tf.train.load_variable(stop.group(3), 'global_step') == step
-  assert training.lines[-2] == ('Caught %s: stopping cleanly (send it again '
-                                'to stop at once).' % stop_signal.name) or (
-                                    helpers.LOG_LINE.match(training.lines[-2]))
+    data_dir, tmp_path, processes):
+  # Three trainings at once, each stopped by a signal once it logs.
+  runs = [('cifar10_train.py', signal.SIGTERM),
+          ('cifar10_train.py', signal.SIGINT),
+          ('cifar10_multi_gpu_train.py', signal.SIGTERM)]
+  train_dirs = [str(tmp_path / ('train_%d' % i)) for i in range(len(runs))]
+  trainings = [processes(script, '--train_dir=' + train_dir,
+                         '--max_steps=100000', *quick_args(data_dir))
+               for (script, _), train_dir in zip(runs, train_dirs)]
+  for (_, stop_signal), training in zip(runs, trainings):
+    training.wait_for_line(helpers.LOG_LINE.pattern)
+    os.kill(training.process.pid, stop_signal)
+  for (script, stop_signal), training, train_dir in zip(runs, trainings,
+                                                        train_dirs):
+    assert training.finish() == 128 + stop_signal, script
+    assert training.stderr() == ''  # No traceback, from any thread.
+    stop = training.wait_for_line(STOP_LINE)
+    assert stop.group(1) == stop_signal.name
+    step = int(stop.group(2))
+    assert stop.group(3) == os.path.join(train_dir, 'model.ckpt-%d' % step)
+    assert tf.train.latest_checkpoint(train_dir) == stop.group(3)
+    assert tf.train.load_variable(stop.group(3), 'global_step') == step
+    assert training.lines[-2] == (
+        'Caught %s: stopping cleanly (send it again to stop at once).' %
+        stop_signal.name) or helpers.LOG_LINE.match(training.lines[-2])
 
 
 def test_evaluation_beside_training_evaluates_each_checkpoint_once(
@@ -132,10 +135,9 @@ def test_evaluation_beside_training_evaluates_each_checkpoint_once(
   # Waiting for each evaluation before training on makes this independent
   # of the machine's speed.
   for max_steps in [20, 40]:
-    training = run_script('cifar10_train.py', '--train_dir=' + train_dir,
-                          '--max_steps=%d' % max_steps,
-                          '--save_checkpoint_secs=3600',
-                          *quick_args(data_dir))
+    training = run_main('cifar10_train.py', '--train_dir=' + train_dir,
+                        '--max_steps=%d' % max_steps,
+                        '--save_checkpoint_secs=3600', *quick_args(data_dir))
     assert training.returncode == 0, training.stderr
     evaluation.wait_for_line(r'.*: precision @ 1 = .*, step %d; ' % max_steps)
   time.sleep(2.5)  # More looks at the checkpoints: nothing new to evaluate.
@@ -276,9 +278,9 @@ def test_bad_data_stops_training_before_it_starts(damage, message, trained,
       f.seek(3073)  # The label byte of record 1.
       f.write(bytes([200]))
   before = _snapshot(train_dir)
-  result = run_script('cifar10_train.py', '--train_dir=' + train_dir,
-                      '--max_steps=%d' % (TRAINED_STEPS + 10),
-                      *quick_args(data_dir))
+  result = run_main('cifar10_train.py', '--train_dir=' + train_dir,
+                    '--max_steps=%d' % (TRAINED_STEPS + 10),
+                    *quick_args(data_dir))
   assert result.returncode == 1
   assert result.stderr == 'Error: %s\n' % message.format(path=path)
   assert result.stdout == ''  # Stopped before the queue, before step one.
@@ -287,9 +289,9 @@ def test_bad_data_stops_training_before_it_starts(damage, message, trained,
 
 def test_no_data_and_no_network_says_where_to_put_the_archive(tmp_path):
   data_dir = str(tmp_path / 'nothing')
-  result = run_script('cifar10_train.py', '--data_dir=' + data_dir,
-                      '--data_url=http://127.0.0.1:9/cifar-10-binary.tar.gz',
-                      '--train_dir=' + str(tmp_path / 'train'))
+  result = run_main('cifar10_train.py', '--data_dir=' + data_dir,
+                    '--data_url=http://127.0.0.1:9/cifar-10-binary.tar.gz',
+                    '--train_dir=' + str(tmp_path / 'train'))
   assert result.returncode == 1
   assert result.stderr.startswith(
       'Error: could not download http://127.0.0.1:9/cifar-10-binary.tar.gz (')
@@ -305,7 +307,7 @@ def test_a_missing_batch_file_is_named(trained, tmp_path):
   batches_dir = os.path.join(data_dir, 'cifar-10-batches-bin')
   os.remove(os.path.join(batches_dir, 'data_batch_3.bin'))
   before = _snapshot(data_dir)
-  result = run_script(
+  result = run_main(
       'cifar10_train.py', '--train_dir=' + str(tmp_path / 'train'),
       '--data_url=http://127.0.0.1:9/cifar-10-binary.tar.gz',
       *quick_args(data_dir))
@@ -327,9 +329,9 @@ def test_a_directory_that_cannot_be_written(script, flag, more_flags, data_dir,
                                             tmp_path):
   blocker = tmp_path / 'a_file'
   blocker.write_text('not a directory')
-  result = run_script(script, '--%s=%s/sub' % (flag, blocker), *more_flags,
-                      *quick_args(data_dir,
-                                  training=script == 'cifar10_train.py'))
+  result = run_main(script, '--%s=%s/sub' % (flag, blocker), *more_flags,
+                    *quick_args(data_dir,
+                                training=script == 'cifar10_train.py'))
   assert result.returncode == 1
   assert result.stderr == ('Error: --%s=%s/sub cannot be created: Not a '
                            'directory.\n' % (flag, blocker))
@@ -373,8 +375,8 @@ def test_reading_another_models_checkpoint(script, data_dir, tmp_path):
                              quick_args(data_dir, training=False),
           'cifar10_predict.py': [str(tmp_path / 'image.png')],
           'cifar10_export.py': ['--export_dir=' + str(tmp_path / 'export')]}
-  result = run_script(script, '--checkpoint_dir=' + str(tmp_path / 'other'),
-                      *args[script])
+  result = run_main(script, '--checkpoint_dir=' + str(tmp_path / 'other'),
+                    *args[script])
   assert result.returncode == 1
   assert result.stderr == (
       'Error: checkpoint %s is not one of this model: it has no '
@@ -404,30 +406,33 @@ def test_evaluating_a_corrupt_checkpoint(trained, tmp_path):
   with open(newest + '.index', 'r+b') as f:
     f.seek(100)
     f.write(b'\xff' * 64)
-  result = run_script('cifar10_eval.py', '--run_once',
-                      '--checkpoint_dir=' + train_dir,
-                      '--eval_dir=' + str(tmp_path / 'eval'),
-                      *quick_args(data_dir, training=False))
+  result = run_main('cifar10_eval.py', '--run_once',
+                    '--checkpoint_dir=' + train_dir,
+                    '--eval_dir=' + str(tmp_path / 'eval'),
+                    *quick_args(data_dir, training=False))
   assert result.returncode == 1
   assert result.stderr.startswith('Error: checkpoint %s cannot be read: ' %
                                   newest)
   assert len(result.stderr.splitlines()) == 1
 
 
-@pytest.mark.parametrize('stop_signal', [signal.SIGTERM, signal.SIGINT])
-def test_evaluation_stops_cleanly_while_waiting(stop_signal, tmp_path,
-                                                data_dir, processes):
-  evaluation = processes('cifar10_eval.py',
-                         '--checkpoint_dir=' + str(tmp_path / 'none'),
-                         '--eval_dir=' + str(tmp_path / 'eval'),
-                         *quick_args(data_dir, training=False))
-  evaluation.wait_for_line(r'.*no checkpoint in --checkpoint_dir=')
-  started = time.time()
-  os.kill(evaluation.process.pid, stop_signal)
-  assert evaluation.finish() == 128 + stop_signal
-  assert time.time() - started < 10  # Not after the 300 s interval.
-  assert evaluation.stderr() == ''
-  assert evaluation.lines[-1] == 'Evaluation stopped by %s.' % stop_signal.name
+def test_evaluation_stops_cleanly_while_waiting(tmp_path, data_dir,
+                                                processes):
+  stop_signals = [signal.SIGTERM, signal.SIGINT]
+  evaluations = [processes('cifar10_eval.py',
+                           '--checkpoint_dir=' + str(tmp_path / 'none'),
+                           '--eval_dir=' + str(tmp_path / stop_signal.name),
+                           *quick_args(data_dir, training=False))
+                 for stop_signal in stop_signals]
+  for stop_signal, evaluation in zip(stop_signals, evaluations):
+    evaluation.wait_for_line(r'.*no checkpoint in --checkpoint_dir=')
+    started = time.time()
+    os.kill(evaluation.process.pid, stop_signal)
+    assert evaluation.finish() == 128 + stop_signal
+    assert time.time() - started < 30  # Not after the 300 s interval.
+    assert evaluation.stderr() == ''
+    assert evaluation.lines[-1] == ('Evaluation stopped by %s.' %
+                                    stop_signal.name)
 
 
 @pytest.mark.parametrize('stop_signal', [signal.SIGTERM, signal.SIGINT])
@@ -500,8 +505,9 @@ def test_a_second_signal_stops_at_once_while_tensorflow_waits(processes):
                         r'to stop at once\)\.$')
   started = time.time()
   os.kill(blocked.process.pid, signal.SIGINT)
-  assert blocked.finish(timeout=10) == 128 + signal.SIGINT
-  assert time.time() - started < 5
+  # At once: a clean stop would wait for ever for the batch.
+  assert blocked.finish(timeout=60) == 128 + signal.SIGINT
+  assert time.time() - started < 30
   assert blocked.lines[-1] == ('Caught SIGINT while stopping: stopped at once; '
                                'the last checkpoint, model.ckpt-7, is kept.')
   assert blocked.stderr() == ''

@@ -1,5 +1,6 @@
 """Multi-device training: towers on two CPU devices of this machine."""
 
+import datetime
 import os
 import re
 import shutil
@@ -176,16 +177,24 @@ def test_two_tower_training_learns_and_is_evaluated(quick_params, capsys):
   # The shared queue is filled once, for both towers.
   assert [l for l in lines if l.startswith('Filling the input queue with')] == [
       'Filling the input queue with 200 CIFAR images before starting to train.']
-  logged = [helpers.LOG_LINE.match(l) for l in lines]
-  logged = [m for m in logged if m]
-  assert [int(m.group(1)) for m in logged] == list(
+  logged = [(l, helpers.LOG_LINE.match(l)) for l in lines]
+  logged = [(l, m) for l, m in logged if m]
+  assert [int(m.group(1)) for _, m in logged] == list(
       range(10, TRAINED_STEPS + 1, 10))
-  for m in logged:
-    # examples/sec counts both towers: times sec/batch, one batch of 32
-    # (give or take the rounding of the two printed figures).
-    examples_per_sec, sec_per_batch = float(m.group(3)), float(m.group(4))
-    rounding = examples_per_sec * 0.0005 + sec_per_batch * 0.05
-    assert abs(examples_per_sec * sec_per_batch - 32) <= rounding
+  # examples/sec counts both towers' images, sec/batch both towers'
+  # batches: checked against the clock. Each line says when it was printed,
+  # and covers the 10 steps since the line before (the first, steps 2 to
+  # 10): over all lines but the first, the figures printed must add up to
+  # the time between the first and the last.
+  printed_at = [datetime.datetime.strptime(l.split(': step')[0],
+                                           '%Y-%m-%d %H:%M:%S.%f')
+                for l, _ in logged]
+  elapsed = (printed_at[-1] - printed_at[0]).total_seconds()
+  later = [m for _, m in logged[1:]]
+  by_examples_per_sec = sum(10 * 2 * 32 / float(m.group(3)) for m in later)
+  by_sec_per_batch = sum(10 * 2 * float(m.group(4)) for m in later)
+  assert by_examples_per_sec == pytest.approx(elapsed, rel=0.1)
+  assert by_sec_per_batch == pytest.approx(elapsed, rel=0.1)
 
   last = os.path.join(params.train_dir, 'model.ckpt-%d' % TRAINED_STEPS)
   initial = helpers.cross_entropy_on_test_set(
@@ -238,9 +247,8 @@ def test_script_on_a_machine_without_gpus(data_dir, tmp_path):
   assert lines[-1].startswith('Done training: step 10;')
 
 
-def test_num_gpus_below_one_is_refused(tmp_path):
-  result = helpers.run_script('cifar10_multi_gpu_train.py',
-                                      '--num_gpus=0')
+def test_num_gpus_below_one_is_refused():
+  result = helpers.run_main('cifar10_multi_gpu_train.py', '--num_gpus=0')
   assert result.returncode == 2
   assert result.stderr == ('Error: flag --num_gpus=0: 0 is not a positive '
                            'integer (see --helpshort)\n')

@@ -19,6 +19,7 @@ from cifar10_common import tf
 from cifar10_common import UserError
 from conftest import LEARNING_RATE
 from helpers import EVAL_LINE
+from helpers import run_main
 from helpers import run_script
 import prepare_data
 
@@ -83,10 +84,11 @@ def _records(batches_dir, name):
 def test_prepare_data_writes_the_cifar_layout(image_dir, tmp_path):
   folder, exact = image_dir
   output_dir = str(tmp_path / 'data')
-  result = run_script('prepare_data.py', '--image_dir=' + folder,
-                      '--output_dir=' + output_dir, '--test_fraction=0.25',
-                      '--seed=7')
+  result = run_main('prepare_data.py', '--image_dir=' + folder,
+                    '--output_dir=' + output_dir, '--test_fraction=0.25',
+                    '--seed=7')
   assert result.returncode == 0, result.stderr
+  assert result.stderr == ''
   batches_dir = os.path.join(output_dir, 'cifar-10-batches-bin')
   # Per class: 40 images (and a broken one), a quarter of them for testing.
   assert result.stdout.splitlines() == [
@@ -142,9 +144,9 @@ def test_prepare_data_writes_the_cifar_layout(image_dir, tmp_path):
 def test_prepare_data_refuses_more_than_256_classes(tmp_path):
   for i in range(257):
     os.makedirs(tmp_path / 'images' / ('class_%03d' % i))
-  result = run_script('prepare_data.py',
-                      '--image_dir=' + str(tmp_path / 'images'),
-                      '--output_dir=' + str(tmp_path / 'data'))
+  result = run_main('prepare_data.py',
+                    '--image_dir=' + str(tmp_path / 'images'),
+                    '--output_dir=' + str(tmp_path / 'data'))
   assert result.returncode == 1
   assert result.stderr == (
       'Error: --image_dir=%s has 257 class folders; at most 256 fit in the '
@@ -162,8 +164,7 @@ def test_prepare_data_refuses_more_than_256_classes(tmp_path):
 ])
 def test_prepare_data_bad_input(image_dir, tmp_path, args, message):
   names = {'images': image_dir[0], 'out': str(tmp_path / 'out')}
-  result = run_script('prepare_data.py',
-                      *[a.format(**names) for a in args])
+  result = run_main('prepare_data.py', *[a.format(**names) for a in args])
   assert result.returncode == 1
   assert result.stderr == 'Error: %s\n' % message.format(**names)
   assert not os.path.exists(os.path.join(names['out'], 'cifar-10-batches-bin'))
@@ -220,8 +221,8 @@ def test_predict_prints_top_classes_and_reports_unreadable_files(
                                  ('dogs', 3, 'jpg')]]
   broken = os.path.join(folder, 'dogs', 'broken.jpg')
   missing = str(tmp_path / 'missing.png')
-  result = run_script('cifar10_predict.py', '--checkpoint_dir=' + train_dir,
-                      paths[0], broken, paths[1], missing, paths[2])
+  result = run_main('cifar10_predict.py', '--checkpoint_dir=' + train_dir,
+                    paths[0], broken, paths[1], missing, paths[2])
   assert result.returncode == 1
   assert result.stderr.splitlines() == [
       'Error: cannot read %s: %s' % (broken, UNKNOWN_FORMAT),
@@ -295,8 +296,8 @@ def test_predict_top_k_and_export_as_scripts(image_dir, trained_on_own_data,
   _, train_dir = trained_on_own_data
   path = os.path.join(image_dir[0], 'zebras', 'zebras_02.png')
   for top_k, printed in [(1, 1), (2, 2), (5, 3)]:  # At most every class.
-    result = run_script('cifar10_predict.py', '--checkpoint_dir=' + train_dir,
-                        '--top_k=%d' % top_k, path)
+    result = run_main('cifar10_predict.py', '--checkpoint_dir=' + train_dir,
+                      '--top_k=%d' % top_k, path)
     assert result.returncode == 0, result.stderr
     line, = result.stdout.splitlines()
     pairs = line.split(': ')[1].split(', ')
@@ -311,8 +312,8 @@ def test_predict_top_k_and_export_as_scripts(image_dir, trained_on_own_data,
   assert result.stdout == 'Exported %s to %s.\n' % (
       tf.train.latest_checkpoint(train_dir), export_dir)
   assert os.path.isfile(os.path.join(export_dir, 'saved_model.pb'))
-  again = run_script('cifar10_export.py', '--checkpoint_dir=' + train_dir,
-                     '--export_dir=' + export_dir)
+  again = run_main('cifar10_export.py', '--checkpoint_dir=' + train_dir,
+                   '--export_dir=' + export_dir)
   assert again.returncode == 1
   assert again.stderr == ('Error: --export_dir=%s exists: give a new folder '
                           '(nothing is overwritten).\n' % export_dir)
@@ -343,9 +344,9 @@ def test_256_classes_with_utf8_names_train_evaluate_and_predict(tmp_path):
   assert sorted_names[-1] == '猫'
 
   common = ['--data_dir=' + data_dir, '--batch_size=16']
-  training = run_script('cifar10_train.py', '--train_dir=' + train_dir,
-                        '--max_steps=10',
-                        '--min_fraction_of_examples_in_queue=0.2', *common)
+  training = run_main('cifar10_train.py', '--train_dir=' + train_dir,
+                      '--max_steps=10',
+                      '--min_fraction_of_examples_in_queue=0.2', *common)
   assert training.returncode == 0, training.stderr
   assert tf.train.load_variable(tf.train.latest_checkpoint(train_dir),
                                 'softmax_linear/biases').shape == (256,)
@@ -353,9 +354,9 @@ def test_256_classes_with_utf8_names_train_evaluate_and_predict(tmp_path):
             encoding='utf-8') as f:
     assert f.read().splitlines() == sorted_names
 
-  evaluation = run_script('cifar10_eval.py', '--run_once',
-                          '--checkpoint_dir=' + train_dir,
-                          '--eval_dir=' + str(tmp_path / 'eval'), *common)
+  evaluation = run_main('cifar10_eval.py', '--run_once',
+                        '--checkpoint_dir=' + train_dir,
+                        '--eval_dir=' + str(tmp_path / 'eval'), *common)
   assert evaluation.returncode == 0, evaluation.stderr
   first, by_class = evaluation.stdout.splitlines()
   assert EVAL_LINE.match(first).group(3, 4) == ('256', '10')
@@ -366,5 +367,6 @@ def test_256_classes_with_utf8_names_train_evaluate_and_predict(tmp_path):
   prediction = run_script('cifar10_predict.py', '--checkpoint_dir=' + train_dir,
                           '--top_k=256', str(images / '猫' / '0.png'))
   assert prediction.returncode == 0, prediction.stderr
+  assert prediction.stderr == ''
   pairs = prediction.stdout.splitlines()[0].split(': ', 1)[1].split(', ')
   assert sorted(pair.rsplit(' ', 1)[0] for pair in pairs) == sorted_names

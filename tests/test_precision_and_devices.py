@@ -8,12 +8,14 @@ import pytest
 
 import cifar10
 import cifar10_eval
+import cifar10_quiet
 import cifar10_runtime
 import cifar10_train
 from cifar10_common import tf
 from conftest import LEARNING_RATE
 from helpers import cross_entropy_on_test_set
 from helpers import EVAL_LINE
+from helpers import run_main
 from helpers import run_script
 
 
@@ -41,28 +43,58 @@ def test_mixed_precision_is_float32_variables_and_low_precision_compute():
   assert loss_value == pytest.approx(4.6, abs=0.2)
 
 
-def test_float16_mixed_precision_scales_the_loss():
-  params = cifar10_runtime.Params(mixed_precision=True)
-  assert params.variable_dtype == tf.float32
-  # Here, with no GPU, bfloat16, which needs no scaling.
-  assert params.compute_dtype == tf.bfloat16
-  assert params.loss_scale == 1.0
+def _gradients_of_a_confident_model(compute_dtype, loss_scale):
+  """{variable: gradient} of float32 variables, computed in `compute_dtype`,
+  for a model that is sure of the right class: tiny gradients."""
   rng = np.random.default_rng(1)
   images = rng.normal(size=(4, 24, 24, 3)).astype(np.float32)
-  labels = np.arange(4)
-  grads = {}
-  for scale in [1.0, cifar10.FLOAT16_LOSS_SCALE]:
-    with tf.Graph().as_default():
-      tf.set_random_seed(0)
-      loss = cifar10.loss(cifar10.inference(tf.constant(images)),
-                          tf.constant(labels))
-      pairs = cifar10.gradients(loss, scale)
-      with tf.Session() as sess:
-        sess.run(tf.global_variables_initializer())
-        grads[scale] = sess.run([g for g, _ in pairs])
-  # Scaled, then unscaled: the same gradients.
-  for unscaled, scaled in zip(*grads.values()):
-    np.testing.assert_allclose(scaled, unscaled, rtol=1e-5, atol=1e-9)
+  with tf.Graph().as_default():
+    tf.set_random_seed(0)
+    logits = cifar10.inference(tf.cast(tf.constant(images), compute_dtype),
+                               variable_dtype=tf.float32)
+    loss = cifar10.loss(logits, tf.zeros([4], tf.int32))  # All class 0,
+    pairs = cifar10.gradients(loss, loss_scale)
+    with tf.Session() as sess:
+      sess.run(tf.global_variables_initializer())
+      biases, = [v for v in tf.trainable_variables()
+                 if v.op.name == 'softmax_linear/biases']
+      sess.run(biases.assign([12.0] + [0.0] * 9))  # its likeliest by far.
+      values = sess.run([g for g, _ in pairs])
+  return {v.op.name: g for (_, v), g in zip(pairs, values)}
+
+
+def test_float16_on_a_gpu_scales_the_loss_so_small_gradients_survive(
+    monkeypatch):
+  # Here, with no GPU: bfloat16, which has float32's range; no scaling.
+  params = cifar10_runtime.Params(mixed_precision=True)
+  assert (params.variable_dtype, params.compute_dtype,
+          params.loss_scale) == (tf.float32, tf.bfloat16, 1.0)
+  # Where a GPU is: float16, whose smallest number is 6e-8; the loss, and
+  # so its gradients, times 128.
+  monkeypatch.setattr(cifar10_runtime, 'gpus',
+                      lambda: ['/physical_device:GPU:0'])
+  params = cifar10_runtime.Params(mixed_precision=True)
+  assert (params.variable_dtype, params.compute_dtype,
+          params.loss_scale) == (tf.float32, tf.float16, 128.0)
+  assert cifar10.FLOAT16_LOSS_SCALE == 128.0
+
+  # What it is for: a model sure of its answers has gradients of 1e-7 in its
+  # lower layers, which float16 rounds to 0 (measured: 81% of conv1's
+  # weights' gradients), unless the loss is scaled, then the gradients
+  # unscaled in float32 (then off float32's by 6%, 1% for conv2).
+  exact = _gradients_of_a_confident_model(tf.float32, 1.0)
+  unscaled = _gradients_of_a_confident_model(tf.float16, 1.0)
+  scaled = _gradients_of_a_confident_model(tf.float16,
+                                           cifar10.FLOAT16_LOSS_SCALE)
+
+  def error(gradients, name):
+    return np.abs(gradients[name] - exact[name]).sum() / np.abs(
+        exact[name]).sum()
+
+  for name in ['conv1/weights', 'conv1/biases', 'conv2/weights']:
+    assert np.abs(exact[name]).mean() < 1e-6, name
+    assert error(unscaled, name) > 0.5, name
+    assert error(scaled, name) < 0.1, name
 
 
 def test_mixed_precision_training_writes_float32_checkpoints(data_dir,
@@ -75,11 +107,11 @@ def test_mixed_precision_training_writes_float32_checkpoints(data_dir,
   # at LEARNING_RATE, 20 of 20 learnt (10 by step 60; 10 more to a test
   # cross entropy of 0.003 by step 150).
   train_dir = str(tmp_path / 'train')
-  train = run_script('cifar10_train.py', '--mixed_precision',
-                     '--initial_learning_rate=%g' % LEARNING_RATE,
-                     '--train_dir=' + train_dir, '--data_dir=' + data_dir,
-                     '--batch_size=32', '--max_steps=150',
-                     '--min_fraction_of_examples_in_queue=0.625')
+  train = run_main('cifar10_train.py', '--mixed_precision',
+                   '--initial_learning_rate=%g' % LEARNING_RATE,
+                   '--train_dir=' + train_dir, '--data_dir=' + data_dir,
+                   '--batch_size=32', '--max_steps=150',
+                   '--min_fraction_of_examples_in_queue=0.625')
   assert train.returncode == 0, train.stderr
   checkpoint = tf.train.latest_checkpoint(train_dir)
   assert checkpoint.endswith('model.ckpt-150')
@@ -90,10 +122,10 @@ def test_mixed_precision_training_writes_float32_checkpoints(data_dir,
                                       data_dir)
   assert cross_entropy_on_test_set(checkpoint, data_dir) < 0.5 * initial
 
-  evaluation = run_script('cifar10_eval.py', '--run_once',
-                          '--checkpoint_dir=' + train_dir,
-                          '--eval_dir=' + str(tmp_path / 'eval'),
-                          '--data_dir=' + data_dir)
+  evaluation = run_main('cifar10_eval.py', '--run_once',
+                        '--checkpoint_dir=' + train_dir,
+                        '--eval_dir=' + str(tmp_path / 'eval'),
+                        '--data_dir=' + data_dir)
   assert evaluation.returncode == 0, evaluation.stderr
   match = EVAL_LINE.match(evaluation.stdout.splitlines()[0])
   assert match.group(3, 4) == ('250', '150')
@@ -163,3 +195,17 @@ def test_gpu_checks_parts_that_run_on_a_cpu(mixed_precision, data_dir):
   # bfloat16 keeps 8 bits of mantissa: the halves round differently (0.006
   # here, against 2e-6 in float32).
   assert difference < (0.02 if mixed_precision else 1e-4)
+
+
+@pytest.mark.parametrize('gpu_device_files, cuda_visible_devices, noise', [
+    ([], None, True),  # No GPU installed: CUDA cannot start, as expected.
+    ([], '0', True),
+    (['/dev/nvidia0'], '', True),  # GPUs hidden by the user, on purpose.
+    (['/dev/nvidia0'], '-1', True),
+    (['/dev/nvidia0'], None, False),  # GPUs meant to be used: a real error.
+    (['/dev/nvidia0'], '0', False),
+])
+def test_cuda_errors_are_shown_where_gpus_are_meant_to_be_used(
+    gpu_device_files, cuda_visible_devices, noise):
+  assert cifar10_quiet.cuda_error_is_noise(
+      gpu_device_files, cuda_visible_devices) == noise
