@@ -7,6 +7,7 @@ file under a temporary name too; data already unpacked is checked (whole
 records, labels in range) and used as it is.
 """
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -19,6 +20,7 @@ import urllib.error
 import urllib.request
 import zlib
 
+import cifar10_files
 import cifar10_input
 from cifar10_common import UserError
 
@@ -48,6 +50,18 @@ def _print_progress(message, final=False):
   sys.stdout.flush()
 
 
+@contextlib.contextmanager
+def _named_write_errors(path):
+  """Writes to a file object fail with an OSError that names no file: this
+  names `path`, what is being written (under a temporary name)."""
+  try:
+    yield
+  except OSError as e:
+    if e.filename or not e.errno:
+      raise
+    raise OSError(e.errno, e.strerror, path) from None
+
+
 def _download(url, dest_path, expected_md5):
   """Downloads `url` to `dest_path`, all or nothing, checking its MD5.
 
@@ -69,7 +83,7 @@ def _download(url, dest_path, expected_md5):
   try:
     md5 = hashlib.md5(usedforsecurity=False)
     received = 0
-    with os.fdopen(part_fd, 'wb') as part_file:
+    with _named_write_errors(dest_path), os.fdopen(part_fd, 'wb') as part_file:
       try:
         response = urllib.request.urlopen(url, timeout=60)
       except (urllib.error.URLError, OSError, ValueError) as e:
@@ -153,7 +167,8 @@ def _extract(archive_path, data_dir):
                                               prefix=name + '.',
                                               suffix='.part')
         try:
-          with os.fdopen(part_fd, 'wb') as part_file:
+          with _named_write_errors(os.path.join(batches_dir, name)), (
+              os.fdopen(part_fd, 'wb')) as part_file:
             shutil.copyfileobj(archive.extractfile(member), part_file, 1 << 20)
           os.replace(part_path, os.path.join(batches_dir, name))
         finally:
@@ -161,6 +176,8 @@ def _extract(archive_path, data_dir):
             os.remove(part_path)
         found.add(name)
   except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+    if cifar10_files.out_of_space(e):
+      raise  # Not the archive's fault.
     raise UserError('cannot extract %s: %s. The archive is corrupt or '
                     'truncated; delete it to download it again.' %
                     (archive_path, e)) from None
@@ -210,6 +227,19 @@ def maybe_download_and_extract(data_dir, data_url=DATA_URL,
   except OSError as e:
     raise UserError('cannot create data directory %s: %s' %
                     (data_dir, e.strerror)) from None
+  try:
+    return _fetch(data_dir, batches_dir, data_files, data_url, expected_md5)
+  except OSError as e:
+    if not cifar10_files.out_of_space(e):
+      raise
+    raise cifar10_files.no_space_error(
+        'data_dir', data_dir, e, 'Nothing half-written is kept. CIFAR-10 '
+        'needs about 355 MB there: the archive (170 MB) and its batch files '
+        '(184 MB).') from None
+
+
+def _fetch(data_dir, batches_dir, data_files, data_url, expected_md5):
+  """Downloads (unless there) and extracts the archive; checks the data."""
   filename = data_url.split('/')[-1]
   if not filename:
     raise UserError('--data_url=%s does not end with the name of an archive '

@@ -36,6 +36,7 @@ import numpy as np
 
 import cifar10
 import cifar10_common
+import cifar10_files
 import cifar10_flags
 import cifar10_runtime
 from cifar10_common import tf
@@ -179,42 +180,61 @@ def evaluate(params):
                        summary=tf.summary.merge_all(),
                        local_init=tf.local_variables_initializer())
 
-    summary_writer = tf.summary.FileWriter(params.eval_dir, g)
-
-    evaluated = set()  # Checkpoints evaluated, or found unreadable.
-    with cifar10_common.StopSignals() as stop:
-      while not stop.received:
-        try:
-          checkpoint_path = cifar10_runtime.latest_checkpoint(
-              params.checkpoint_dir)
-        except cifar10_runtime.CheckpointError as e:
-          if params.run_once:
-            raise
-          print('%s: %s Waiting.' % (datetime.now(), e), flush=True)
-          checkpoint_path = None
-        if checkpoint_path and checkpoint_path not in evaluated:
-          try:
-            cifar10_runtime.check_checkpoint(checkpoint_path,
-                                             variables_to_restore)
-            if eval_once(saver, summary_writer, eval_ops, checkpoint_path,
-                         num_examples, class_names, stop,
-                         cifar10_runtime.session_config(params)) is not None:
-              evaluated.add(checkpoint_path)
-          except cifar10_runtime.CheckpointUnreadable as e:
-            if params.run_once:
-              raise
-            # Training keeps its last 5 checkpoints: an old one can vanish
-            # between being listed and being read.
-            print('%s: skipping %s; waiting for the next checkpoint.' %
-                  (datetime.now(), e), flush=True)
-            evaluated.add(checkpoint_path)
-        if params.run_once:
-          break
-        stop.wait(params.eval_interval_secs)
-    summary_writer.close()
+    try:
+      summary_writer = cifar10_files.SummaryWriter(params.eval_dir, g)
+      stop = _evaluate_checkpoints(params, saver, summary_writer, eval_ops,
+                                   num_examples, class_names,
+                                   variables_to_restore)
+      summary_writer.close()
+    except Exception as error:  # pylint: disable=broad-except
+      if not cifar10_files.out_of_space(error):
+        raise
+      raise cifar10_files.no_space_error(
+          'eval_dir', params.eval_dir, error, 'Evaluation stopped; its '
+          'summaries written whole are kept.') from None
     if stop.received:
       raise cifar10_common.Interrupted(
           'Evaluation stopped by %s.' % stop.received, stop.signum)
+
+
+def _evaluate_checkpoints(params, saver, summary_writer, eval_ops,
+                          num_examples, class_names, variables_to_restore):
+  """Evaluates each new checkpoint as it comes, or the latest once.
+
+  Returns:
+    The StopSignals, which say whether a signal stopped it.
+  """
+  evaluated = set()  # Checkpoints evaluated, or found unreadable.
+  with cifar10_common.StopSignals() as stop:
+    while not stop.received:
+      try:
+        checkpoint_path = cifar10_runtime.latest_checkpoint(
+            params.checkpoint_dir)
+      except cifar10_runtime.CheckpointError as e:
+        if params.run_once:
+          raise
+        print('%s: %s Waiting.' % (datetime.now(), e), flush=True)
+        checkpoint_path = None
+      if checkpoint_path and checkpoint_path not in evaluated:
+        try:
+          cifar10_runtime.check_checkpoint(checkpoint_path,
+                                           variables_to_restore)
+          if eval_once(saver, summary_writer, eval_ops, checkpoint_path,
+                       num_examples, class_names, stop,
+                       cifar10_runtime.session_config(params)) is not None:
+            evaluated.add(checkpoint_path)
+        except cifar10_runtime.CheckpointUnreadable as e:
+          if params.run_once:
+            raise
+          # Training keeps its last 5 checkpoints: an old one can vanish
+          # between being listed and being read.
+          print('%s: skipping %s; waiting for the next checkpoint.' %
+                (datetime.now(), e), flush=True)
+          evaluated.add(checkpoint_path)
+      if params.run_once:
+        break
+      stop.wait(params.eval_interval_secs)
+  return stop
 
 
 def main(argv=None):  # pylint: disable=unused-argument

@@ -20,10 +20,12 @@ It loads without this code, in TensorFlow 2:
 """
 
 import os
+import shutil
 
 from absl import flags
 
 import cifar10_common
+import cifar10_files
 import cifar10_flags
 import cifar10_runtime
 from cifar10_common import tf
@@ -55,12 +57,31 @@ def export(checkpoint_dir, export_dir, moving_average=True,
 
   Raises:
     UserError: export_dir exists, or there is no usable checkpoint.
+    NoSpaceError: the SavedModel could not be written for want of space
+      (what was written of it is removed).
   """
   if os.path.exists(export_dir):
     raise UserError('--export_dir=%s exists: give a new folder (nothing is '
                     'overwritten).' % export_dir)
   classifier = cifar10_runtime.Classifier(checkpoint_dir, moving_average,
                                           any_size=True, params=params)
+  try:
+    _save(classifier, export_dir)
+  except Exception as error:
+    # Nothing half-written: the folder is new, and ours.
+    shutil.rmtree(export_dir, ignore_errors=True)
+    if not cifar10_files.out_of_space(error):
+      raise
+    raise cifar10_files.no_space_error(
+        'export_dir', export_dir, error,
+        'Nothing was exported: the partial SavedModel was removed.') from None
+  finally:
+    classifier.close()
+  return classifier.checkpoint_path
+
+
+def _save(classifier, export_dir):
+  """Writes the classifier's graph and weights as a SavedModel."""
   with classifier.graph.as_default():
     class_names = tf.constant(classifier.class_names, name='class_names')
     builder = tf.saved_model.Builder(export_dir)
@@ -73,8 +94,6 @@ def export(checkpoint_dir, export_dir, moving_average=True,
                          'class_names': class_names})},
         strip_default_attrs=True)
     builder.save()
-  classifier.close()
-  return classifier.checkpoint_path
 
 
 def main(argv):

@@ -94,11 +94,15 @@ def read_class_names(data_dir):
   return names
 
 
+def encode_class_names(class_names):
+  """The contents of a META_FILENAME: the names, one per line, in UTF-8."""
+  return ''.join(name + '\n' for name in class_names).encode('utf-8')
+
+
 def write_class_names(directory, class_names):
   """Writes the class names, one per line, as read_class_names reads them."""
-  with open(os.path.join(directory, META_FILENAME), 'w',
-            encoding='utf-8') as f:
-    f.write(''.join(name + '\n' for name in class_names))
+  with open(os.path.join(directory, META_FILENAME), 'wb') as f:
+    f.write(encode_class_names(class_names))
 
 
 def data_filenames(data_dir, eval_data):

@@ -152,8 +152,8 @@ tf.get_logger().addFilter(_DEPRECATION_FILTER)
 # enqueues (and the end of synchronous distributed training, the chief's wait
 # for gradients), which TensorFlow 2 logs as warnings, and oneDNN reports,
 # wrongly on AVX-512 machines, falling back to Eigen for uint8 and float16
-# ops. Each is
-# followed by indented detail lines.
+# ops; and errors the scripts report themselves, in one line. Each may be
+# followed by lines of details (_NOISE_DETAILS), dropped with it.
 _RUNTIME_NOISE = (
     r'local_rendezvous\.cc:\d+\] Local rendezvous is aborting with status: '
     r'CANCELLED: (Enqueue|Dequeue|TakeGrad) operation was cancelled'
@@ -174,22 +174,31 @@ _RUNTIME_NOISE = (
     r'|util\.cc:\d+\] oneDNN supports DT_(UINT8|HALF) only on platforms with '
     r'AVX-512'
     # A traced step (benchmark.py --profile) on a machine without a GPU.
-    r'|xplane_to_step_stats\.cc:\d+\] GPU trace was not collected')
+    r'|xplane_to_step_stats\.cc:\d+\] GPU trace was not collected'
+    # A checkpoint that cannot be written for want of space, which the
+    # scripts report themselves (cifar10_files.no_space_error).
+    r'|(op_kernel\.cc:\d+\] OP_REQUIRES failed at \w+\.cc:\d+ : |'
+    r'local_rendezvous\.cc:\d+\] Local rendezvous is aborting with status: )'
+    r'RESOURCE_EXHAUSTED: \S+; (No space left on device|Disk quota exceeded)')
+# After such a line: its indented details, TensorFlow's hint (about memory,
+# where it applies) and blank lines.
+_NOISE_DETAILS = r'^(\s|Hint: If you want to see a list of allocated tensors|$)'
+
 
 # The filter process: copies its stdin to its stdout, line by line, without
-# the lines matching argv[1] and the indented lines that follow them. It
-# ignores Ctrl-C and SIGTERM, which may be sent to the whole process group:
-# it ends when the script's end closes its input.
+# the lines matching argv[1] and the lines of details that follow them
+# (matching argv[2]). It ignores Ctrl-C and SIGTERM, which may be sent to the
+# whole process group: it ends when the script's end closes its input.
 _FILTER_PROGRAM = r"""
 import re, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-noise = re.compile(sys.argv[1].encode())
+noise, details = re.compile(sys.argv[1].encode()), re.compile(sys.argv[2].encode())
 dropping = False
 for line in sys.stdin.buffer:
   if noise.search(line):
     dropping = True
-  elif not (dropping and line[:1] in (b'\t', b' ')):
+  elif not (dropping and details.match(line)):
     dropping = False
     sys.stdout.buffer.write(line)
     sys.stdout.buffer.flush()
@@ -213,7 +222,8 @@ def filter_runtime_noise_from_stderr():
   sys.stderr.flush()
   original_stderr_fd = os.dup(2)
   filter_process = subprocess.Popen(
-      [sys.executable, '-S', '-c', _FILTER_PROGRAM, _RUNTIME_NOISE],
+      [sys.executable, '-S', '-c', _FILTER_PROGRAM, _RUNTIME_NOISE,
+       _NOISE_DETAILS],
       stdin=subprocess.PIPE, stdout=original_stderr_fd, close_fds=True)
   os.dup2(filter_process.stdin.fileno(), 2)
   filter_process.stdin.close()

@@ -25,6 +25,7 @@ import time
 import cifar10
 import cifar10_common
 from cifar10_common import tf
+import cifar10_files
 from cifar10_common import UserError
 import cifar10_input
 
@@ -180,6 +181,7 @@ class _LoggerHook(tf.train.SessionRunHook):
     self._summary_dir = summary_dir
     self._worker_name = worker_name
     self.own_steps = 0
+    self.step = None  # Read from the session once it is created.
 
   def begin(self):
     self._global_step_tensor = tf.train.get_global_step()
@@ -223,10 +225,13 @@ class _LoggerHook(tf.train.SessionRunHook):
             examples_per_sec, sec_per_batch)
       print(line, flush=True)
       if self._summary_dir:
-        tf.summary.FileWriterCache.get(self._summary_dir).add_summary(
-            tf.Summary(value=[tf.Summary.Value(
-                tag='examples_per_sec', simple_value=examples_per_sec)]),
-            self.step)
+        writer = tf.summary.FileWriterCache.get(self._summary_dir)
+        writer.add_summary(tf.Summary(value=[tf.Summary.Value(
+            tag='examples_per_sec', simple_value=examples_per_sec)]),
+                           self.step)
+        # TensorBoard sees the summaries as they come, and a summary that
+        # cannot be written (a full disk) stops training within one line.
+        writer.flush()
       self._last_log_step, self._last_log_time = self.own_steps, now
 
   def end(self, session):
@@ -543,11 +548,15 @@ def run_training(train_op, loss, params, batches_per_step=1, config=None,
                  master='', is_chief=True, hooks=(), worker_name=None):
   """Runs `train_op` until params.max_steps: logs, summaries, checkpoints.
 
-  Resumes from the newest readable checkpoint in params.train_dir, if any.
-  Checkpoints are written every params.save_checkpoint_secs and at the end,
-  but never once the loss has turned NaN: the last good one is kept. SIGINT
-  (Ctrl-C) or SIGTERM stops training cleanly, with a checkpoint of the
-  current step; a second one stops it at once.
+  The chief (the one process of a training, or worker 0 of a distributed
+  one) holds params.train_dir from start to end: it is its one writer (see
+  cifar10_files.hold_train_dir). It resumes from the newest readable
+  checkpoint there, if any. Checkpoints are written every
+  params.save_checkpoint_secs and at the end, but never once the loss has
+  turned NaN: the last good one is kept. SIGINT (Ctrl-C) or SIGTERM stops
+  training cleanly, with a checkpoint of the current step; a second one
+  stops it at once. If a checkpoint or the summaries cannot be written for
+  want of space, training stops at once and removes what was half-written.
 
   Args:
     train_op: The op of one training step.
@@ -566,52 +575,106 @@ def run_training(train_op, loss, params, batches_per_step=1, config=None,
     worker_name: For a distributed worker, its name in the log lines.
 
   Raises:
+    TrainDirInUse: another process trains in params.train_dir.
     NanLossError: the loss became NaN.
+    NoSpaceError: a checkpoint or the summaries could not be written.
     CheckpointError: train_dir holds checkpoints that cannot be resumed.
     Interrupted: SIGINT or SIGTERM stopped training (after the checkpoint).
   """
   train_dir = params.train_dir
-  # Relative paths in the 'checkpoint' file: the train dir can be moved.
-  scaffold = tf.train.Scaffold(
-      saver=tf.train.Saver(sharded=True, save_relative_paths=True))
   logger = _LoggerHook(loss, params.batch_size, batches_per_step,
                        params.log_frequency, train_dir,
                        train_dir if is_chief else None, worker_name)
   hooks = [tf.train.StopAtStepHook(last_step=params.max_steps), logger,
            _QueueWarmupHook()] + list(hooks)
   config = config or session_config(params)
-  if is_chief:
-    cifar10_common.ensure_writable_dir(train_dir, 'train_dir')
-    resume_from = checkpoint_to_resume(
-        train_dir, {v.op.name: v for v in tf.global_variables()})
-    if resume_from:
-      step = checkpoint_step(resume_from)
-      if step >= params.max_steps:
-        print('%s is at step %d, --max_steps=%d: nothing to train.' %
-              (resume_from, step, params.max_steps), flush=True)
+  # Relative paths in the 'checkpoint' file: the train dir can be moved.
+  scaffold = tf.train.Scaffold(
+      saver=tf.train.Saver(sharded=True, save_relative_paths=True))
+  if not is_chief:
+    _train_until_done(train_op, logger, hooks, _WorkerSessionCreator(
+        scaffold, master, config, worker_name), None, worker_name)
+    return
+  # What can stop training before it starts only reads: a run that stops
+  # there leaves the folder as it was.
+  cifar10_common.ensure_writable_dir(train_dir, 'train_dir')
+  variables = {v.op.name: v for v in tf.global_variables()}
+  newest = tf.train.latest_checkpoint(train_dir)
+  resume_from = checkpoint_to_resume(train_dir, variables)
+  if _at_max_steps(resume_from, params.max_steps):
+    return
+  with cifar10_files.hold_train_dir(train_dir):
+    removed = cifar10_files.remove_half_written(train_dir)
+    if removed:
+      print('Removed %s: half-written by a run that stopped while writing '
+            'it.' % ', '.join(removed), flush=True)
+    # The one writer now; another may have written a checkpoint meanwhile.
+    if tf.train.latest_checkpoint(train_dir) != newest:
+      resume_from = checkpoint_to_resume(train_dir, variables)
+      if _at_max_steps(resume_from, params.max_steps):
         return
-      print('Resuming from %s, at step %d.' % (resume_from, step), flush=True)
-    # The class names go with the checkpoints, for cifar10_predict.py and
-    # cifar10_export.py.
-    cifar10_input.write_class_names(train_dir,
-                                    cifar10.class_names(params.data_dir))
-    hooks += [
-        tf.train.SummarySaverHook(save_steps=params.save_summaries_steps,
-                                  output_dir=train_dir, scaffold=scaffold),
-        # After the logger, so that a NaN step stops training before it is
-        # saved.
-        tf.train.CheckpointSaverHook(train_dir,
-                                     save_secs=params.save_checkpoint_secs,
-                                     scaffold=scaffold),
-    ]
-    session_creator = tf.train.ChiefSessionCreator(
-        scaffold=scaffold, master=master,
-        checkpoint_filename_with_path=resume_from, config=config)
-  else:
-    session_creator = _WorkerSessionCreator(scaffold, master, config,
-                                            worker_name)
+    if resume_from:
+      print('Resuming from %s, at step %d.' % (
+          resume_from, checkpoint_step(resume_from)), flush=True)
+    try:
+      summary_writer = cifar10_files.SummaryWriter.for_hooks(train_dir)
+      try:
+        _train_as_chief(train_op, logger, hooks, scaffold, resume_from,
+                        params, master, config, worker_name)
+      finally:
+        summary_writer.close()
+    except Exception as error:  # pylint: disable=broad-except
+      if not cifar10_files.out_of_space(error):
+        raise
+      cifar10_files.remove_half_written(train_dir)
+      raise cifar10_files.no_space_error(
+          'train_dir', train_dir, error,
+          'Training stopped %s; %s, and what was half-written removed. Free '
+          'some space, and run it again to resume.' % (
+              'at step %d' % logger.step if logger.step is not None else
+              'before its first step', kept_checkpoint(train_dir))) from None
+
+
+def _at_max_steps(checkpoint, max_steps):
+  """Whether `checkpoint` is at max_steps already (then it says so)."""
+  if checkpoint and checkpoint_step(checkpoint) >= max_steps:
+    print('%s is at step %d, --max_steps=%d: nothing to train.' %
+          (checkpoint, checkpoint_step(checkpoint), max_steps), flush=True)
+    return True
+  return False
+
+
+def _train_as_chief(train_op, logger, hooks, scaffold, resume_from, params,
+                    master, config, worker_name):
+  """The chief's training: writes checkpoints and summaries."""
+  train_dir = params.train_dir
+  # The class names go with the checkpoints, for cifar10_predict.py and
+  # cifar10_export.py.
+  cifar10_input.write_class_names(train_dir,
+                                  cifar10.class_names(params.data_dir))
+  hooks = hooks + [
+      tf.train.SummarySaverHook(save_steps=params.save_summaries_steps,
+                                output_dir=train_dir, scaffold=scaffold),
+      # After the logger, so that a NaN step stops training before it is
+      # saved.
+      tf.train.CheckpointSaverHook(train_dir,
+                                   save_secs=params.save_checkpoint_secs,
+                                   scaffold=scaffold),
+  ]
+  _train_until_done(train_op, logger, hooks, tf.train.ChiefSessionCreator(
+      scaffold=scaffold, master=master, checkpoint_filename_with_path=(
+          resume_from), config=config), train_dir, worker_name)
+
+
+def _train_until_done(train_op, logger, hooks, session_creator, train_dir,
+                      worker_name):
+  """The training loop, until its end or a signal; then the last line.
+
+  Args:
+    train_dir: The chief's training directory; None on other workers.
+  """
   with cifar10_common.StopSignals(
-      lambda: kept_checkpoint(train_dir) if is_chief else None) as stop:
+      lambda: kept_checkpoint(train_dir) if train_dir else None) as stop:
     with tf.train.MonitoredSession(session_creator=session_creator,
                                    hooks=hooks) as mon_sess:
       while not mon_sess.should_stop() and not stop.received:
@@ -624,7 +687,7 @@ def run_training(train_op, loss, params, batches_per_step=1, config=None,
             raise NanLossError(nan_loss_message(logger.step + 1,
                                                 train_dir)) from None
           raise
-  if is_chief:
+  if train_dir:
     checkpoint = 'checkpoint %s' % tf.train.latest_checkpoint(train_dir)
   else:
     checkpoint = 'the chief writes the checkpoints'
@@ -632,7 +695,7 @@ def run_training(train_op, loss, params, batches_per_step=1, config=None,
     raise cifar10_common.Interrupted(
         'Stopped by %s at step %d; %s%s.' % (
             stop.received, logger.step, checkpoint,
-            ' saved' if is_chief else ''), stop.signum)
+            ' saved' if train_dir else ''), stop.signum)
   print('Done training: %sstep %d; %s.' % (
       worker_name + ', global ' if worker_name else '', logger.step,
       checkpoint), flush=True)

@@ -25,6 +25,7 @@ import numpy as np
 
 import cifar10_common
 from cifar10_common import UserError
+import cifar10_files
 import cifar10_input
 
 flags.DEFINE_string('image_dir', None,
@@ -123,17 +124,15 @@ def prepare(image_dir, output_dir, test_fraction, seed, out=None):
         (image_dir, len(train_indices), len(test_indices), num_train_files))
 
   batches_dir = os.path.join(output_dir, cifar10_input.BATCHES_DIR_NAME)
-  try:
-    os.makedirs(batches_dir, exist_ok=True)
-    for name, part in zip(cifar10_input.TRAIN_FILENAMES,
-                          np.array_split(train_indices, num_train_files)):
-      _write_records(os.path.join(batches_dir, name), images, labels, part)
-    _write_records(os.path.join(batches_dir, cifar10_input.EVAL_FILENAMES[0]),
-                   images, labels, test_indices)
-    cifar10_input.write_class_names(batches_dir, class_names)
-  except OSError as e:
-    raise UserError('cannot write the data set into --output_dir=%s: %s' %
-                    (output_dir, e)) from None
+  files = {os.path.join(batches_dir, name): _records(images, labels, part)
+           for name, part in zip(
+               cifar10_input.TRAIN_FILENAMES,
+               np.array_split(train_indices, num_train_files))}
+  files[os.path.join(batches_dir, cifar10_input.EVAL_FILENAMES[0])] = (
+      _records(images, labels, test_indices))
+  files[os.path.join(batches_dir, cifar10_input.META_FILENAME)] = (
+      cifar10_input.encode_class_names(class_names))
+  _write_data_set(output_dir, batches_dir, files)
 
   width = max(len(name) for name in class_names + ['class'])
   out.write('%-*s %8s %8s\n' % (width, 'class', 'train', 'test'))
@@ -149,11 +148,35 @@ def prepare(image_dir, output_dir, test_fraction, seed, out=None):
   return counts
 
 
-def _write_records(path, images, labels, indices):
-  """Writes the records of `indices` to a binary batch file."""
-  with open(path, 'wb') as f:
-    f.write(cifar10_input.encode_records(
-        labels[indices], np.stack([images[i] for i in indices])))
+def _records(images, labels, indices):
+  """The binary records of the images of `indices`."""
+  return cifar10_input.encode_records(
+      labels[indices], np.stack([images[i] for i in indices]))
+
+
+def _write_data_set(output_dir, batches_dir, files):
+  """Writes the data set's files, all or none.
+
+  Raises:
+    NoSpaceError: for want of space; nothing half-written is left, and the
+      files there before are as they were.
+    UserError: the folder cannot be written.
+  """
+  made = [d for d in (output_dir, batches_dir) if not os.path.isdir(d)]
+  try:
+    os.makedirs(batches_dir, exist_ok=True)
+    cifar10_files.write_files_whole(files)
+  except OSError as e:
+    for folder in reversed(made):  # The folders made for it, if empty.
+      if os.path.isdir(folder) and not os.listdir(folder):
+        os.rmdir(folder)
+    if cifar10_files.out_of_space(e):
+      raise cifar10_files.no_space_error(
+          'output_dir', output_dir, e, 'The data set was not written: nothing '
+          'half-written is left, and what was there before is as it '
+          'was.') from None
+    raise UserError('cannot write the data set into --output_dir=%s: %s' %
+                    (output_dir, e)) from None
 
 
 def main(argv):

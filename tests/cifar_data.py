@@ -4,7 +4,10 @@ Every record is 1 label byte + 3072 pixel bytes: the red plane, then the
 green, then the blue, each 32x32 row by row, as in the official files.
 """
 
+import hashlib
+import io
 import os
+import tarfile
 
 import numpy as np
 
@@ -90,3 +93,23 @@ def make_data_dir(root, records_per_train_file=64, test_records=250, seed=0,
     write_batch_file(os.path.join(batches_dir, name), labels,
                      learnable_images(labels, seed=seed * 100 + i))
   return batches_dir
+
+
+def make_archive(path, skip=(), records=3):
+  """Writes a small CIFAR-10 binary archive; returns its MD5."""
+  with tarfile.open(path, 'w:gz') as archive:
+    names = (cifar10_input.TRAIN_FILENAMES + cifar10_input.EVAL_FILENAMES +
+             (cifar10_input.META_FILENAME,))
+    for i, name in enumerate(names):
+      if name in skip:
+        continue
+      if name.endswith('.bin'):
+        labels = (np.arange(records) + i) % 10
+        data = encode_records(labels, learnable_images(labels, seed=i))
+      else:
+        data = ''.join(n + '\n' for n in cifar10_input.CLASS_NAMES).encode()
+      info = tarfile.TarInfo('cifar-10-batches-bin/' + name)
+      info.size = len(data)
+      archive.addfile(info, io.BytesIO(data))
+  with open(path, 'rb') as f:
+    return hashlib.md5(f.read()).hexdigest()

@@ -22,6 +22,13 @@ from conftest import SMALL_QUEUE_FRACTION
 # What the scripts print, as they print it (see cifar10_runtime).
 LOG_LINE = cifar10_runtime.LOG_LINE
 EVAL_LINE = cifar10_runtime.EVAL_LINE
+# A trainer refused a training directory that another holds. Groups: the
+# folder, the holder's script, pid and host.
+TRAIN_DIR_IN_USE = (
+    r'^Error: --train_dir=(\S+) is in use: (\S+) trains there, pid (\d+) on '
+    r'host (\S+), since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\. A training directory '
+    r'has one writer: wait for that one to end, or stop it, or train in '
+    r'another --train_dir\.\n$')
 
 
 def cross_entropy_on_test_set(checkpoint_path, data_dir, use_fp16=False):
@@ -56,7 +63,7 @@ def run_script(script, *args, env=None):
                         env=env, capture_output=True, text=True, timeout=300)
 
 
-def run_scripts(*commands):
+def run_scripts(*commands, wrap=list):
   """Runs scripts at once, each as run_script; returns their
   CompletedProcesses, in order. Each is a process of its own (what is seen
   from outside: exit status, stderr, flags); together they take the time of
@@ -64,10 +71,13 @@ def run_scripts(*commands):
 
   Args:
     *commands: (script, arg, ...) each.
+    wrap: Makes the command line run, from [python, script, arg, ...] (see
+      small_filesystem.SmallFilesystem.command).
   """
-  started = [subprocess.Popen([sys.executable] + list(command), cwd=REPO_DIR,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for command in commands]
+  started = [subprocess.Popen(wrap([sys.executable] + list(command)),
+                              cwd=REPO_DIR, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for command in commands]
   results = []
   for command, process in zip(commands, started):
     try:
@@ -111,6 +121,14 @@ def run_main(script, *args):
                                      stdout.getvalue(), stderr.getvalue())
 
 
+# Flags of a training that runs until the test stops it (a signal, kill -9,
+# a full disk, a second trainer): it need not learn, and at this learning
+# rate its loss cannot diverge, which, at the tutorial's 0.1 in batches of
+# 16, once ended such a run early (its NaN loss), its folder released, as a
+# loaded machine let it train on.
+UNTIL_STOPPED = ['--max_steps=1000000', '--initial_learning_rate=0.001']
+
+
 def quick_args(data_dir, training=True):
   """Flags for a quick run of a script on the small data of `data_dir`.
 
@@ -130,9 +148,9 @@ class ScriptProcess(object):
   Waits are bounded; `kill()` ends it whatever happens (use it in a finally).
   """
 
-  def __init__(self, script, *args, env=None):
+  def __init__(self, script, *args, env=None, wrap=list):
     self.process = subprocess.Popen(
-        [sys.executable, script] + list(args), cwd=REPO_DIR, env=env,
+        wrap([sys.executable, script] + list(args)), cwd=REPO_DIR, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     self.started = time.time()
     self.lines = []

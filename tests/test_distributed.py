@@ -22,6 +22,7 @@ from conftest import SMALL_QUEUE_FRACTION
 from conftest import TRAINED_STEPS
 from helpers import cross_entropy_on_test_set
 from helpers import EVAL_LINE
+from helpers import TRAIN_DIR_IN_USE
 from helpers import run_main
 from helpers import run_script
 
@@ -198,6 +199,17 @@ def test_killed_workers_restart_and_rejoin_the_chief_from_its_checkpoint(
   first_logged = [i for i, line in enumerate(worker.lines)
                   if re.match(WORKER_LOG_LINE % 1, line)][0]
   assert worker.times[first_logged] > chief.started
+
+  # The chief of another cluster is refused the folder: it has one writer.
+  ps_port, worker_port = free_ports(2)
+  other_chief = run_script(
+      SCRIPT, '--ps_hosts=127.0.0.1:%d' % ps_port,
+      '--worker_hosts=127.0.0.1:%d' % worker_port, '--job_name=worker',
+      '--task_index=0', '--train_dir=' + cluster.train_dir,
+      '--data_dir=' + cluster.data_dir, *flags)
+  assert other_chief.returncode == 1
+  assert re.match(TRAIN_DIR_IN_USE, other_chief.stderr).groups()[1:3] == (
+      SCRIPT, str(chief.process.pid))
 
   # Worker 1 dies, and is started again: it rejoins.
   os.kill(worker.process.pid, signal.SIGKILL)

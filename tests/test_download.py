@@ -23,32 +23,13 @@ ARCHIVE_NAME = 'cifar-10-binary.tar.gz'
 ALL_FILES = cifar10_input.TRAIN_FILENAMES + cifar10_input.EVAL_FILENAMES
 
 
-def _make_archive(path, skip=(), records=3):
-  """Writes a small CIFAR-10 binary archive; returns its MD5."""
-  with tarfile.open(path, 'w:gz') as archive:
-    for i, name in enumerate(ALL_FILES + ('batches.meta.txt',)):
-      if name in skip:
-        continue
-      if name.endswith('.bin'):
-        labels = (np.arange(records) + i) % 10
-        data = cifar_data.encode_records(
-            labels, cifar_data.learnable_images(labels, seed=i))
-      else:
-        data = ''.join(n + '\n' for n in cifar10_input.CLASS_NAMES).encode()
-      info = tarfile.TarInfo('cifar-10-batches-bin/' + name)
-      info.size = len(data)
-      archive.addfile(info, io.BytesIO(data))
-  with open(path, 'rb') as f:
-    return hashlib.md5(f.read()).hexdigest()
-
-
 @pytest.fixture
 def archive(tmp_path):
   """A good archive outside the data dir: (path, md5)."""
   source = tmp_path / 'mirror'
   source.mkdir()
   path = str(source / ARCHIVE_NAME)
-  return path, _make_archive(path)
+  return path, cifar_data.make_archive(path)
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -182,7 +163,7 @@ def test_archive_put_by_hand_is_checked_and_extracted(tmp_path, archive):
   data_dir = tmp_path / 'data'
   data_dir.mkdir()
   by_hand = str(data_dir / ARCHIVE_NAME)
-  _make_archive(by_hand)
+  cifar_data.make_archive(by_hand)
   with open(by_hand, 'rb') as f:
     md5 = hashlib.md5(f.read()).hexdigest()
   cifar10.maybe_download_and_extract(str(data_dir), 'http://127.0.0.1:9/' +
@@ -194,7 +175,7 @@ def test_archive_by_hand_with_wrong_checksum_is_kept(tmp_path):
   data_dir = tmp_path / 'data'
   data_dir.mkdir()
   by_hand = str(data_dir / ARCHIVE_NAME)
-  actual_md5 = _make_archive(by_hand)
+  actual_md5 = cifar_data.make_archive(by_hand)
   with pytest.raises(UserError) as error:
     cifar10.maybe_download_and_extract(str(data_dir), 'http://127.0.0.1:9/' +
                                        ARCHIVE_NAME, cifar10.DATA_MD5)
@@ -209,7 +190,7 @@ def test_truncated_archive_is_reported(tmp_path):
   data_dir = tmp_path / 'data'
   data_dir.mkdir()
   by_hand = str(data_dir / ARCHIVE_NAME)
-  _make_archive(by_hand, records=300)
+  cifar_data.make_archive(by_hand, records=300)
   with open(by_hand, 'r+b') as f:
     f.truncate(os.path.getsize(by_hand) // 2)
   with pytest.raises(UserError) as error:
@@ -246,7 +227,7 @@ def test_archive_without_test_batch_is_not_cifar10(tmp_path):
   source = tmp_path / 'mirror'
   source.mkdir()
   path = str(source / ARCHIVE_NAME)
-  md5 = _make_archive(path, skip=('test_batch.bin',))
+  md5 = cifar_data.make_archive(path, skip=('test_batch.bin',))
   with pytest.raises(UserError) as error:
     cifar10.maybe_download_and_extract(str(tmp_path / 'data'),
                                        'file://' + path, md5)

@@ -59,7 +59,7 @@ def test_sigkill_mid_run_resumes_from_the_newest_complete_checkpoint(
     data_dir, tmp_path, processes):
   train_dir = str(tmp_path / 'train')
   training = processes('cifar10_train.py', '--train_dir=' + train_dir,
-                       '--max_steps=100000', '--save_checkpoint_secs=1',
+                       *helpers.UNTIL_STOPPED, '--save_checkpoint_secs=1',
                        *quick_args(data_dir))
   deadline = time.time() + 90
   while len(_checkpoints(train_dir)) < 3 and time.time() < deadline:
@@ -101,7 +101,7 @@ def test_a_signal_stops_training_with_a_checkpoint_of_the_current_step(
           ('cifar10_multi_gpu_train.py', signal.SIGTERM)]
   train_dirs = [str(tmp_path / ('train_%d' % i)) for i in range(len(runs))]
   trainings = [processes(script, '--train_dir=' + train_dir,
-                         '--max_steps=100000', *quick_args(data_dir))
+                         *helpers.UNTIL_STOPPED, *quick_args(data_dir))
                for (script, _), train_dir in zip(runs, train_dirs)]
   for (_, stop_signal), training in zip(runs, trainings):
     training.wait_for_line(helpers.LOG_LINE.pattern)
@@ -552,7 +552,7 @@ def test_a_second_signal_during_training_keeps_the_last_checkpoint(
     data_dir, tmp_path, processes):
   train_dir = str(tmp_path / 'train')
   training = processes('cifar10_train.py', '--train_dir=' + train_dir,
-                       '--max_steps=100000', *quick_args(data_dir))
+                       *helpers.UNTIL_STOPPED, *quick_args(data_dir))
   training.wait_for_line(helpers.LOG_LINE.pattern)
   # Two signals at once: the process takes them in either order.
   os.kill(training.process.pid, signal.SIGINT)
@@ -574,3 +574,26 @@ def test_a_second_signal_during_training_keeps_the_last_checkpoint(
   else:  # The clean stop was done before the second signal was taken in.
     assert status == 128 + signal.Signals[first]
     assert re.match(STOP_LINE, training.lines[-1]).group(3) == latest
+
+
+def test_what_a_killed_training_half_wrote_is_removed(trained, quick_params,
+                                                      tmp_path, capsys):
+  # What TensorFlow leaves when killed while saving: a checkpoint's folder
+  # of parts, the 'checkpoint' file's and the graph's temporary files.
+  params = quick_params.replace(
+      data_dir=trained[0], train_dir=_copy_trained(trained, tmp_path),
+      max_steps=TRAINED_STEPS + 1)
+  half_written = ['checkpoint.tmp' + 'a' * 32, 'graph.pbtxt.tmp' + 'b' * 32,
+                  'model.ckpt-%d_temp' % (TRAINED_STEPS + 5)]
+  for name in half_written[:2]:
+    with open(os.path.join(params.train_dir, name), 'w') as f:
+      f.write('half')
+  os.makedirs(os.path.join(params.train_dir, half_written[2]))
+  cifar10_train.train(params)
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0] == ('Removed %s: half-written by a run that stopped while '
+                      'writing it.' % ', '.join(sorted(half_written)))
+  assert lines[1] == 'Resuming from %s, at step %d.' % (
+      os.path.join(params.train_dir, 'model.ckpt-%d' % TRAINED_STEPS),
+      TRAINED_STEPS)
+  assert not set(half_written) & set(os.listdir(params.train_dir))

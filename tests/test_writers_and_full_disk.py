@@ -1,0 +1,244 @@
+"""One writer per training directory, and a full disk that loses nothing.
+
+Seen from outside: the scripts run as processes. A full disk is a small
+filesystem made for the test (small_filesystem.py: mounted, or in a
+namespace of its own; skipped, saying why, where neither can be made).
+"""
+
+import errno
+import os
+import re
+import signal
+import socket
+
+import numpy as np
+import pytest
+
+import cifar10_files
+import cifar10_runtime
+import cifar_data
+from cifar10_common import tf
+import helpers
+from helpers import quick_args
+from helpers import run_main
+from helpers import run_script
+from helpers import run_scripts
+from small_filesystem import SmallFilesystem
+
+
+
+def test_a_train_dir_has_one_writer_and_its_hold_ends_with_it(
+    data_dir, tmp_path, processes):
+  train_dir = str(tmp_path / 'train')
+  holder = processes('cifar10_train.py', '--train_dir=' + train_dir,
+                     *helpers.UNTIL_STOPPED, *quick_args(data_dir))
+  holder.wait_for_line(helpers.LOG_LINE.pattern)
+
+  # A second trainer is refused at once, in one line naming who trains
+  # there; it writes nothing (not even its queue's warm-up line).
+  second = run_script('cifar10_train.py', '--train_dir=' + train_dir,
+                      *helpers.UNTIL_STOPPED, *quick_args(data_dir))
+  assert second.returncode == 1
+  assert second.stdout == ''
+  match = re.match(helpers.TRAIN_DIR_IN_USE, second.stderr)
+  assert match, second.stderr
+  assert match.groups() == (train_dir, 'cifar10_train.py',
+                            str(holder.process.pid), socket.gethostname())
+  # Towers too. Evaluation only reads: it needs no hold.
+  towers = run_main('cifar10_multi_gpu_train.py', '--num_gpus=2',
+                    '--train_dir=' + train_dir, *quick_args(data_dir))
+  assert towers.returncode == 1
+  assert re.match(helpers.TRAIN_DIR_IN_USE, towers.stderr).group(3) == str(holder.process.pid)
+  evaluation = run_main('cifar10_eval.py', '--run_once',
+                        '--checkpoint_dir=' + train_dir,
+                        '--eval_dir=' + str(tmp_path / 'eval'),
+                        *quick_args(data_dir, training=False))
+  assert evaluation.returncode == 0, evaluation.stderr
+  # One writer: one file of summaries.
+  assert len([name for name in os.listdir(train_dir)
+              if '.tfevents.' in name]) == 1
+
+  # Killed, it holds nothing: the operating system ended the hold, and no
+  # lock is left to delete by hand.
+  os.kill(holder.process.pid, signal.SIGKILL)
+  assert holder.finish() == -signal.SIGKILL
+  latest = tf.train.latest_checkpoint(train_dir)
+  step = cifar10_runtime.checkpoint_step(latest)
+  resumed = run_main('cifar10_train.py', '--train_dir=' + train_dir,
+                     '--max_steps=%d' % (step + 10), *quick_args(data_dir))
+  assert resumed.returncode == 0, resumed.stderr
+  assert resumed.stdout.splitlines()[0] == 'Resuming from %s, at step %d.' % (
+      latest, step)
+
+
+@pytest.fixture
+def small_filesystems(tmp_path):
+  """Makes SmallFilesystems, removed at the test's end."""
+  made = []
+  yield lambda name, size_mb=16: made.append(
+      SmallFilesystem(str(tmp_path / name), size_mb)) or made[-1]
+  for filesystem in made:
+    filesystem.close()
+
+
+def _no_space_line(flag, folder, written, consequence):
+  """The one line a script says when a write fails for want of space."""
+  return (r'^Error: --%s=%s: no space left on device, writing %s\. %s\n$' %
+          (flag, re.escape(folder), written, consequence))
+
+
+def _assert_whole_events(folder):
+  """Every event file of `folder` reads to its end: no half-written record."""
+  names = [name for name in os.listdir(folder) if '.tfevents.' in name]
+  assert names
+  for name in names:
+    for _ in tf.train.summary_iterator(os.path.join(folder, name)):
+      pass
+
+
+def test_training_on_a_full_disk_stops_and_keeps_its_last_checkpoint(
+    data_dir, small_filesystems, processes):
+  # Two trainings at once, each on a 16 MB filesystem. One writes a
+  # checkpoint every second: its first (8.5 MB) fits, its second does not.
+  # The other writes summaries every step, and no checkpoint after its
+  # first: the test fills its filesystem once it logs, and it must not go
+  # on without its summaries.
+  runs = {'checkpoints': ['--save_checkpoint_secs=1'],
+          'summaries': ['--save_checkpoint_secs=3600',
+                        '--save_summaries_steps=1']}
+  filesystems = {name: small_filesystems(name) for name in runs}
+  trainings = {name: processes(
+      'cifar10_train.py',
+      '--train_dir=' + os.path.join(filesystems[name].path, 'train'),
+      *helpers.UNTIL_STOPPED, *(flags + quick_args(data_dir)),
+      wrap=filesystems[name].command) for name, flags in runs.items()}
+  trainings['summaries'].wait_for_line(helpers.LOG_LINE.pattern)
+  filesystems['summaries'].fill()
+  lines_when_full = len(trainings['summaries'].lines)
+
+  for name, training in trainings.items():
+    train_dir = os.path.join(filesystems[name].path, 'train')
+    assert training.finish(timeout=120) == 1, training.stderr()
+    written = (r'model\.ckpt-\d+_temp/part-\S+' if name == 'checkpoints'
+               else r'events\.out\.tfevents\.\S+')
+    assert re.match(_no_space_line(
+        'train_dir', train_dir, written,
+        r'Training stopped at step \d+; the last checkpoint, %s, is kept, '
+        r'and what was half-written removed\. Free some space, and run it '
+        r'again to resume\.' % re.escape(os.path.join(train_dir,
+                                                      'model.ckpt-0'))),
+                    training.stderr()), training.stderr()
+    # The last complete checkpoint is listed, and whole; nothing
+    # half-written is left; the summaries written are whole.
+    seen = filesystems[name].view(train_dir)
+    assert tf.train.latest_checkpoint(seen) == os.path.join(seen,
+                                                            'model.ckpt-0')
+    helpers.assert_readable(os.path.join(seen, 'model.ckpt-0'))
+    assert not [n for n in os.listdir(seen)
+                if re.search(r'_temp$|\.tmp|tempstate|\.part', n)]
+    _assert_whole_events(seen)
+  # Without its summaries, training stopped at once: its next log line, ten
+  # steps on, flushes them, if no summary failed to write before.
+  assert len([line for line in trainings['summaries'].lines[lines_when_full:]
+              if helpers.LOG_LINE.match(line)]) <= 1
+
+
+def _png_folder(folder, count=20):
+  """A folder of images of two classes, a and b, for prepare_data.py."""
+  images = cifar_data.learnable_images(np.arange(count) % 2, seed=4)
+  with tf.Graph().as_default(), tf.Session() as sess:
+    for i, image in enumerate(images):
+      os.makedirs(os.path.join(folder, 'ab'[i % 2]), exist_ok=True)
+      with open(os.path.join(folder, 'ab'[i % 2], '%d.png' % i), 'wb') as f:
+        f.write(sess.run(tf.io.encode_png(image)))
+  return folder
+
+
+def test_evaluation_export_prepare_and_download_on_a_full_disk(
+    trained, small_filesystems, tmp_path):
+  data_dir, train_dir, _ = trained
+  full = small_filesystems('full', size_mb=4)
+  # A data set prepared there before the disk filled up.
+  images = _png_folder(str(tmp_path / 'images'))
+  data = os.path.join(full.path, 'data')
+  assert run_main('prepare_data.py', '--image_dir=' + images,
+                  '--output_dir=' + full.view(data)).returncode == 0
+  batches = full.view(os.path.join(data, 'cifar-10-batches-bin'))
+  before = {name: open(os.path.join(batches, name), 'rb').read()
+            for name in os.listdir(batches)}
+  archive = str(tmp_path / 'cifar-10-binary.tar.gz')
+  cifar_data.make_archive(archive)
+  full.fill()
+
+  evaluation, export, prepare, download = run_scripts(
+      ('cifar10_eval.py', '--run_once', '--checkpoint_dir=' + train_dir,
+       '--data_dir=' + data_dir,
+       '--eval_dir=' + os.path.join(full.path, 'eval')),
+      ('cifar10_export.py', '--checkpoint_dir=' + train_dir,
+       '--export_dir=' + os.path.join(full.path, 'export')),
+      ('prepare_data.py', '--image_dir=' + images, '--output_dir=' + data,
+       '--seed=3'),
+      ('cifar10_train.py', '--data_dir=' + os.path.join(full.path, 'cifar'),
+       '--data_url=file://' + archive, '--data_md5=',
+       '--train_dir=' + str(tmp_path / 'train')),
+      wrap=full.command)
+
+  assert evaluation.returncode == 1
+  assert re.match(_no_space_line(
+      'eval_dir', os.path.join(full.path, 'eval'), r'events\.out\.tfevents\.\S+',
+      r'Evaluation stopped; its summaries written whole are kept\.'),
+                  evaluation.stderr), evaluation.stderr
+  _assert_whole_events(full.view(os.path.join(full.path, 'eval')))
+
+  assert export.returncode == 1
+  assert re.match(_no_space_line(
+      'export_dir', os.path.join(full.path, 'export'), r'\S+',
+      r'Nothing was exported: the partial SavedModel was removed\.'),
+                  export.stderr), export.stderr
+  assert not os.path.exists(full.view(os.path.join(full.path, 'export')))
+
+  assert prepare.returncode == 1
+  assert re.match(_no_space_line(
+      'output_dir', data, r'cifar-10-batches-bin/data_batch_1\.bin',
+      r'The data set was not written: nothing half-written is left, and what '
+      r'was there before is as it was\.'), prepare.stderr), prepare.stderr
+  assert {name: open(os.path.join(batches, name), 'rb').read()
+          for name in os.listdir(batches)} == before
+
+  assert download.returncode == 1
+  assert re.match(_no_space_line(
+      'data_dir', os.path.join(full.path, 'cifar'),
+      r'(cifar-10-binary\.tar\.gz|cifar-10-batches-bin/\S+)',
+      r'Nothing half-written is kept\. CIFAR-10 needs about 355 MB there: the '
+      r'archive \(170 MB\) and its batch files \(184 MB\)\.'),
+                  download.stderr), download.stderr
+  for root, _, names in os.walk(full.view(os.path.join(full.path, 'cifar'))):
+    assert not [n for n in names if n.endswith('.part')], (root, names)
+    for name in names:
+      if name.endswith('.bin'):  # Only batch files extracted whole.
+        assert os.path.getsize(os.path.join(root, name)) == 3 * 3073
+
+
+@pytest.mark.parametrize('error, expected', [
+    (OSError(errno.ENOSPC, 'No space left on device', '/d/data_batch_1.bin'),
+     '--output_dir=/d: no space left on device, writing data_batch_1.bin. '
+     'Not written.'),
+    (OSError(errno.EDQUOT, 'Disk quota exceeded', '/d/data_batch_1.bin'),
+     '--output_dir=/d: no space left within the disk quota, writing '
+     'data_batch_1.bin. Not written.'),
+    (tf.errors.ResourceExhaustedError(
+        None, None, '/d/model.ckpt-9_temp/part-00000-of-00001.data-00000-of'
+        '-00001.tempstate123; Disk quota exceeded'),
+     '--output_dir=/d: no space left within the disk quota, writing '
+     'model.ckpt-9_temp/part-00000-of-00001.data-00000-of-00001. Not '
+     'written.'),
+])
+def test_a_full_quota_is_said_as_a_full_disk_is(error, expected):
+  # A quota (EDQUOT) fails a write as a full disk (ENOSPC) does, in Python
+  # or in TensorFlow; both are said, in their words.
+  assert cifar10_files.out_of_space(error)
+  assert str(cifar10_files.no_space_error('output_dir', '/d', error,
+                                          'Not written.')) == expected
+  assert not cifar10_files.out_of_space(OSError(errno.EACCES, 'Denied'))
+  assert not cifar10_files.out_of_space(tf.errors.ResourceExhaustedError(
+      None, None, 'OOM when allocating tensor'))
