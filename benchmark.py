@@ -2,6 +2,7 @@
 
     python benchmark.py                      # synthetic data of the real layout
     python benchmark.py --data_dir=/tmp/cifar10_data   # the real data
+    python benchmark.py --compare_with=REVISION         # before and after
 
 One run measures, each in a fresh process so that none inherits another's
 threads or memory:
@@ -9,30 +10,27 @@ threads or memory:
 - training with the real input pipeline (cifar10_train.py as a user runs it,
   batch 128): median examples/sec of its log lines after a warm-up, seconds
   from launch to the first step (queue fill included), peak resident memory;
+- training with --mixed_precision (bfloat16 on a CPU);
 - the training step on the real input pipeline and the same step on a batch
   already in memory, in one process, block by block in turn: how much the
-  input pipeline costs the step (this machine's speed drifts by up to 10%
-  from process to process, which would drown a comparison of two);
+  input pipeline costs the step, apart from the drift of a machine's speed
+  between processes;
 - the input pipeline alone: distorted batches dequeued, no model;
-- training with --mixed_precision (bfloat16 on a CPU), where the code has
-  the option;
 - evaluation (cifar10_eval.py --run_once): images/sec over the whole test
   set, seconds from launch to the printed result, and the forward pass alone
   on a batch in memory;
 - two-tower training (cifar10_multi_gpu_train.py --num_gpus=2);
 - the machine's ceilings: the model's convolutions alone (forward and
   backward, its shapes, batch 128) in float32 and in bfloat16, and float32
-  matrix multiply GFLOP/s (numpy, a large matmul), with the training FLOP
-  rate as a share of each (the FLOPs counted from the training graph built,
-  cifar10_runtime.training_flops_per_image).
+  matrix multiply GFLOP/s (numpy), with the training FLOP rate as a share of
+  each (the FLOPs counted in the training graph: training_flops_per_image).
 
-It prints a table, checks the speed targets, and writes the figures as JSON
-(--json). With --compare_with=REVISION it measures that git revision too, in
-turn with this checkout (each measurement of one, then of the other), for a
-before/after table from one run, and checks the targets set relative to the
-code before (float32 and mixed-precision training against its float32
-training, memory against its memory); --repeats=N runs everything N times
-and reports medians.
+It prints a table, checks the speed targets (targets()) and writes the
+figures as JSON (--json). With --compare_with=REVISION (this one or a later
+one) it measures that git revision too, in turn with this checkout, each
+measurement of one then of the other, for a before/after table from one run;
+--repeats=N runs everything N times and reports medians. --profile instead
+traces one training step and prints the time of its ops by type.
 """
 
 import collections
@@ -54,29 +52,23 @@ import numpy as np
 
 import cifar10
 import cifar10_common
-from cifar10_common import tf
+import cifar10_flags
 import cifar10_input
-
-# --compare_with runs this file in the tree of an older revision too, whose
-# library may still read flags (it defines --data_dir and --batch_size then).
-try:
-  import cifar10_flags  # pylint: disable=g-import-not-at-top
-  import cifar10_runtime  # pylint: disable=g-import-not-at-top
-  cifar10_flags.define('data_dir', 'batch_size', 'top_layers',
-                       'mixed_precision')
-except ImportError:
-  cifar10_flags = cifar10_runtime = None
+import cifar10_params
+import cifar10_runtime
+from cifar10_quiet import tf
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 
+cifar10_flags.define('data_dir', 'batch_size', 'top_layers', 'mixed_precision')
 flags.DEFINE_integer('steps', 300, 'Training steps of each training run.',
                      lower_bound=60)
 flags.DEFINE_integer('warmup_steps', 50, 'Training steps not measured.',
                      lower_bound=10)
 flags.DEFINE_string('json', 'benchmark.json', 'Where to write the figures.')
 flags.DEFINE_string('compare_with', None,
-                    'A git revision to measure too, in turn with this '
-                    'checkout, for a before/after table.')
+                    'A git revision (this one or a later one) to measure too, '
+                    'in turn with this checkout, for a before/after table.')
 flags.DEFINE_integer('repeats', 1, 'Runs of each measurement; the table '
                      'shows their medians.', lower_bound=1)
 flags.DEFINE_boolean('profile', False,
@@ -88,6 +80,7 @@ flags.DEFINE_enum('measure', None,
                   'Internal: measure one thing in this process, print JSON.')
 
 FLAGS = flags.FLAGS
+
 
 def _write_synthetic_data(data_dir):
   """Random images and labels in the binary layout, as many as CIFAR-10."""
@@ -122,10 +115,7 @@ def _start(kind):
   with graph.as_default():
     if kind in ('input_alone', 'step_with_input'):
       with tf.device('/cpu:0'):
-        if cifar10_runtime:
-          images, labels = cifar10.distorted_inputs(FLAGS.data_dir, batch)
-        else:  # An older revision's, reading the flags.
-          images, labels = cifar10.distorted_inputs()
+        images, labels = cifar10.distorted_inputs(FLAGS.data_dir, batch)
     else:
       rng = np.random.default_rng(0)
       images = tf.Variable(rng.normal(size=(batch, 24, 24, 3)).astype(
@@ -139,10 +129,7 @@ def _start(kind):
     else:
       global_step = tf.train.get_or_create_global_step()
       loss = cifar10.loss(_inference(images), labels)
-      if cifar10_runtime:
-        fetch = cifar10.train(loss, global_step, examples_per_step=batch)
-      else:
-        fetch = cifar10.train(loss, global_step)
+      fetch = cifar10.train(loss, global_step, examples_per_step=batch)
     session = tf.Session()
     session.run([tf.global_variables_initializer(),
                  tf.local_variables_initializer()])
@@ -155,25 +142,19 @@ def _start(kind):
 
 
 def _model_flags():
-  """The model's flags for the scripts: none for the tutorial's model in
-  float32 (so that an older revision without them is measured too)."""
-  model_flags = []
-  if FLAGS.top_layers != cifar10_runtime.Params.top_layers:
-    model_flags.append('--top_layers=' + FLAGS.top_layers)
-  if FLAGS.mixed_precision:
-    model_flags.append('--mixed_precision')
-  return model_flags
+  """The model's flags, as the scripts measured take them."""
+  return (['--top_layers=' + FLAGS.top_layers] +
+          (['--mixed_precision'] if FLAGS.mixed_precision else []))
 
 
 def _inference(images):
-  """This tree's model: its top layers and the data's classes, where the
-  library takes them as arguments (an older one reads its flags)."""
-  if not cifar10_runtime:
-    return cifar10.inference(images)
-  params = cifar10_runtime.Params(mixed_precision=FLAGS.mixed_precision)
+  """The model measured: its top layers, precision and the data's classes."""
+  params = cifar10_params.Params(data_dir=FLAGS.data_dir,
+                                 top_layers=FLAGS.top_layers,
+                                 mixed_precision=FLAGS.mixed_precision)
   return cifar10.inference(tf.cast(images, params.compute_dtype),
-                           len(cifar10.class_names(FLAGS.data_dir)),
-                           FLAGS.top_layers, params.variable_dtype)
+                           params.num_classes, params.top_layers,
+                           params.variable_dtype)
 
 
 def _block_rate(session, fetch):
@@ -189,8 +170,8 @@ def _measure_in_process(kind):
 
   'step_pair' runs the training step on the real input pipeline and on a
   batch in memory in the same process, block by block in turn, so that the
-  cost of the input pipeline is measured apart from the machine's drift
-  (which moves whole processes by up to 10% here).
+  cost of the input pipeline is measured apart from the drift of the
+  machine's speed between processes.
   """
   kinds = ['step_with_input', 'step_alone'] if kind == 'step_pair' else [kind]
   started = {k: _start(k) for k in kinds}
@@ -202,6 +183,48 @@ def _measure_in_process(kind):
     coord.request_stop()
     session.close()
   return {k: float(np.median(v)) for k, v in rates.items()}
+
+
+def training_flops_per_image(num_classes=cifar10.NUM_CLASSES,
+                             top_layers='fully_connected',
+                             batch_size=cifar10.BATCH_SIZE):
+  """FLOPs of one image's training step, counted in the graph built.
+
+  The forward pass and the gradients of the weights, as cifar10.train
+  computes them, with TensorFlow's own count of each op's FLOPs (a
+  multiply-accumulate is 2). Counted for a whole batch and divided, so that
+  what is done once per batch (the weight decay) is shared out.
+
+  Args:
+    num_classes: The model's classes.
+    top_layers: The model's top layers.
+    batch_size: The batch of the step.
+
+  Returns:
+    (FLOPs per image, {op type: FLOPs per image}, largest first).
+  """
+  from tensorflow.python.framework import ops as ops_lib  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.ops import op_selector  # pylint: disable=g-import-not-at-top
+  graph = tf.Graph()
+  with graph.as_default():
+    logits = cifar10.inference(tf.zeros([batch_size, 24, 24, 3]), num_classes,
+                               top_layers)
+    loss = cifar10.loss(logits, tf.zeros([batch_size], tf.int32))
+    gradients = tf.gradients(loss, tf.trainable_variables())
+  # Only what the step runs: the ops the gradients need (tf.gradients also
+  # builds the gradient of the images, which no step computes).
+  needed = op_selector.get_backward_walk_ops([g.op for g in gradients],
+                                             control_inputs=True)
+  by_type = {}
+  for op in needed:
+    try:
+      flops = ops_lib.get_stats_for_node_def(graph, op.node_def, 'flops').value
+    except ValueError:  # No count registered: shapes, casts, copies.
+      flops = None
+    if flops:
+      by_type[op.type] = by_type.get(op.type, 0) + flops / batch_size
+  by_type = dict(sorted(by_type.items(), key=lambda item: -item[1]))
+  return sum(by_type.values()), by_type
 
 
 def _convolutions_gflops(dtype=tf.float32, batch=128, runs=10, repeats=5):
@@ -419,15 +442,6 @@ def _checkout(revision, work_dir):
   return tree
 
 
-def _has_mixed_precision(tree):
-  """Whether the scripts of `tree` have --mixed_precision (older ones not)."""
-  try:
-    with open(os.path.join(tree, 'cifar10_flags.py')) as f:
-      return "'mixed_precision'" in f.read()
-  except FileNotFoundError:
-    return False
-
-
 def _measure_tree(tree, data_dir, work_dir):
   """Every figure of one tree: a generator of (name, value), one at a time.
 
@@ -453,8 +467,7 @@ def _measure_tree(tree, data_dir, work_dir):
   if not FLAGS.mixed_precision:  # (With it, every row is mixed precision.)
     yield 'mixed_precision_examples_per_sec', _training_figures(
         tree, 'cifar10_train.py', ['--mixed_precision'], data_dir,
-        tempfile.mkdtemp(dir=work_dir))['examples_per_sec'] if (
-            _has_mixed_precision(tree)) else None
+        tempfile.mkdtemp(dir=work_dir))['examples_per_sec']
   pair = _run_measurement(tree, 'step_pair', data_dir)
   yield 'step_with_input_per_sec', pair['step_with_input']
   yield 'step_alone_per_sec', pair['step_alone']
@@ -493,65 +506,64 @@ _ROWS = [
 ]
 
 
-def _targets(figures, before=None):
+# Speeds within this share of the revision compared with count as the same:
+# what interleaved runs of one tree differ by (see docs/speed.md).
+SAME_SPEED = 0.9
+# The figures compared with the revision's: (figure, what it is).
+_COMPARED = [('training_examples_per_sec', 'training'),
+             ('mixed_precision_examples_per_sec', 'mixed precision training'),
+             ('evaluation_images_per_sec', 'evaluation'),
+             ('two_tower_examples_per_sec', 'two-tower training')]
+
+
+def targets(figures, before=None, fast_bfloat16=True):
   """The speed targets, each (text, met?), for one tree's figures.
 
   Args:
     figures: The figures of this checkout.
-    before: Those of the revision compared with, if any: the targets of the
-      second round of speed work are relative to it (its float32 training,
-      its memory).
+    before: Those of the revision compared with, if any: then the same
+      speeds, within the noise of one run (SAME_SPEED), and no more memory.
+    fast_bfloat16: Whether the CPU computes bfloat16 fast (AVX512-BF16 or
+      AMX), where mixed precision must pay.
 
   Returns:
     A list of (text, met?).
   """
   training = figures['training_examples_per_sec']
-  targets = [
-      ('training >= 55%% of the matmul rate (%.0f%%)' %
-       (100 * figures['share_of_matmul']), figures['share_of_matmul'] >= 0.55),
-      ('training step on the input pipeline within 5%% of the step alone '
-       '(%.1f%% below)' % (100 * (1 - figures['step_with_input_per_sec'] /
-                                  figures['step_alone_per_sec'])),
-       figures['step_with_input_per_sec'] >=
-       0.95 * figures['step_alone_per_sec']),
-      ('evaluation >= 3,000 images/sec (%.0f)' %
-       figures['evaluation_images_per_sec'],
-       figures['evaluation_images_per_sec'] >= 3000),
-      ('launch to first step <= 10 s (%.1f s)' % figures['first_step_secs'],
-       figures['first_step_secs'] <= 10),
-      ('peak resident memory <= 1 GB (%.0f MB)' % figures['peak_rss_mb'],
-       figures['peak_rss_mb'] <= 1000),
-      ('two towers no more than 5%% slower than one (%+.1f%%)' %
-       (100 * (figures['two_tower_examples_per_sec'] / training - 1)),
-       figures['two_tower_examples_per_sec'] >= 0.95 * training),
-      ('evaluation launch to result <= 5 s (%.1f s)' %
-       figures['evaluation_launch_to_result_secs'],
-       figures['evaluation_launch_to_result_secs'] <= 5),
-      ('evaluation >= 6,000 images/sec (%.0f)' %
-       figures['evaluation_images_per_sec'],
-       figures['evaluation_images_per_sec'] >= 6000),
+  input_cost = 1 - (figures['step_with_input_per_sec'] /
+                    figures['step_alone_per_sec'])
+  two_towers = figures['two_tower_examples_per_sec'] / training - 1
+  found = [
       ('launch to first step <= 4 s (%.1f s)' % figures['first_step_secs'],
        figures['first_step_secs'] <= 4),
+      ('evaluation, launch to printed result <= 5 s (%.1f s)' %
+       figures['evaluation_launch_to_result_secs'],
+       figures['evaluation_launch_to_result_secs'] <= 5),
+      ('peak resident memory of training <= 1 GB (%.0f MB)' %
+       figures['peak_rss_mb'], figures['peak_rss_mb'] <= 1000),
+      ('the input pipeline costs the training step <= 5%% (%.1f%%)' %
+       (100 * input_cost), input_cost <= 0.05),
+      ('two towers no more than 5%% slower than one (%+.1f%%)' %
+       (100 * two_towers), two_towers >= -0.05),
   ]
+  mixed = figures.get('mixed_precision_examples_per_sec')
+  if mixed and fast_bfloat16:
+    found.append(('mixed precision training >= 1.5x float32 (%.2fx)' %
+                  (mixed / training), mixed >= 1.5 * training))
+  for key, what in _COMPARED if before else []:
+    if figures.get(key) and before.get(key):
+      ratio = figures[key] / before[key]
+      found.append(('%s as fast as before, >= %.1fx (%.2fx)' % (
+          what, SAME_SPEED, ratio), ratio >= SAME_SPEED))
   if before:
-    before_training = before['training_examples_per_sec']
-    targets.append(('training >= 1.5x before (%.2fx)' % (
-        training / before_training), training >= 1.5 * before_training))
-    mixed = figures.get('mixed_precision_examples_per_sec')
-    if mixed:
-      targets.append(('mixed precision training >= 2x the float32 training '
-                      'before (%.2fx)' % (mixed / before_training),
-                      mixed >= 2 * before_training))
-    # Peak memory moves by a few MB from run to run.
-    targets.append(('peak memory no higher than before, within 2%% '
-                    '(%+.1f%%)' % (100 * (figures['peak_rss_mb'] /
-                                          before['peak_rss_mb'] - 1)),
-                    figures['peak_rss_mb'] <= 1.02 * before['peak_rss_mb']))
-  return targets
+    growth = figures['peak_rss_mb'] / before['peak_rss_mb'] - 1
+    found.append(('peak memory no higher than before, within 2%% (%+.1f%%)' %
+                  (100 * growth), growth <= 0.02))
+  return found
 
 
 def run_benchmark():
-  """Measures everything; prints the table; writes the JSON."""
+  """Measures everything; prints the table and the targets; writes JSON."""
   work_dir = tempfile.mkdtemp(prefix='cifar10_benchmark_')
   try:
     real_data = FLAGS['data_dir'].present
@@ -569,50 +581,82 @@ def run_benchmark():
                           machine['cores'], machine['tensorflow'],
                           'real' if real_data else 'synthetic',
                           FLAGS.repeats), flush=True)
-    samples = {name: collections.defaultdict(list) for name in trees}
-    matmul = []
-    convolutions = {tf.float32: [], tf.bfloat16: []}
-    for _ in range(FLAGS.repeats):
-      matmul.append(_matmul_gflops())
-      for dtype, rates in convolutions.items():
-        rates.append(_convolutions_gflops(dtype))
-      measuring = {name: _measure_tree(tree, data_dir, work_dir)
-                   for name, tree in trees.items()}
-      for figure in zip(*measuring.values()):  # Tree by tree, in turn.
-        for name, (key, value) in zip(trees, figure):
-          samples[name][key].append(value)
+    samples, ceilings = _measure(trees, data_dir, work_dir)
   finally:
     shutil.rmtree(work_dir, ignore_errors=True)
+  flops, flops_by_op_type = training_flops_per_image(
+      cifar10_params.Params(data_dir=data_dir).num_classes, FLAGS.top_layers)
+  figures = {name: _figures(tree_samples, ceilings, flops)
+             for name, tree_samples in samples.items()}
+  _print_table(figures, ceilings)
+  print('\nTargets (%s%s):' % ('now', ', against %s' % FLAGS.compare_with
+                                if FLAGS.compare_with else ''))
+  for text, met in targets(figures['now'], figures.get(FLAGS.compare_with),
+                           cifar10_params.cpu_has_fast_bfloat16()):
+    print('  [%s] %s' % ('met' if met else 'MISSED', text))
+  print('\nFLOPs per training image, counted in the training graph '
+        '(%.1f MFLOP), by op type:' % (flops / 1e6))
+  for op_type, op_flops in flops_by_op_type.items():
+    if op_flops >= 0.001 * flops:
+      print('  %-22s %7.2f MFLOP' % (op_type, op_flops / 1e6))
+  with open(FLAGS.json, 'w') as f:
+    json.dump(dict(ceilings, machine=machine, data='real' if real_data else
+                   'synthetic', batch_size=FLAGS.batch_size, steps=FLAGS.steps,
+                   repeats=FLAGS.repeats, mflop_per_training_image=flops / 1e6,
+                   figures=figures, samples=samples), f, indent=2,
+              sort_keys=True)
+  print('\nFigures written to %s.' % FLAGS.json)
 
-  flops, flops_by_op_type = cifar10_runtime.training_flops_per_image(
-      len(cifar10.class_names(data_dir)), FLAGS.top_layers)
-  matmul_gflops = float(np.median(matmul))
-  float32_convolutions, bfloat16_convolutions = (
-      float(np.median(rates)) for rates in convolutions.values())
+
+def _measure(trees, data_dir, work_dir):
+  """Every measurement, FLAGS.repeats times, the trees in turn.
+
+  Returns:
+    ({tree: {figure: [samples]}}, {ceiling: GFLOP/s}): the machine's
+    ceilings, matmul_gflops, convolutions_gflops (float32) and
+    bfloat16_convolutions_gflops, medians.
+  """
+  samples = {name: collections.defaultdict(list) for name in trees}
+  ceilings = collections.defaultdict(list)
+  for _ in range(FLAGS.repeats):
+    ceilings['matmul_gflops'].append(_matmul_gflops())
+    ceilings['convolutions_gflops'].append(_convolutions_gflops(tf.float32))
+    ceilings['bfloat16_convolutions_gflops'].append(
+        _convolutions_gflops(tf.bfloat16))
+    measuring = {name: _measure_tree(tree, data_dir, work_dir)
+                 for name, tree in trees.items()}
+    for figure in zip(*measuring.values()):  # Tree by tree, in turn.
+      for name, (key, value) in zip(trees, figure):
+        samples[name][key].append(value)
+  return ({name: dict(values) for name, values in samples.items()},
+          {key: float(np.median(values)) for key, values in ceilings.items()})
+
+
+def _figures(samples, ceilings, flops):
+  """One tree's figures: medians of its samples, and its FLOP rates."""
+  figures = {key: float(np.median(values)) for key, values in samples.items()}
+  figures['training_gflops'] = (figures['training_examples_per_sec'] *
+                                flops / 1e9)
   # The ceiling of the table's training: the convolutions in its precision.
-  convolutions_gflops = (bfloat16_convolutions if FLAGS.mixed_precision else
-                         float32_convolutions)
-  figures = {}
-  for name in trees:
-    # A figure a tree cannot measure (an older one's missing option): None.
-    figures[name] = {key: None if None in values else float(np.median(values))
-                     for key, values in samples[name].items()}
-    figures[name]['training_gflops'] = (
-        figures[name]['training_examples_per_sec'] * flops / 1e9)
-    figures[name]['share_of_convolutions'] = (
-        figures[name]['training_gflops'] / convolutions_gflops)
-    figures[name]['share_of_matmul'] = (figures[name]['training_gflops'] /
-                                        matmul_gflops)
-    mixed = figures[name].get('mixed_precision_examples_per_sec')
-    figures[name]['mixed_precision_share_of_convolutions'] = (
-        mixed * flops / 1e9 / bfloat16_convolutions if mixed else None)
+  figures['share_of_convolutions'] = figures['training_gflops'] / ceilings[
+      'bfloat16_convolutions_gflops' if FLAGS.mixed_precision else
+      'convolutions_gflops']
+  figures['share_of_matmul'] = (figures['training_gflops'] /
+                                ceilings['matmul_gflops'])
+  mixed = figures.get('mixed_precision_examples_per_sec')
+  figures['mixed_precision_share_of_convolutions'] = (
+      mixed * flops / 1e9 / ceilings['bfloat16_convolutions_gflops']
+      if mixed else None)
+  return figures
 
+
+def _print_table(figures, ceilings):
+  """The figures, tree beside tree (and their ratio), then the ceilings."""
+  trees = list(figures)
   print('\nMedians of %d repeat(s), %d steps each, batch %d:\n' %
         (FLAGS.repeats, FLAGS.steps, FLAGS.batch_size))
-  header = '%-46s' % '' + ''.join('%20s' % name for name in trees)
-  if len(trees) == 2:
-    header += '%10s' % 'ratio'
-  print(header)
+  print('%-46s' % '' + ''.join('%20s' % name for name in trees) +
+        ('%10s' % 'ratio' if len(trees) == 2 else ''))
   for key, unit, label in _ROWS:
     values = [figures[name].get(key) for name in trees]
     if all(value is None for value in values):
@@ -623,39 +667,14 @@ def run_benchmark():
              '%.0f %s' % (value, unit) for value in values]
     row = '%-46s' % label + ''.join('%20s' % cell for cell in cells)
     if len(trees) == 2 and None not in values and unit != '%':
-      before, after = values
-      row += '%9.2fx' % (after / before)
+      row += '%9.2fx' % (values[1] / values[0])
     print(row)
-  for dtype, rate in [('float32', float32_convolutions),
-                      ('bfloat16', bfloat16_convolutions)]:
-    print('%-46s%20s' % ("the model's convolutions alone, %s" % dtype,
-                         '%.0f GFLOP/s' % rate))
-  print('%-46s%20s' % ('float32 matmul, numpy 4096x4096',
-                       '%.0f GFLOP/s' % matmul_gflops))
-  print('\nTargets (%s%s):' % ('now', ', against %s' % FLAGS.compare_with
-                                if FLAGS.compare_with else ''))
-  for text, met in _targets(
-      figures['now'], figures.get(FLAGS.compare_with) if
-      FLAGS.compare_with else None):
-    print('  [%s] %s' % ('met' if met else 'MISSED', text))
-  print('\nFLOPs per training image, counted in the training graph '
-        '(%.1f MFLOP), by op type:' % (flops / 1e6))
-  for op_type, op_flops in flops_by_op_type.items():
-    if op_flops >= 0.001 * flops:
-      print('  %-22s %7.2f MFLOP' % (op_type, op_flops / 1e6))
-  with open(FLAGS.json, 'w') as f:
-    json.dump({'machine': machine, 'data': 'real' if real_data else
-               'synthetic', 'batch_size': FLAGS.batch_size,
-               'steps': FLAGS.steps, 'repeats': FLAGS.repeats,
-               'matmul_gflops': matmul_gflops,
-               'convolutions_gflops': float32_convolutions,
-               'bfloat16_convolutions_gflops': bfloat16_convolutions,
-               'mflop_per_training_image': flops / 1e6,
-               'figures': figures,
-               'samples': {name: dict(values)
-                           for name, values in samples.items()}},
-              f, indent=2, sort_keys=True)
-  print('\nFigures written to %s.' % FLAGS.json)
+  for label, key in [("the model's convolutions alone, float32",
+                      'convolutions_gflops'),
+                     ("the model's convolutions alone, bfloat16",
+                      'bfloat16_convolutions_gflops'),
+                     ('float32 matmul, numpy 4096x4096', 'matmul_gflops')]:
+    print('%-46s%20s' % (label, '%.0f GFLOP/s' % ceilings[key]))
 
 
 def main(argv):

@@ -21,53 +21,45 @@ Summary of available functions:
  # evaluations, use inputs() instead.
  inputs, labels = distorted_inputs(data_dir, batch_size)
 
- # Compute inference on the model inputs to make a prediction.
- predictions = inference(inputs)
+ # Compute inference on the model inputs: the logits of each class.
+ logits = inference(inputs)
 
- # Compute the total loss of the prediction with respect to the labels.
- loss = loss(predictions, labels)
+ # Compute the total loss of the logits with respect to the labels.
+ loss = loss(logits, labels)
 
  # Create a graph to run one step of training with respect to the loss.
  train_op = train(loss, global_step)
 
-Every function takes its settings as arguments, whose defaults are the
-tutorial's values; none reads flags or decides anything from the disk but
-the input functions, which read the data. The scripts (cifar10_train.py, ...)
-own the flags and pass them in, so this module can be imported and used from
-any program or notebook:
+ # The probability of each class.
+ probabilities = predictions(logits)
 
-    import cifar10
-    images = tf.placeholder(tf.float32, [None, 24, 24, 3])
-    logits = cifar10.inference(images)
+Every function takes its settings as arguments (defaults: the tutorial's
+values) and reads no flag: the module serves a program or a notebook too.
 """
 
 import os
 import re
 
-import numpy as np
-
 import cifar10_download
 import cifar10_input
-from cifar10_common import tf
+import cifar10_lrn
 from cifar10_common import UserError
+from cifar10_quiet import tf
 
 # Global constants describing the CIFAR-10 data set. Data of your own (see
-# prepare_data.py) brings its classes and sizes: see class_names() and
-# num_examples_per_epoch().
+# prepare_data.py) brings its classes and sizes (see cifar10_params.Params).
 IMAGE_SIZE = cifar10_input.IMAGE_SIZE
 NUM_CLASSES = cifar10_input.NUM_CLASSES
 NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN = cifar10_input.NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN
 NUM_EXAMPLES_PER_EPOCH_FOR_EVAL = cifar10_input.NUM_EXAMPLES_PER_EPOCH_FOR_EVAL
 
-# The tutorial's settings, the defaults of the functions below (and of the
-# scripts' flags).
+# The tutorial's settings: the defaults of the functions below and flags.
 DATA_DIR = '/tmp/cifar10_data'  # Holds cifar-10-batches-bin/.
 BATCH_SIZE = 128                # Images per batch (per tower).
 INITIAL_LEARNING_RATE = 0.1     # Learning rate at step 0.
 # The fraction of an epoch of training images queued before training starts.
 MIN_FRACTION_OF_EXAMPLES_IN_QUEUE = 0.4
-# local3 and local4: fully connected (the tutorial's), or locally connected
-# (cuda-convnet's, the tutorial's exercise).
+# local3 and local4: fully connected (the tutorial's), or locally connected.
 TOP_LAYERS = ('fully_connected', 'locally_connected')
 
 # Where the data set comes from, and the MD5 of the official archive.
@@ -96,27 +88,15 @@ def _add_summary(summary_op):
 
 
 def scalar_summary(tag, value):
-  """Summarises a scalar under exactly `tag`.
-
-  tf.summary.scalar derives the tag from a name scope, so it renames a tag
-  that is also the name of an op ('cross_entropy' becomes 'cross_entropy_1'),
-  and rejects characters such as those of 'total_loss (raw)'.
-
-  Args:
-    tag: The tag TensorBoard shows.
-    value: A scalar Tensor.
-  """
+  """Summarises a scalar under exactly `tag`: tf.summary.scalar would rename
+  a tag that names an op too ('cross_entropy' becomes 'cross_entropy_1'), and
+  refuse characters such as those of 'total_loss (raw)'."""
   _add_summary(tf.raw_ops.ScalarSummary(tags=tag, values=value,
                                         name='scalar_summary'))
 
 
 def histogram_summary(tag, values):
-  """Summarises the distribution of `values` under exactly `tag`.
-
-  Args:
-    tag: The tag TensorBoard shows (see scalar_summary).
-    values: A Tensor.
-  """
+  """Summarises the distribution of `values` under exactly `tag`."""
   _add_summary(tf.raw_ops.HistogramSummary(tag=tag, values=values,
                                            name='histogram_summary'))
 
@@ -139,38 +119,44 @@ def _activation_summary(x):
   scalar_summary(tensor_name + '/sparsity', tf.nn.zero_fraction(x))
 
 
-def _variable_on_cpu(name, shape, initializer, dtype=tf.float32,
-                     compute_dtype=None):
-  """Helper to create a Variable stored on CPU memory.
-
-  Every variable of the model is made here, so that all model replicas
-  ("towers", one per device) share one copy, kept on the CPU.
-
-  Args:
-    name: name of the variable
-    shape: list of ints
-    initializer: initializer for Variable
-    dtype: type of the variable: float32, or float16 (--use_fp16)
-    compute_dtype: type the model computes in, if another (mixed precision:
-      float32 variables, float16 or bfloat16 computation)
-
-  Returns:
-    Variable Tensor, or its value cast to compute_dtype
-  """
-  with tf.device('/cpu:0'):
-    var = tf.get_variable(name, shape, initializer=initializer, dtype=dtype)
-  return _in_type(var, compute_dtype)
-
-
 def _in_type(value, dtype):
   """`value` cast to `dtype`, where that is another type."""
-  if dtype is None or value.dtype.base_dtype == dtype:
+  if value.dtype.base_dtype == dtype:
     return value
   return tf.cast(value, dtype)
 
 
-def _variable_with_weight_decay(name, shape, stddev, wd, dtype=tf.float32,
-                                compute_dtype=None):
+def _model_variables(compute_dtype):
+  """The custom getter of the model's variable scope (see inference()).
+
+  Every variable of the model lives once, on the CPU, so that all model
+  replicas ("towers", one per device) share one copy. A layer gets it in the
+  type it computes in: with mixed precision, a float16 or bfloat16 copy of a
+  float32 variable, made on the layer's device, while the variable, its
+  moving average and the checkpoints stay float32.
+  """
+
+  def custom_getter(getter, *args, **kwargs):
+    with tf.device('/cpu:0'):
+      variable = getter(*args, **kwargs)
+    # In the layer's name scope (variables are made outside any).
+    with tf.name_scope(tf.get_variable_scope().original_name_scope):
+      return _in_type(variable, compute_dtype)
+
+  return custom_getter
+
+
+def _variable_on_cpu(name, shape, initializer):
+  """Helper to create a Variable stored on CPU memory (by the getter of the
+  model's variable scope, _model_variables).
+
+  Returns:
+    Variable Tensor, in the type the model computes in
+  """
+  return tf.get_variable(name, shape, initializer=initializer)
+
+
+def _variable_with_weight_decay(name, shape, stddev, wd):
   """Helper to create an initialized Variable with weight decay.
 
   Note that the Variable is initialized with a truncated normal distribution.
@@ -182,22 +168,21 @@ def _variable_with_weight_decay(name, shape, stddev, wd, dtype=tf.float32,
     stddev: standard deviation of a truncated Gaussian
     wd: add L2Loss weight decay multiplied by this float. If None, weight
         decay is not added for this Variable.
-    dtype: type of the variable
-    compute_dtype: type the model computes in, if another (see
-      _variable_on_cpu); the weight decay is the variable's, in its type
 
   Returns:
-    Variable Tensor, or its value cast to compute_dtype
+    Variable Tensor
   """
   var = _variable_on_cpu(
       name,
       shape,
-      tf.truncated_normal_initializer(stddev=stddev),
-      dtype)
+      tf.truncated_normal_initializer(stddev=stddev))
   if wd is not None:
-    weight_decay = tf.multiply(tf.nn.l2_loss(var), wd, name='weight_loss')
+    # Of the variable itself, in its own type (float32 under mixed
+    # precision, not the copy the layer computes with).
+    variable = var.op.inputs[0] if var.op.type == 'Cast' else var
+    weight_decay = tf.multiply(tf.nn.l2_loss(variable), wd, name='weight_loss')
     tf.add_to_collection('losses', weight_decay)
-  return _in_type(var, compute_dtype)
+  return var
 
 
 def data_batches_dir(data_dir):
@@ -205,35 +190,6 @@ def data_batches_dir(data_dir):
   if not data_dir:
     raise UserError('--data_dir is empty: give the CIFAR-10 data directory.')
   return os.path.join(data_dir, cifar10_input.BATCHES_DIR_NAME)
-
-
-def class_names(data_dir=DATA_DIR):
-  """The class names of the data in `data_dir`, in label order.
-
-  Returns:
-    A tuple of names: from its batches.meta.txt, or CIFAR-10's ten when it
-    has none (or is not there yet).
-  """
-  return cifar10_input.read_class_names(data_batches_dir(data_dir))
-
-
-def num_examples_per_epoch(data_dir=DATA_DIR, eval_data=False):
-  """The number of training (or test) images in `data_dir`.
-
-  Args:
-    data_dir: The data directory.
-    eval_data: bool, the test set if True.
-
-  Returns:
-    The number of records, or CIFAR-10's 50,000 (10,000) while the data is
-    not there yet.
-  """
-  filenames = cifar10_input.data_filenames(data_batches_dir(data_dir),
-                                           eval_data)
-  if all(os.path.isfile(f) for f in filenames):
-    return cifar10_input.count_records(filenames)
-  return (NUM_EXAMPLES_PER_EPOCH_FOR_EVAL if eval_data else
-          NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN)
 
 
 def distorted_inputs(data_dir=DATA_DIR, batch_size=BATCH_SIZE,
@@ -245,9 +201,8 @@ def distorted_inputs(data_dir=DATA_DIR, batch_size=BATCH_SIZE,
   Args:
     data_dir: Path to the CIFAR-10 data directory.
     batch_size: Number of images per batch.
-    dtype: The images' type, the model's computation's: float32, float16
-      (--use_fp16; mixed precision on a GPU) or bfloat16 (mixed precision on
-      a CPU).
+    dtype: The images' type, the model's computation's: float32, float16 or
+      bfloat16.
     min_fraction_of_examples_in_queue: The fraction of an epoch queued before
       the first batch comes out (see cifar10_input.distorted_inputs).
 
@@ -256,7 +211,7 @@ def distorted_inputs(data_dir=DATA_DIR, batch_size=BATCH_SIZE,
     labels: Labels. 1D tensor of [batch_size] size.
 
   Raises:
-    UserError: If no data_dir, or its data files are missing or malformed.
+    UserError: no data_dir, or its data files are missing or malformed.
   """
   images, labels = cifar10_input.distorted_inputs(
       data_dir=data_batches_dir(data_dir), batch_size=batch_size,
@@ -278,11 +233,7 @@ def inputs(eval_data, data_dir=DATA_DIR, batch_size=BATCH_SIZE,
     dtype: The images' type (see distorted_inputs).
 
   Returns:
-    images: Images. 4D tensor of [batch_size, IMAGE_SIZE, IMAGE_SIZE, 3] size.
-    labels: Labels. 1D tensor of [batch_size] size.
-
-  Raises:
-    UserError: If no data_dir, or its data files are missing or malformed.
+    images, labels: as distorted_inputs, the last batch maybe smaller.
   """
   images, labels = cifar10_input.inputs(eval_data=eval_data,
                                         data_dir=data_batches_dir(data_dir),
@@ -290,95 +241,101 @@ def inputs(eval_data, data_dir=DATA_DIR, batch_size=BATCH_SIZE,
   return tf.cast(images, dtype), labels
 
 
-def local_response_normalization(x, depth_radius, bias, alpha, beta, name):
-  """tf.nn.lrn, computed with a matrix multiply: same values, 3x faster here.
-
-  Each output is x / (bias + alpha * sum of x**2 over the channels within
-  depth_radius of its own) ** beta, as tf.nn.lrn defines it. TensorFlow's CPU
-  kernels for LRN and its gradient run on one thread and took a fifth of a
-  training step; the windowed sum of squares is a product with a band
-  matrix, which oneDNN multiplies on every core. Elementwise ops cost more
-  than their FLOPs (each reads and writes the whole tensor), so there are
-  few: alpha and the bias go into the product (5 elementwise ops forward,
-  where there were 8), and the gradient is written out (5 and one product,
-  where differentiating op by op ran 13). The results agree with tf.nn.lrn
-  to float rounding (see tests/test_same_computation.py).
-
-  Args:
-    x: A 4-D [batch, height, width, channels] Tensor.
-    depth_radius: Half-width of the window of channels.
-    bias: Added to the weighted sum of squares.
-    alpha: Weight of the sum of squares.
-    beta: Exponent.
-    name: Name of the result.
-
-  Returns:
-    A Tensor of the shape of `x`.
-  """
-  depth = x.get_shape()[-1]
-  channel = np.arange(depth)
-  window = np.abs(channel[:, None] - channel[None, :]) <= depth_radius
-
-  def windowed_sum(values, weight, offset=None):
-    """weight * the sum of `values` over each channel's window (+ offset).
-
-    The weight is folded into the band matrix, and the offset added by the
-    multiply (TensorFlow fuses a bias_add into it): no elementwise op.
-    """
-    flat = tf.matmul(tf.reshape(values, [-1, depth]),
-                     tf.constant(weight * window, dtype=values.dtype))
-    if offset is not None:
-      flat = tf.nn.bias_add(flat, tf.constant(offset, values.dtype, [depth]))
-    return tf.reshape(flat, tf.shape(values))
-
-  @tf.custom_gradient
-  def normalize(x):
-    denominator = windowed_sum(tf.square(x), alpha, offset=bias)
-    if beta == 0.75:  # The tutorial's: two square roots beat a power.
-      inverse_root = tf.math.rsqrt(denominator)
-      scale = inverse_root * tf.sqrt(inverse_root)
-    else:
-      scale = tf.pow(denominator, -beta)
-    normalized = x * scale
-
-    def gradient(upstream):
-      # d normalized_i / d x_j = scale_i [i == j] - 2 alpha beta x_i x_j
-      # scale_i / denominator_i [j in the window of i]; the window is
-      # symmetric.
-      through_denominator = windowed_sum(upstream * normalized / denominator,
-                                         2.0 * alpha * beta)
-      return upstream * scale - x * through_denominator
-
-    return normalized, gradient
-
-  with tf.name_scope(name + '_terms'):
-    normalized = normalize(x)
-  return tf.identity(normalized, name=name)
-
-
 def inference(images, num_classes=NUM_CLASSES, top_layers='fully_connected',
               variable_dtype=None):
   """Build the CIFAR-10 model.
 
   Args:
-    images: Images returned from distorted_inputs() or inputs(), of the type
+    images: Images returned from distorted_inputs() or inputs(), in the type
       the model computes in: float32, float16, or bfloat16.
-    num_classes: Outputs of the last layer: 10 for CIFAR-10, or the number of
-      classes of your own data (len(class_names(data_dir))).
-    top_layers: local3 and local4 'fully_connected', as in the tutorial, or
-      'locally_connected', as in cuda-convnet's model.
-    variable_dtype: The variables' type: the images' by default (float32;
-      float16 for the tutorial's --use_fp16). float32 with float16 or
-      bfloat16 images is mixed precision: the variables, their moving
-      averages, the weight decay and the checkpoints stay float32, and each
-      layer computes with its weights cast to the images' type.
+    num_classes: 10 for CIFAR-10, or the number of classes of your data.
+    top_layers: local3 and local4 'fully_connected' (the tutorial's), or
+      'locally_connected' (cuda-convnet's).
+    variable_dtype: The variables' type, the images' by default; float32 with
+      float16 or bfloat16 images is mixed precision (see _model_variables).
 
   Returns:
     Logits, of the images' type.
-
-  Raises:
-    ValueError: images of another type, or an unknown top_layers.
   """
+  dtype, variable_dtype = _model_types(images, variable_dtype, top_layers)
+  # All variables by tf.get_variable(), shared by the towers of several GPUs.
+  with tf.variable_scope(tf.get_variable_scope(), dtype=variable_dtype,
+                         custom_getter=_model_variables(dtype)):
+    # conv1
+    with tf.variable_scope('conv1') as scope:
+      kernel = _variable_with_weight_decay('weights', shape=[5, 5, 3, 64],
+                                           stddev=5e-2, wd=None)
+      conv = tf.nn.conv2d(images, kernel, [1, 1, 1, 1], padding='SAME')
+      biases = _variable_on_cpu('biases', [64], tf.constant_initializer(0.0))
+      pre_activation = tf.nn.bias_add(conv, biases)
+      conv1 = tf.nn.relu(pre_activation, name=scope.name)
+      _activation_summary(conv1)
+
+    # pool1
+    pool1 = tf.nn.max_pool(conv1, ksize=[1, 3, 3, 1], strides=[1, 2, 2, 1],
+                           padding='SAME', name='pool1')
+    # norm1
+    norm1 = cifar10_lrn.local_response_normalization(
+        pool1, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75, name='norm1')
+
+    # conv2
+    with tf.variable_scope('conv2') as scope:
+      kernel = _variable_with_weight_decay('weights', shape=[5, 5, 64, 64],
+                                           stddev=5e-2, wd=None)
+      conv = tf.nn.conv2d(norm1, kernel, [1, 1, 1, 1], padding='SAME')
+      biases = _variable_on_cpu('biases', [64], tf.constant_initializer(0.1))
+      pre_activation = tf.nn.bias_add(conv, biases)
+      conv2 = tf.nn.relu(pre_activation, name=scope.name)
+      _activation_summary(conv2)
+
+    # norm2
+    norm2 = cifar10_lrn.local_response_normalization(
+        conv2, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75, name='norm2')
+    # pool2
+    pool2 = tf.nn.max_pool(norm2, ksize=[1, 3, 3, 1],
+                           strides=[1, 2, 2, 1], padding='SAME', name='pool2')
+
+    if top_layers == 'locally_connected':
+      top = _locally_connected_top(pool2)
+    else:
+      # local3: everything moved into depth, for a single matrix multiply.
+      with tf.variable_scope('local3') as scope:
+        dim = pool2.get_shape()[1:].num_elements()
+        reshape = tf.reshape(pool2, [-1, dim])  # Of any batch size.
+        weights = _variable_with_weight_decay('weights', shape=[dim, 384],
+                                              stddev=0.04, wd=0.004)
+        biases = _variable_on_cpu('biases', [384], tf.constant_initializer(0.1))
+        local3 = tf.nn.relu(tf.matmul(reshape, weights) + biases,
+                            name=scope.name)
+        _activation_summary(local3)
+
+      # local4
+      with tf.variable_scope('local4') as scope:
+        weights = _variable_with_weight_decay('weights', shape=[384, 192],
+                                              stddev=0.04, wd=0.004)
+        biases = _variable_on_cpu('biases', [192], tf.constant_initializer(0.1))
+        top = tf.nn.relu(tf.matmul(local3, weights) + biases, name=scope.name)
+        _activation_summary(top)
+
+    # linear layer(WX + b),
+    # We don't apply softmax here because
+    # tf.nn.sparse_softmax_cross_entropy_with_logits accepts the unscaled logits
+    # and performs the softmax internally for efficiency.
+    with tf.variable_scope('softmax_linear') as scope:
+      dim = top.get_shape()[-1]
+      weights = _variable_with_weight_decay('weights', [dim, num_classes],
+                                            stddev=1.0 / dim, wd=None)
+      biases = _variable_on_cpu('biases', [num_classes],
+                                tf.constant_initializer(0.0))
+      softmax_linear = tf.add(tf.matmul(top, weights), biases, name=scope.name)
+      _activation_summary(softmax_linear)
+
+  return softmax_linear
+
+
+def _model_types(images, variable_dtype, top_layers):
+  """(compute type, variable type) of inference()'s model; a ValueError for
+  images or variables of an unsupported type, or an unknown top_layers."""
   dtype = images.dtype.base_dtype
   if dtype not in (tf.float32, tf.float16, tf.bfloat16):
     raise ValueError('inference() takes float32, float16 or bfloat16 images, '
@@ -390,131 +347,26 @@ def inference(images, num_classes=NUM_CLASSES, top_layers='fully_connected',
   if top_layers not in TOP_LAYERS:
     raise ValueError('top_layers=%r: it is one of %s.' % (top_layers,
                                                           ', '.join(TOP_LAYERS)))
-  # We instantiate all variables using tf.get_variable() instead of
-  # tf.Variable() in order to share variables across multiple GPU training runs.
-  # If we only ran this model on a single GPU, we could simplify this function
-  # by replacing all instances of tf.get_variable() with tf.Variable().
-  #
-  # conv1
-  with tf.variable_scope('conv1') as scope:
-    kernel = _variable_with_weight_decay('weights',
-                                         shape=[5, 5, 3, 64],
-                                         stddev=5e-2,
-                                         wd=None, dtype=variable_dtype,
-                                         compute_dtype=dtype)
-    conv = tf.nn.conv2d(images, kernel, [1, 1, 1, 1], padding='SAME')
-    biases = _variable_on_cpu('biases', [64], tf.constant_initializer(0.0),
-                              variable_dtype, dtype)
-    pre_activation = tf.nn.bias_add(conv, biases)
-    conv1 = tf.nn.relu(pre_activation, name=scope.name)
-    _activation_summary(conv1)
-
-  # pool1
-  pool1 = tf.nn.max_pool(conv1, ksize=[1, 3, 3, 1], strides=[1, 2, 2, 1],
-                         padding='SAME', name='pool1')
-  # norm1
-  norm1 = local_response_normalization(pool1, 4, bias=1.0, alpha=0.001 / 9.0,
-                                       beta=0.75, name='norm1')
-
-  # conv2
-  with tf.variable_scope('conv2') as scope:
-    kernel = _variable_with_weight_decay('weights',
-                                         shape=[5, 5, 64, 64],
-                                         stddev=5e-2,
-                                         wd=None, dtype=variable_dtype,
-                                         compute_dtype=dtype)
-    conv = tf.nn.conv2d(norm1, kernel, [1, 1, 1, 1], padding='SAME')
-    biases = _variable_on_cpu('biases', [64], tf.constant_initializer(0.1),
-                              variable_dtype, dtype)
-    pre_activation = tf.nn.bias_add(conv, biases)
-    conv2 = tf.nn.relu(pre_activation, name=scope.name)
-    _activation_summary(conv2)
-
-  # norm2
-  norm2 = local_response_normalization(conv2, 4, bias=1.0, alpha=0.001 / 9.0,
-                                       beta=0.75, name='norm2')
-  # pool2
-  pool2 = tf.nn.max_pool(norm2, ksize=[1, 3, 3, 1],
-                         strides=[1, 2, 2, 1], padding='SAME', name='pool2')
-
-  if top_layers == 'locally_connected':
-    # The top of Alex Krizhevsky's cuda-convnet model (the tutorial's
-    # exercise; layers-conv-local-11pct.cfg): two locally connected layers,
-    # then the linear layer.
-    local3 = _locally_connected('local3', pool2, filters=64, size=3,
-                                variable_dtype=variable_dtype)
-    local4 = _locally_connected('local4', local3, filters=32, size=3,
-                                variable_dtype=variable_dtype)
-    top = tf.reshape(local4, [-1, local4.get_shape()[1:].num_elements()])
-  else:
-    # local3
-    with tf.variable_scope('local3') as scope:
-      # Move everything into depth so we can perform a single matrix
-      # multiply. The batch dimension stays open: an evaluation's last batch
-      # is smaller.
-      dim = pool2.get_shape()[1:].num_elements()
-      reshape = tf.reshape(pool2, [-1, dim])
-      weights = _variable_with_weight_decay('weights', shape=[dim, 384],
-                                            stddev=0.04, wd=0.004,
-                                            dtype=variable_dtype,
-                                            compute_dtype=dtype)
-      biases = _variable_on_cpu('biases', [384], tf.constant_initializer(0.1),
-                                variable_dtype, dtype)
-      local3 = tf.nn.relu(tf.matmul(reshape, weights) + biases,
-                          name=scope.name)
-      _activation_summary(local3)
-
-    # local4
-    with tf.variable_scope('local4') as scope:
-      weights = _variable_with_weight_decay('weights', shape=[384, 192],
-                                            stddev=0.04, wd=0.004,
-                                            dtype=variable_dtype,
-                                            compute_dtype=dtype)
-      biases = _variable_on_cpu('biases', [192], tf.constant_initializer(0.1),
-                                variable_dtype, dtype)
-      local4 = tf.nn.relu(tf.matmul(local3, weights) + biases,
-                          name=scope.name)
-      _activation_summary(local4)
-    top = local4
-
-  # linear layer(WX + b),
-  # We don't apply softmax here because
-  # tf.nn.sparse_softmax_cross_entropy_with_logits accepts the unscaled logits
-  # and performs the softmax internally for efficiency.
-  with tf.variable_scope('softmax_linear') as scope:
-    dim = top.get_shape()[-1]
-    weights = _variable_with_weight_decay('weights', [dim, num_classes],
-                                          stddev=1.0 / dim, wd=None,
-                                          dtype=variable_dtype,
-                                          compute_dtype=dtype)
-    biases = _variable_on_cpu('biases', [num_classes],
-                              tf.constant_initializer(0.0),
-                              variable_dtype, dtype)
-    softmax_linear = tf.add(tf.matmul(top, weights), biases, name=scope.name)
-    _activation_summary(softmax_linear)
-
-  return softmax_linear
+  return dtype, variable_dtype
 
 
-def _locally_connected(name, inputs, filters, size, variable_dtype=None):
+def _locally_connected_top(pool2):
+  """local3 and local4 of Alex Krizhevsky's cuda-convnet model (the
+  tutorial's exercise; layers-conv-local-11pct.cfg): locally connected, of
+  64 then 32 filters of 3x3, flattened for the linear layer."""
+  local3 = _locally_connected('local3', pool2, filters=64, size=3)
+  local4 = _locally_connected('local4', local3, filters=32, size=3)
+  return tf.reshape(local4, [-1, local4.get_shape()[1:].num_elements()])
+
+
+def _locally_connected(name, inputs, filters, size):
   """A locally connected layer with ReLU: a convolution whose weights differ
-  at every position (cuda-convnet's 'local' layers).
+  at every position (cuda-convnet's 'local' layers), of `filters` outputs,
+  over windows of size x size (SAME padding, stride 1) of 4-D `inputs`.
 
   Weights drawn with stddev 0.04 and decayed by 0.004, biases 0.1, as the
   tutorial's local3 and local4.
-
-  Args:
-    name: Name of the layer (its variable scope).
-    inputs: 4-D Tensor [batch, height, width, depth].
-    filters: Output channels.
-    size: Side of the square window; SAME padding, stride 1.
-    variable_dtype: The variables' type; the inputs' by default.
-
-  Returns:
-    4-D Tensor [batch, height, width, filters].
   """
-  dtype = inputs.dtype.base_dtype
-  variable_dtype = variable_dtype or dtype
   with tf.variable_scope(name) as scope:
     _, height, width, depth = inputs.get_shape().as_list()
     positions, window = height * width, size * size * depth
@@ -522,11 +374,9 @@ def _locally_connected(name, inputs, filters, size, variable_dtype=None):
                                        strides=[1, 1, 1, 1],
                                        rates=[1, 1, 1, 1], padding='SAME')
     weights = _variable_with_weight_decay(
-        'weights', shape=[positions, window, filters], stddev=0.04, wd=0.004,
-        dtype=variable_dtype, compute_dtype=dtype)
+        'weights', shape=[positions, window, filters], stddev=0.04, wd=0.004)
     biases = _variable_on_cpu('biases', [positions, filters],
-                              tf.constant_initializer(0.1),
-                              variable_dtype, dtype)
+                              tf.constant_initializer(0.1))
     # One matrix multiply per position: [positions, batch, window] x
     # [positions, window, filters].
     by_position = tf.transpose(tf.reshape(patches, [-1, positions, window]),
@@ -540,14 +390,11 @@ def _locally_connected(name, inputs, filters, size, variable_dtype=None):
 
 
 def variables_to_restore(moving_average=True):
-  """What to restore from a checkpoint into the model's variables.
-
-  Args:
-    moving_average: Restore the moving averages of the weights (as the
-      tutorial evaluates), rather than the weights themselves.
+  """What to restore from a checkpoint into the model's variables: their
+  moving averages (as the tutorial evaluates), or the variables themselves.
 
   Returns:
-    {name in the checkpoint: variable} for tf.train.Saver.
+    {name in the checkpoint: variable}, for tf.train.Saver.
   """
   if moving_average:
     return tf.train.ExponentialMovingAverage(
@@ -556,23 +403,15 @@ def variables_to_restore(moving_average=True):
 
 
 def predictions(logits):
-  """Normalised predictions: the probability of each class.
-
-  Args:
-    logits: Logits from inference().
-
-  Returns:
-    Tensor [batch, classes] whose rows sum to 1.
-  """
+  """The probability of each class: [batch, classes], rows summing to 1."""
   return tf.nn.softmax(logits, name='predictions')
 
 
 def loss(logits, labels):
-  """The total loss: the cross entropy plus the weight decay terms.
+  """The total loss: the mean cross entropy plus the weight decay terms.
 
-  Adds the mean cross entropy of the batch to the 'losses' collection, which
-  already holds the weight decay (L2 loss) terms that inference() added for
-  local3 and local4, and returns their sum.
+  Adds the cross entropy to the 'losses' collection, which holds the weight
+  decay (L2 loss) terms that inference() added for local3 and local4.
 
   Args:
     logits: Logits from inference().
@@ -639,20 +478,18 @@ def add_loss_summaries(total_loss, losses=None):
 def learning_rate(global_step, examples_per_step=BATCH_SIZE,
                   examples_per_epoch=NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN,
                   initial_learning_rate=INITIAL_LEARNING_RATE):
-  """The learning rate: decayed exponentially, in steps, with the epochs.
+  """The learning rate, divided by 10 every NUM_EPOCHS_PER_DECAY epochs.
 
   Args:
     global_step: Integer Variable counting the number of training steps
       processed.
-    examples_per_step: Images trained on per update (all towers, or all
-      synchronous workers, together).
-    examples_per_epoch: Training images in the data
-      (num_examples_per_epoch(data_dir)).
-    initial_learning_rate: The rate at step 0; it is divided by 10 every
-      NUM_EPOCHS_PER_DECAY epochs.
+    examples_per_step: Images trained on per update (of all towers, or of
+      all synchronous workers).
+    examples_per_epoch: Training images in the data.
+    initial_learning_rate: The rate at step 0.
 
   Returns:
-    A scalar float32 Tensor, also summarised as 'learning_rate'.
+    A scalar Tensor, summarised as 'learning_rate'.
   """
   num_batches_per_epoch = examples_per_epoch / examples_per_step
   decay_steps = int(num_batches_per_epoch * NUM_EPOCHS_PER_DECAY)
@@ -668,11 +505,8 @@ def learning_rate(global_step, examples_per_step=BATCH_SIZE,
 
 
 def add_variable_and_gradient_summaries(grads):
-  """Adds a histogram of every trainable variable and of its gradient.
-
-  Args:
-    grads: List of (gradient, variable) pairs.
-  """
+  """Adds a histogram of every trainable variable and of its gradient, of
+  the (gradient, variable) pairs `grads`."""
   for var in tf.trainable_variables():
     histogram_summary(var.op.name, var)
   for grad, var in grads:
@@ -681,16 +515,11 @@ def add_variable_and_gradient_summaries(grads):
 
 
 def gradients(total_loss, loss_scale=1.0):
-  """The gradient of the loss for each trainable variable.
+  """The (gradient, variable) pairs of the loss and the trainable variables.
 
-  Args:
-    total_loss: The loss.
-    loss_scale: Gradients are computed of the loss times this, then divided
-      by it (FLOAT16_LOSS_SCALE for float16 computation with float32
-      variables).
-
-  Returns:
-    List of (gradient, variable) pairs.
+  With a loss_scale, the gradients are computed of the loss times it, then
+  divided by it (FLOAT16_LOSS_SCALE for float16 computation of float32
+  variables).
   """
   variables = tf.trainable_variables()
   if loss_scale == 1.0:
@@ -707,28 +536,21 @@ def train(total_loss, global_step, examples_per_step=BATCH_SIZE,
   """Train CIFAR-10 model.
 
   Create an optimizer and apply to all trainable variables. Add moving
-  average for all trainable variables. The one training step of every
-  script: on one device, over towers (their averaged gradients given as
-  `grads`), and on distributed workers (a synchronous optimizer given by
-  `wrap_optimizer`).
+  average for all trainable variables. The training step of every script:
+  on one device, over towers, and on distributed workers.
 
   Args:
     total_loss: Total loss from loss(), or the towers' average.
     global_step: Integer Variable counting the number of training steps
       processed.
-    examples_per_step: Images in one update, for the learning rate's decay:
-      the batch size, times the towers or synchronous workers.
+    examples_per_step: Images in one update, for the learning rate's decay.
     examples_per_epoch: Training images in the data.
     initial_learning_rate: The learning rate at step 0.
-    grads: The (gradient, variable) pairs to apply: the towers' averaged
-      gradients; those of total_loss by default.
-    losses: The loss terms of total_loss, summarised with it; the 'losses'
-      collection by default.
-    wrap_optimizer: f(optimizer, variable_averages) -> an optimizer that
-      updates the variables through `optimizer` and their moving averages
-      with `variable_averages` itself (tf.train.SyncReplicasOptimizer, for
-      synchronous distributed training); by default, the update is followed
-      by the moving averages here.
+    grads: The (gradient, variable) pairs to apply (the towers' averaged
+      ones); those of total_loss by default.
+    losses: The loss terms of total_loss; the 'losses' collection by default.
+    wrap_optimizer: f(optimizer, variable_averages) -> an optimizer that also
+      updates the moving averages (tf.train.SyncReplicasOptimizer).
     loss_scale: See gradients(); with `grads` given, they were computed so.
 
   Returns:
@@ -750,20 +572,16 @@ def train(total_loss, global_step, examples_per_step=BATCH_SIZE,
   if wrap_optimizer:
     opt = wrap_optimizer(opt, variable_averages)
 
-  # Compute gradients.
+  # Compute gradients, apply them, and summarise both.
   if grads is None:
     grads = gradients(total_loss, loss_scale)
-
-  # Apply gradients.
   apply_gradient_op = opt.apply_gradients(grads, global_step=global_step)
-
-  # Add histograms for trainable variables and their gradients.
   add_variable_and_gradient_summaries(grads)
 
   if not wrap_optimizer:
     # Track the moving averages of all trainable variables: on the CPU, with
-    # the variables (see _variable_on_cpu), so that training on a GPU does
-    # not copy every variable and its average to the GPU and back each step.
+    # the variables, so that training on a GPU does not copy every variable
+    # and its average to the GPU and back each step.
     with tf.control_dependencies([apply_gradient_op]), tf.device('/cpu:0'):
       apply_gradient_op = variable_averages.apply(tf.trainable_variables())
 
@@ -775,19 +593,7 @@ def train(total_loss, global_step, examples_per_step=BATCH_SIZE,
 
 def maybe_download_and_extract(data_dir=DATA_DIR, data_url=DATA_URL,
                                expected_md5=DATA_MD5):
-  """Download and extract the tarball from Alex's website.
-
-  See cifar10_download.maybe_download_and_extract: nothing is downloaded
-  when the data is unpacked in `data_dir` already; a download is checked
-  (MD5) and kept only whole.
-
-  Args:
-    data_dir: Where the data goes.
-    data_url: Where the archive comes from.
-    expected_md5: The archive's MD5, '' for no check.
-
-  Returns:
-    The path of the folder of batch files.
-  """
+  """Download and extract the tarball from Alex's website, unless there
+  already (see cifar10_download); returns the folder of batch files."""
   return cifar10_download.maybe_download_and_extract(data_dir, data_url,
                                                      expected_md5)

@@ -1,12 +1,11 @@
-"""What every module of the tutorial shares: TensorFlow, errors, the scripts' main.
+"""How the scripts run and stop: one entry point, one-line errors, clean stops.
 
-    from cifar10_common import tf
-
-gives `tensorflow.compat.v1` with eager execution off, imported quietly (see
-cifar10_quiet.py for what is silenced, and why). The module also holds the
-small pieces the scripts share: the error type for problems a user can fix,
-the clean stop on Ctrl-C (StopSignals), and `run()`, which turns such an
-error into one clear line and a non-zero exit status instead of a traceback.
+Every script ends with `cifar10_common.run(main)`: its flags are parsed
+(a bad one is one line, status 2), and a problem a user can fix (a
+UserError, raised with its message where it is found) is one line on
+stderr, status 1, without a traceback. Ctrl-C and SIGTERM are taken in by
+`StopSignals`, where a loop can stop cleanly (training saves a checkpoint),
+and end the script with status 128 + the signal's number.
 """
 
 import functools
@@ -14,12 +13,9 @@ import io
 import os
 import signal
 import sys
-import tempfile
 import threading
 
 import cifar10_quiet
-
-tf = cifar10_quiet.tf
 
 
 class UserError(Exception):
@@ -145,31 +141,6 @@ def first_line(error):
       if line.startswith('Node: '):
         return next_line
   return lines[0]
-
-
-def ensure_writable_dir(path, flag_name):
-  """Creates directory `path` if needed and checks that it can be written.
-
-  Args:
-    path: The directory.
-    flag_name: The flag that gave it, for the error message.
-
-  Raises:
-    UserError: it cannot be created or written.
-  """
-  if not path:
-    raise UserError('--%s is empty: give a directory.' % flag_name)
-  try:
-    os.makedirs(path, exist_ok=True)
-  except OSError as e:
-    raise UserError('--%s=%s cannot be created: %s.' %
-                    (flag_name, path, e.strerror)) from None
-  try:  # Writing is the only sure test (permissions, read-only disks, root).
-    with tempfile.TemporaryFile(dir=path):
-      pass
-  except OSError as e:
-    raise UserError('--%s=%s is not writable: %s.' %
-                    (flag_name, path, e.strerror)) from None
 
 
 def parse_flags(argv):

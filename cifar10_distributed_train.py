@@ -40,8 +40,9 @@ from absl import flags
 import cifar10
 import cifar10_common
 import cifar10_flags
+import cifar10_params
 import cifar10_runtime
-from cifar10_common import tf
+from cifar10_quiet import tf
 from cifar10_common import UserError
 
 FLAGS = flags.FLAGS
@@ -164,7 +165,7 @@ def train(params, server, cluster, task_index, sync_replicas=False,
   """A worker's life: train until params.max_steps, then tell the servers.
 
   Args:
-    params: cifar10_runtime.Params.
+    params: cifar10_params.Params.
     server: This worker's tf.train.Server.
     cluster: The tf.train.ClusterSpec.
     task_index: This worker's index; worker 0 is the chief.
@@ -196,16 +197,15 @@ def train(params, server, cluster, task_index, sync_replicas=False,
         images, labels = cifar10.distorted_inputs(
             params.data_dir, params.batch_size, params.compute_dtype,
             params.min_fraction_of_examples_in_queue)
-      logits = cifar10.inference(
-          images, len(cifar10.class_names(params.data_dir)), params.top_layers,
-          params.variable_dtype)
+      logits = cifar10.inference(images, params.num_classes,
+                                 params.top_layers, params.variable_dtype)
       loss = cifar10.loss(logits, labels)
       train_op, hooks = build_train_op(
           loss, global_step, params, is_chief, num_workers,
           replicas_to_aggregate if sync_replicas else None)
     say_done = [queue.enqueue(task_index) for queue in done_queues(cluster)]
     # Talk to the servers and to this worker only: other workers may be down.
-    config = cifar10_runtime.session_config(
+    config = cifar10_params.session_config(
         params, device_filters=['/job:ps', worker_device])
     cifar10_runtime.run_training(
         train_op, loss, params, config=config, master=server.target,
@@ -221,7 +221,7 @@ def build_train_op(loss, global_step, params, is_chief, num_workers,
   Args:
     loss: This worker's total loss.
     global_step: The global step variable.
-    params: cifar10_runtime.Params.
+    params: cifar10_params.Params.
     is_chief: Whether this is worker 0.
     num_workers: The number of workers.
     replicas_to_aggregate: None for asynchronous updates; otherwise the
@@ -246,7 +246,7 @@ def build_train_op(loss, global_step, params, is_chief, num_workers,
   train_op = cifar10.train(
       loss, global_step,
       examples_per_step=params.batch_size * (replicas_to_aggregate or 1),
-      examples_per_epoch=cifar10.num_examples_per_epoch(params.data_dir),
+      examples_per_epoch=params.num_examples(),
       initial_learning_rate=params.initial_learning_rate,
       wrap_optimizer=synchronous if replicas_to_aggregate else None,
       loss_scale=params.loss_scale)
@@ -284,35 +284,43 @@ class _QuietlyEndingHook(tf.train.SessionRunHook):
     self._coord.request_stop()
 
 
-def main(argv=None):  # pylint: disable=unused-argument
-  params = cifar10_flags.params()
+def main(argv):
+  del argv  # The settings are the flags' (or TF_CONFIG's).
   cluster, job_name, task_index = cluster_and_task()
   num_workers = cluster.num_tasks('worker')
   if (FLAGS.sync_replicas and
       (FLAGS.replicas_to_aggregate or num_workers) > num_workers):
     raise UserError('--replicas_to_aggregate=%d, but the cluster has %d '
                     'worker(s).' % (FLAGS.replicas_to_aggregate, num_workers))
-  if job_name == 'worker':
-    cifar10.maybe_download_and_extract(params.data_dir, params.data_url,
-                                       params.data_md5)
-  address = cluster.task_address(job_name, task_index)
-  # A parameter server keeps the variables on its CPU: it leaves the GPUs
-  # alone.
-  config = (tf.ConfigProto(device_count={'GPU': 0}) if job_name == 'ps'
-            else cifar10_runtime.session_config(params))
-  try:
-    server = tf.train.Server(cluster, job_name=job_name,
-                             task_index=task_index, config=config)
-  except tf.errors.OpError as e:
-    raise UserError(
-        'cannot start the %s %d server at %s (%s): is the port in use (a task '
-        'of an earlier run still up?), or the host not this machine?' %
-        (job_name, task_index, address, cifar10_common.first_line(e))) from None
+  # Each worker reads its own copy of the data; a parameter server none.
+  params = cifar10_flags.params(fetch_data=job_name == 'worker')
+  server = start_server(cluster, job_name, task_index, params)
   if job_name == 'ps':
     serve(server, cluster, task_index)
   else:
     train(params, server, cluster, task_index, FLAGS.sync_replicas,
           FLAGS.replicas_to_aggregate)
+
+
+def start_server(cluster, job_name, task_index, params):
+  """This task's tf.train.Server.
+
+  Raises:
+    UserError: it cannot listen at its address.
+  """
+  # A parameter server keeps the variables on its CPU: it leaves the GPUs
+  # alone.
+  config = (tf.ConfigProto(device_count={'GPU': 0}) if job_name == 'ps'
+            else cifar10_params.session_config(params))
+  try:
+    return tf.train.Server(cluster, job_name=job_name, task_index=task_index,
+                           config=config)
+  except tf.errors.OpError as e:
+    raise UserError(
+        'cannot start the %s %d server at %s (%s): is the port in use (a task '
+        'of an earlier run still up?), or the host not this machine?' %
+        (job_name, task_index, cluster.task_address(job_name, task_index),
+         cifar10_common.first_line(e))) from None
 
 
 if __name__ == '__main__':

@@ -81,8 +81,6 @@ def _download(url, dest_path, expected_md5):
   part_fd, part_path = tempfile.mkstemp(
       dir=os.path.dirname(dest_path), prefix=filename + '.', suffix='.part')
   try:
-    md5 = hashlib.md5(usedforsecurity=False)
-    received = 0
     with _named_write_errors(dest_path), os.fdopen(part_fd, 'wb') as part_file:
       try:
         response = urllib.request.urlopen(url, timeout=60)
@@ -95,32 +93,8 @@ def _download(url, dest_path, expected_md5):
              os.path.join(os.path.dirname(dest_path),
                           cifar10_input.BATCHES_DIR_NAME))) from None
       with response:
-        total = int(response.headers.get('Content-Length') or 0)
-        last_report = 0.0
-        while True:
-          try:
-            chunk = response.read(1 << 20)
-          except (OSError, http.client.HTTPException) as e:
-            raise UserError('download of %s failed after %d bytes: %r' %
-                            (url, received, e)) from None
-          if not chunk:
-            break
-          part_file.write(chunk)
-          md5.update(chunk)
-          received += len(chunk)
-          now = time.time()
-          if now - last_report >= _PROGRESS_INTERVAL_SECS:
-            last_report = now
-            if total:
-              _print_progress('>> Downloading %s %.1f%%' %
-                              (filename, 100.0 * received / total))
-            else:
-              _print_progress('>> Downloading %s %.1f MB' %
-                              (filename, received / 1e6))
-    if total and received != total:
-      raise UserError('download of %s stopped at %d of %d bytes.' %
-                      (url, received, total))
-    actual_md5 = md5.hexdigest()
+        received, actual_md5 = _copy_with_progress(response, part_file, url,
+                                                   filename)
     if expected_md5 and actual_md5 != expected_md5.lower():
       raise UserError(
           'downloaded %s (%d bytes) has MD5 %s, expected %s: it is corrupt or '
@@ -134,6 +108,40 @@ def _download(url, dest_path, expected_md5):
     raise
   _print_progress('>> Downloaded %s: %d bytes, MD5 %s.' %
                   (filename, received, actual_md5), final=True)
+
+
+def _copy_with_progress(response, part_file, url, filename):
+  """Copies a download into `part_file`, saying how far it got.
+
+  Returns:
+    (bytes received, their hex MD5).
+
+  Raises:
+    UserError: the download broke off, or stopped short of its length.
+  """
+  md5 = hashlib.md5(usedforsecurity=False)
+  total = int(response.headers.get('Content-Length') or 0)
+  received, last_report = 0, 0.0
+  while True:
+    try:
+      chunk = response.read(1 << 20)
+    except (OSError, http.client.HTTPException) as e:
+      raise UserError('download of %s failed after %d bytes: %r' %
+                      (url, received, e)) from None
+    if not chunk:
+      break
+    part_file.write(chunk)
+    md5.update(chunk)
+    received += len(chunk)
+    if time.time() - last_report >= _PROGRESS_INTERVAL_SECS:
+      last_report = time.time()
+      _print_progress('>> Downloading %s %.1f%%' % (
+          filename, 100.0 * received / total) if total else
+                      '>> Downloading %s %.1f MB' % (filename, received / 1e6))
+  if total and received != total:
+    raise UserError('download of %s stopped at %d of %d bytes.' %
+                    (url, received, total))
+  return received, md5.hexdigest()
 
 
 def _extract(archive_path, data_dir):

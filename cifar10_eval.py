@@ -35,11 +35,13 @@ import time
 import numpy as np
 
 import cifar10
+import cifar10_checkpoint
 import cifar10_common
 import cifar10_files
 import cifar10_flags
+import cifar10_params
 import cifar10_runtime
-from cifar10_common import tf
+from cifar10_quiet import tf
 
 cifar10_flags.define(
     'data_dir', 'data_url', 'data_md5', 'batch_size', 'use_fp16',
@@ -49,6 +51,8 @@ cifar10_flags.define(
 
 
 # The ops of one evaluation pass.
+# Whether each image's likeliest class is its label; the labels; the
+# summaries; the initialiser of the input's epoch counter.
 EvalOps = collections.namedtuple(
     'EvalOps', ['correct', 'labels', 'summary', 'local_init'])
 
@@ -58,11 +62,10 @@ def eval_once(saver, summary_writer, eval_ops, checkpoint_path, num_examples,
   """Evaluates one checkpoint: one pass over every image of the data.
 
   Args:
-    saver: Saver of the moving averages, as the model's variables.
+    saver: Saver of what is evaluated, into the model's variables: the
+      moving averages of the weights, or (--nomoving_average) the weights.
     summary_writer: Summary writer.
-    eval_ops: EvalOps: whether each image's likeliest class is its label,
-      the labels, the summaries, the initialiser of the input's epoch
-      counter.
+    eval_ops: EvalOps (see evaluate).
     checkpoint_path: The checkpoint to evaluate.
     num_examples: The number of images the pass must see.
     class_names: The names of the classes, in label order.
@@ -76,18 +79,16 @@ def eval_once(saver, summary_writer, eval_ops, checkpoint_path, num_examples,
     CheckpointUnreadable: the checkpoint's files are missing or damaged.
     CheckpointError: it cannot be restored into this model.
   """
-  global_step = cifar10_runtime.checkpoint_step(checkpoint_path)
   with tf.Session(config=config) as sess:
-    cifar10_runtime.restore(sess, saver, checkpoint_path)
+    cifar10_checkpoint.restore(sess, saver, checkpoint_path)
     sess.run(eval_ops.local_init)
 
     # Start the queue runners.
     coord = tf.train.Coordinator()
     threads = tf.train.start_queue_runners(sess=sess, coord=coord)
     start_time = time.time()
-    num_classes = len(class_names)
-    correct_by_class = np.zeros(num_classes, dtype=np.int64)
-    total_by_class = np.zeros(num_classes, dtype=np.int64)
+    correct_by_class = np.zeros(len(class_names), dtype=np.int64)
+    total_by_class = np.zeros(len(class_names), dtype=np.int64)
     summary_str = None
     try:
       while not coord.should_stop() and not stop.received:
@@ -98,8 +99,8 @@ def eval_once(saver, summary_writer, eval_ops, checkpoint_path, num_examples,
         else:
           correct, labels = sess.run([eval_ops.correct, eval_ops.labels])
         correct_by_class += np.bincount(labels[correct],
-                                        minlength=num_classes)
-        total_by_class += np.bincount(labels, minlength=num_classes)
+                                        minlength=len(class_names))
+        total_by_class += np.bincount(labels, minlength=len(class_names))
     except tf.errors.OutOfRangeError:
       pass  # Every image has been seen once.
     finally:
@@ -108,12 +109,20 @@ def eval_once(saver, summary_writer, eval_ops, checkpoint_path, num_examples,
       coord.join(threads, stop_grace_period_secs=10)
   if stop.received:
     return None
+  if total_by_class.sum() != num_examples:
+    raise RuntimeError('evaluated %d images, but the data holds %d.' %
+                       (total_by_class.sum(), num_examples))
+  return _report(summary_writer, summary_str, correct_by_class,
+                 total_by_class, class_names,
+                 cifar10_checkpoint.checkpoint_step(checkpoint_path), duration)
 
+
+def _report(summary_writer, summary_str, correct_by_class, total_by_class,
+            class_names, global_step, duration):
+  """Prints the precision @ 1, in all and by class, and summarises it at the
+  checkpoint's global step; returns it."""
   true_count = correct_by_class.sum()  # The number of correct predictions.
   total_sample_count = total_by_class.sum()
-  if total_sample_count != num_examples:
-    raise RuntimeError('evaluated %d images, but the data holds %d.' %
-                       (total_sample_count, num_examples))
   # Compute precision @ 1.
   precision = true_count / total_sample_count
   precision_by_class = correct_by_class / np.maximum(total_by_class, 1)
@@ -141,21 +150,21 @@ def evaluate(params):
   """Evaluates the checkpoints of params.checkpoint_dir, as they come.
 
   Args:
-    params: cifar10_runtime.Params.
+    params: cifar10_params.Params.
 
   Raises:
     CheckpointError: no checkpoint (with run_once), or one that cannot be
       evaluated.
     Interrupted: SIGINT or SIGTERM stopped the evaluation.
   """
-  cifar10_common.ensure_writable_dir(params.eval_dir, 'eval_dir')
+  cifar10_files.ensure_writable_dir(params.eval_dir, 'eval_dir')
   with tf.Graph().as_default() as g:
     # Get images and labels for CIFAR-10.
     eval_data = params.eval_data == 'test'
     images, labels = cifar10.inputs(eval_data, params.data_dir,
                                     params.batch_size, params.compute_dtype)
-    num_examples = cifar10.num_examples_per_epoch(params.data_dir, eval_data)
-    class_names = cifar10.class_names(params.data_dir)
+    num_examples = params.num_examples(eval_data)
+    class_names = params.class_names
 
     # Build a Graph that computes the logits predictions from the
     # inference model.
@@ -208,22 +217,22 @@ def _evaluate_checkpoints(params, saver, summary_writer, eval_ops,
   with cifar10_common.StopSignals() as stop:
     while not stop.received:
       try:
-        checkpoint_path = cifar10_runtime.latest_checkpoint(
+        checkpoint_path = cifar10_checkpoint.latest_checkpoint(
             params.checkpoint_dir)
-      except cifar10_runtime.CheckpointError as e:
+      except cifar10_checkpoint.CheckpointError as e:
         if params.run_once:
           raise
         print('%s: %s Waiting.' % (datetime.now(), e), flush=True)
         checkpoint_path = None
       if checkpoint_path and checkpoint_path not in evaluated:
         try:
-          cifar10_runtime.check_checkpoint(checkpoint_path,
+          cifar10_checkpoint.check_checkpoint(checkpoint_path,
                                            variables_to_restore)
           if eval_once(saver, summary_writer, eval_ops, checkpoint_path,
                        num_examples, class_names, stop,
-                       cifar10_runtime.session_config(params)) is not None:
+                       cifar10_params.session_config(params)) is not None:
             evaluated.add(checkpoint_path)
-        except cifar10_runtime.CheckpointUnreadable as e:
+        except cifar10_checkpoint.CheckpointUnreadable as e:
           if params.run_once:
             raise
           # Training keeps its last 5 checkpoints: an old one can vanish
@@ -237,11 +246,9 @@ def _evaluate_checkpoints(params, saver, summary_writer, eval_ops,
   return stop
 
 
-def main(argv=None):  # pylint: disable=unused-argument
-  params = cifar10_flags.params()
-  cifar10.maybe_download_and_extract(params.data_dir, params.data_url,
-                                     params.data_md5)
-  evaluate(params)
+def main(argv):
+  del argv  # The settings are the flags'.
+  evaluate(cifar10_flags.params(fetch_data=True))
 
 
 if __name__ == '__main__':

@@ -24,11 +24,12 @@ import shutil
 
 from absl import flags
 
+import cifar10_classifier
 import cifar10_common
 import cifar10_files
 import cifar10_flags
-import cifar10_runtime
-from cifar10_common import tf
+import cifar10_params
+from cifar10_quiet import tf
 from cifar10_common import UserError
 
 FLAGS = flags.FLAGS
@@ -43,14 +44,14 @@ SIGNATURE = 'serving_default'
 
 
 def export(checkpoint_dir, export_dir, moving_average=True,
-           params=cifar10_runtime.Params()):
+           params=cifar10_params.Params()):
   """Writes the SavedModel of the latest checkpoint of `checkpoint_dir`.
 
   Args:
     checkpoint_dir: A training directory.
     export_dir: The SavedModel's folder; must not exist.
     moving_average: Export the moving averages of the weights.
-    params: cifar10_runtime.Params: the model's top_layers and use_fp16.
+    params: cifar10_params.Params: the model's top_layers and use_fp16.
 
   Returns:
     The checkpoint exported.
@@ -63,7 +64,7 @@ def export(checkpoint_dir, export_dir, moving_average=True,
   if os.path.exists(export_dir):
     raise UserError('--export_dir=%s exists: give a new folder (nothing is '
                     'overwritten).' % export_dir)
-  classifier = cifar10_runtime.Classifier(checkpoint_dir, moving_average,
+  classifier = cifar10_classifier.Classifier(checkpoint_dir, moving_average,
                                           any_size=True, params=params)
   try:
     _save(classifier, export_dir)

@@ -24,10 +24,10 @@ import shutil
 import socket
 import struct
 import sys
+import tempfile
 import time
 
-import cifar10_common
-from cifar10_common import tf
+from cifar10_quiet import tf
 from cifar10_common import UserError
 
 # The file, in a training directory, whose lock says who trains there.
@@ -83,6 +83,32 @@ def no_space_error(flag, directory, error, consequence):
       written, consequence))
 
 
+def ensure_writable_dir(path, flag_name):
+  """Creates directory `path` if needed and checks that it can be written.
+
+  Args:
+    path: The directory.
+    flag_name: The flag that gave it, for the error message.
+
+  Raises:
+    UserError: it cannot be created or written.
+  """
+  if not path:
+    raise UserError('--%s is empty: give a directory.' % flag_name)
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise UserError('--%s=%s cannot be created: %s.' %
+                    (flag_name, path, e.strerror)) from None
+  try:  # Writing is the only sure test (permissions, read-only disks, root).
+    with tempfile.TemporaryFile(dir=path):
+      pass
+  except OSError as e:
+    raise UserError('--%s=%s is not writable: %s.' %
+                    (flag_name, path, e.strerror)) from None
+
+
+
 # One writer per training directory.
 
 
@@ -100,7 +126,7 @@ def hold_train_dir(train_dir):
     TrainDirInUse: another process holds it; nothing is written.
     UserError: the directory cannot be created or written.
   """
-  cifar10_common.ensure_writable_dir(train_dir, 'train_dir')
+  ensure_writable_dir(train_dir, 'train_dir')
   path = os.path.join(train_dir, TRAIN_DIR_LOCK)
   lock = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
   try:

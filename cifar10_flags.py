@@ -1,16 +1,17 @@
-"""The flags the scripts share, each defined once, and the Params they make.
+"""The scripts' flags, each defined once, and the settings (Params) they make.
 
 Only scripts read flags (the library modules take arguments). A script
-names the shared flags it uses:
+names the shared flags it uses, and its main gets its settings from them:
 
     import cifar10_flags
     cifar10_flags.define('data_dir', 'batch_size', ...)
     ...
-    params = cifar10_flags.params()
+    def main(argv):
+      params = cifar10_flags.params(fetch_data=True)
 
 `define` makes them the script's own (its `--helpshort` lists them, and only
 them, with its own flags); their defaults are those of
-`cifar10_runtime.Params`, the tutorial's values.
+`cifar10_params.Params`, the tutorial's values.
 """
 
 import dataclasses
@@ -19,7 +20,7 @@ import sys
 from absl import flags
 
 import cifar10
-import cifar10_runtime
+import cifar10_params
 
 FLAGS = flags.FLAGS
 
@@ -81,7 +82,7 @@ _HELP = {
     'eval_dir': ('Directory where to write event logs.', {}),
     'eval_data': ('Either "test" (the 10,000 test images) or "train_eval" '
                   '(the 50,000 training images, undistorted).',
-                  {'enum_values': list(cifar10_runtime.EVAL_DATA)}),
+                  {'enum_values': list(cifar10_params.EVAL_DATA)}),
     'eval_interval_secs': ('How often to look for a new checkpoint to '
                            'evaluate.', {'lower_bound': 1}),
     'run_once': ('Whether to run eval only once.', {}),
@@ -101,7 +102,7 @@ _DEFINE_BY_TYPE = {int: flags.DEFINE_integer, float: flags.DEFINE_float,
 def define(*names):
   """Defines the shared flags `names` as flags of the calling script."""
   fields = {field.name: field for field in
-            dataclasses.fields(cifar10_runtime.Params)}
+            dataclasses.fields(cifar10_params.Params)}
   for name in names:
     if name in FLAGS:  # Another script of this process defined it already.
       flags.declare_key_flag(name)
@@ -114,18 +115,28 @@ def define(*names):
       _DEFINE_BY_TYPE[field.type](name, field.default, help_text, **extra)
 
 
-def params():
+def params(fetch_data=False):
   """The Params of the flags this process defined; defaults for the rest.
 
   A choice of precision that is slow on this machine is warned about, once,
   on stderr.
+
+  Args:
+    fetch_data: Fetch the data set into --data_dir first, unless it is there
+      (downloaded from --data_url on first use, checked against --data_md5).
+
+  Raises:
+    UserError: the data cannot be fetched, or is not what it should be.
   """
-  made = cifar10_runtime.Params(**{
+  made = cifar10_params.Params(**{
       field.name: FLAGS[field.name].value
-      for field in dataclasses.fields(cifar10_runtime.Params)
+      for field in dataclasses.fields(cifar10_params.Params)
       if field.name in FLAGS})
-  warning = cifar10_runtime.precision_warning(made)
+  warning = cifar10_params.precision_warning(made)
   if warning:
     sys.stderr.write('Warning: %s\n' % warning)
     sys.stderr.flush()
+  if fetch_data:
+    cifar10.maybe_download_and_extract(made.data_dir, made.data_url,
+                                       made.data_md5)
   return made

@@ -25,8 +25,7 @@ import os
 
 import numpy as np
 
-from cifar10_common import first_line
-from cifar10_common import tf
+from cifar10_quiet import tf
 from cifar10_common import UserError
 
 # Process images of this size. Note that this differs from the original CIFAR
@@ -70,18 +69,12 @@ class DataError(UserError):
 
 
 def read_class_names(data_dir):
-  """The class names of a data set, in label order.
+  """The class names of a data set, in label order: those of
+  `data_dir`/batches.meta.txt, one per line, or CIFAR-10's if there is none.
 
-  Args:
-    data_dir: Path to the CIFAR-10 data directory (`cifar-10-batches-bin`),
-      or a training directory, which keeps a copy of them.
-
-  Returns:
-    A tuple of names: those of `data_dir`/batches.meta.txt, one per line, or
-    CIFAR-10's if there is no such file.
-
-  Raises:
-    DataError: the file has no name, or more than MAX_CLASSES.
+  `data_dir` is a folder of batch files (`cifar-10-batches-bin`), or a
+  training directory, which keeps a copy of them. A file of no name, or of
+  more than MAX_CLASSES, is a DataError.
   """
   path = os.path.join(data_dir, META_FILENAME)
   if not os.path.isfile(path):
@@ -106,15 +99,8 @@ def write_class_names(directory, class_names):
 
 
 def data_filenames(data_dir, eval_data):
-  """Returns the paths of the training or evaluation batch files.
-
-  Args:
-    data_dir: Path to the CIFAR-10 data directory (`cifar-10-batches-bin`).
-    eval_data: bool, the test set if True, the training set otherwise.
-
-  Returns:
-    A list of file paths.
-  """
+  """The paths of the training (or, with eval_data, test) batch files in a
+  folder of batch files (`cifar-10-batches-bin`)."""
   names = EVAL_FILENAMES if eval_data else TRAIN_FILENAMES
   return [os.path.join(data_dir, name) for name in names]
 
@@ -133,21 +119,13 @@ def count_records(filenames):
 
 
 def check_data_files(filenames, num_classes=NUM_CLASSES):
-  """Checks that batch files exist and hold whole, well-labelled records.
+  """Checks that batch files exist and hold whole, well-labelled records;
+  returns how many they hold.
 
   This runs before any graph is built, so that bad data stops a run at once,
-  with the file named, rather than an hour into training.
-
-  Args:
-    filenames: Paths of CIFAR-10 binary batch files.
-    num_classes: Labels must be below this.
-
-  Returns:
-    The total number of records in the files.
-
-  Raises:
-    DataError: a file is missing, empty, not a whole number of records, or
-      has a label outside 0..num_classes-1.
+  with the file named, rather than an hour into training: a DataError for a
+  file missing, empty, not a whole number of records, or with a label
+  outside 0..num_classes-1.
   """
   missing = [f for f in filenames if not os.path.isfile(f)]
   if missing:
@@ -207,16 +185,9 @@ def _decode_records(values):
 
 
 def encode_records(labels, images):
-  """CIFAR-10 records of images: what _decode_records reads back.
-
-  Args:
-    labels: [n] integers, 0-255.
-    images: uint8 array [n, height, width, depth] (32x32x3).
-
-  Returns:
-    bytes: for each image, its label byte, then its red, green and blue
-    planes, each row by row.
-  """
+  """CIFAR-10 records of labels ([n], 0-255) and uint8 images ([n, 32, 32,
+  3]): for each image, its label byte, then its red, green and blue planes,
+  each row by row (what _decode_records reads back)."""
   labels = np.asarray(labels, dtype=np.uint8).reshape(-1, LABEL_BYTES)
   depth_major = np.asarray(images, dtype=np.uint8).transpose(0, 3, 1, 2)
   return np.concatenate(
@@ -267,13 +238,8 @@ def read_cifar10(filename_queue):
 def read_cifar10_records(filename_queue, max_records):
   """Reads up to `max_records` records at once: read_cifar10, in bulk.
 
-  One read and one decode for many records costs far less than one each:
-  per image, the input pipeline then costs a few microseconds instead of a
-  hundred and fifty, which it would take from training on a CPU.
-
-  Args:
-    filename_queue: A queue of strings with the filenames to read from.
-    max_records: The most records to read; fewer at the end of a file.
+  One read and one decode for many records costs far less than one each,
+  which, on a CPU, the input pipeline would take from training.
 
   Returns:
     keys: string Tensor [n], "filename:record number" of each record.
@@ -287,18 +253,10 @@ def read_cifar10_records(filename_queue, max_records):
 
 
 def random_crops_and_flips(count):
-  """Draws where to crop `count` training images, and which to flip.
-
-  As tf.random_crop and tf.image.random_flip_left_right draw them for one
-  image: crop offsets uniform over the 9 x 9 positions of a 24x24 window in
-  32x32, and a fair coin.
-
-  Args:
-    count: The number of images, a scalar int32 Tensor.
-
-  Returns:
-    A dict of Tensors: 'offsets' int32 [count, 2] (row, column), 'flips'
-    bool [count].
+  """Draws where to crop `count` training images, and which to flip, as
+  tf.random_crop and tf.image.random_flip_left_right draw it for one image:
+  {'offsets': int32 [count, 2] (row, column), uniform over the 9 x 9
+  positions of a 24x24 window in 32x32; 'flips': bool [count], a fair coin}.
   """
   return {
       'offsets': tf.random_uniform([count, 2],
@@ -309,18 +267,10 @@ def random_crops_and_flips(count):
 
 
 def random_brightness_and_contrast(count):
-  """Draws the brightness and contrast changes of `count` training images.
-
-  As tf.image.random_brightness (max delta 63) and tf.image.random_contrast
-  (0.2 to 1.8) draw them for one image: uniform in [-63, 63) and
-  [0.2, 1.8).
-
-  Args:
-    count: The number of images, a scalar int32 Tensor.
-
-  Returns:
-    A dict of float32 Tensors [count]: 'brightness_deltas',
-    'contrast_factors'.
+  """Draws the brightness and contrast changes of `count` training images,
+  as tf.image.random_brightness (max delta 63) and tf.image.random_contrast
+  (0.2 to 1.8) draw them for one image: {'brightness_deltas': uniform in
+  [-63, 63), 'contrast_factors': uniform in [0.2, 1.8)}, float32 [count].
   """
   return {
       'brightness_deltas': tf.random_uniform([count], -63.0, 63.0),
@@ -329,19 +279,12 @@ def random_brightness_and_contrast(count):
 
 
 def crop_and_flip(images, offsets, flips):
-  """Crops a 24x24 window of each image, and flips some left to right.
+  """Crops a 24x24 window of each image [n, 32, 32, 3] at its offsets [n,
+  2] (first row, column), and flips those of `flips` [n] left to right.
 
   What tf.image.crop_to_bounding_box and tf.image.flip_left_right do for one
   image, done for a whole batch at once; the flip is folded into the choice
   of columns.
-
-  Args:
-    images: Tensor [n, 32, 32, 3], of any type.
-    offsets: int32 Tensor [n, 2], each crop's first row and column.
-    flips: bool Tensor [n].
-
-  Returns:
-    Tensor [n, 24, 24, 3] of the type of `images`.
   """
   window = tf.range(IMAGE_SIZE)
   rows = offsets[:, :1] + window
@@ -352,19 +295,12 @@ def crop_and_flip(images, offsets, flips):
 
 
 def adjust_and_standardize(images, brightness_deltas, contrast_factors):
-  """Changes the brightness, then the contrast, then standardises images.
+  """Changes the brightness, then the contrast, then standardises images
+  (float32 [n, 24, 24, 3], a delta and a factor [n] each).
 
   What tf.image.adjust_brightness, tf.image.adjust_contrast (about each
   channel's mean) and tf.image.per_image_standardization do for one image,
   done for a whole batch at once.
-
-  Args:
-    images: float32 Tensor [n, 24, 24, 3].
-    brightness_deltas: float32 Tensor [n].
-    contrast_factors: float32 Tensor [n].
-
-  Returns:
-    float32 Tensor [n, 24, 24, 3].
   """
   # Because these operations are not commutative, consider randomizing
   # the order their operation.
@@ -547,37 +483,14 @@ def preprocess_for_eval(uint8_images):
   return tf.image.per_image_standardization(tf.cast(cropped, tf.float32))
 
 
-def resize_to_cifar(images):
-  """Resizes images of any size to CIFAR-10's 32x32, as prepare_data.py does.
-
-  Args:
-    images: uint8 Tensor [height, width, 3] or [n, height, width, 3].
-
-  Returns:
-    uint8 Tensor of the same rank, 32x32 (antialiased bilinear resizing).
-  """
-  # TensorFlow 2's resize: the v1 one cannot antialias.
-  resized = tf.compat.v2.image.resize(tf.cast(images, tf.float32),
-                                      [SOURCE_HEIGHT, SOURCE_WIDTH],
-                                      method='bilinear', antialias=True)
-  return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
-
-
 def prefetch_batches(tensors, capacity, name='batch_prefetch'):
-  """Queues whole batches, so that several consumers each take one at once.
+  """Queues whole batches (`tensors`, e.g. [images, labels]), `capacity` of
+  them, so that several consumers each take one at once: a tf.FIFOQueue,
+  whose `dequeue()` gives one batch.
 
   With one model replica per device ("tower"), every tower dequeues its own
-  batch from this queue: the towers share one input pipeline (one set of
-  reader threads, one shuffling queue), and none waits for the others'
-  batches to be assembled.
-
-  Args:
-    tensors: The tensors of one batch, e.g. [images, labels].
-    capacity: How many batches the queue holds.
-    name: Name scope of the queue.
-
-  Returns:
-    A tf.FIFOQueue; `dequeue()` gives one batch.
+  batch: the towers share one input pipeline (one set of reader threads, one
+  shuffling queue), and none waits for the others' batches to be assembled.
   """
   with tf.name_scope(name):
     queue = tf.FIFOQueue(capacity, dtypes=[t.dtype for t in tensors],
@@ -587,42 +500,3 @@ def prefetch_batches(tensors, capacity, name='batch_prefetch'):
     tf.summary.scalar('fraction_of_%d_full' % capacity,
                       tf.cast(queue.size(), tf.float32) / capacity)
   return queue
-
-
-class ImageDecoder(object):
-  """Decodes PNG or JPEG bytes into a 32x32 RGB uint8 image, with TensorFlow.
-
-  prepare_data.py and cifar10_predict.py use it, and the exported model
-  resizes in the same way (resize_to_cifar), so that images are seen at test
-  time as they were at training time.
-  """
-
-  def __init__(self):
-    self._graph = tf.Graph()
-    with self._graph.as_default():
-      self._contents = tf.placeholder(tf.string, [])
-      self._image = resize_to_cifar(tf.image.decode_image(
-          self._contents, channels=3, expand_animations=False))
-    # Decoding is the CPU's work: the GPUs are left alone.
-    self._session = tf.Session(
-        graph=self._graph, config=tf.ConfigProto(device_count={'GPU': 0}))
-
-  def decode(self, contents):
-    """Returns the [32, 32, 3] uint8 image; raises ValueError if unreadable."""
-    try:
-      return self._session.run(self._image, {self._contents: contents})
-    except tf.errors.OpError as e:
-      raise ValueError(first_line(e)) from None
-
-  def decode_file(self, path):
-    """decode() of a file's contents; ValueError says why it cannot be read
-    (the file's error, e.g. 'No such file or directory', or the image's)."""
-    try:
-      with open(path, 'rb') as f:
-        contents = f.read()
-    except OSError as e:
-      raise ValueError(e.strerror or str(e)) from None
-    return self.decode(contents)
-
-  def close(self):
-    self._session.close()

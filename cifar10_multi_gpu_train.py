@@ -15,9 +15,8 @@
 
 """A binary to train CIFAR-10 using multiple GPUs with synchronous updates.
 
-Accuracy and speed: see the README ("Training", "Speed") for what it reaches
-here, measured; the tutorial's GPU figures are there too, as the old
-reference.
+Accuracy and speed: see the README ("Training", "Speed"); the tutorial's GPU
+figures are there too ("On GPUs"), as the old reference.
 
 Usage:
     python cifar10_multi_gpu_train.py --num_gpus=2
@@ -38,8 +37,9 @@ import cifar10
 import cifar10_common
 import cifar10_flags
 import cifar10_input
+import cifar10_params
 import cifar10_runtime
-from cifar10_common import tf
+from cifar10_quiet import tf
 
 FLAGS = flags.FLAGS
 cifar10_flags.define(*cifar10_flags.TRAINING)
@@ -67,8 +67,8 @@ def tower_loss(scope, images, labels, num_classes=cifar10.NUM_CLASSES,
   # Build inference Graph.
   logits = cifar10.inference(images, num_classes, top_layers, variable_dtype)
 
-  # Build the portion of the Graph calculating the losses. Note that we will
-  # assemble the total_loss using a custom function below.
+  # Build the portion of the Graph calculating the losses. Its total is of
+  # every tower's terms: this tower's total is assembled below.
   _ = cifar10.loss(logits, labels)
 
   # Assemble all of the losses for the current tower only.
@@ -116,35 +116,21 @@ def _untowered_name(name):
 
 
 def average_losses(tower_losses):
-  """Averages each loss term over the towers, under its single-device name.
-
-  So the loss summaries, and the loss averages in the checkpoints, are the
-  same as those of cifar10_train.py.
-
-  Args:
-    tower_losses: One list of loss terms per tower, in the same order.
-
-  Returns:
-    The averaged loss terms.
-  """
+  """Averages each loss term over the towers (one list of terms each, in
+  the same order), under its single-device name: the loss summaries, and the
+  loss averages in the checkpoints, are those of cifar10_train.py."""
   return [tf.identity(tf.add_n(terms) / len(terms),
                       name=_untowered_name(terms[0].op.name))
           for terms in zip(*tower_losses)]
 
 
 def tower_devices(num_gpus):
-  """The devices of the towers: '/gpu:0' ... '/gpu:N-1'.
+  """The devices of `num_gpus` towers: ['/gpu:0', ... '/gpu:N-1'].
 
   Where there are fewer GPUs, soft placement puts the towers that have none
   on the CPU; this is said once.
-
-  Args:
-    num_gpus: The number of towers asked for.
-
-  Returns:
-    A list of device names.
   """
-  found = len(cifar10_runtime.gpus())
+  found = len(cifar10_params.gpus())
   if found < num_gpus:
     if found == 0:
       on_cpu = 'the tower runs' if num_gpus == 1 else (
@@ -166,7 +152,7 @@ def build_training_graph(get_batch, devices, global_step, params):
       returns (images, labels) of that tower's batch.
     devices: One device name per tower.
     global_step: The global step variable.
-    params: cifar10_runtime.Params: the model's and the update's settings.
+    params: cifar10_params.Params: the model's and the update's settings.
 
   Returns:
     train_op: One update with the averaged gradients, then the moving
@@ -174,8 +160,6 @@ def build_training_graph(get_batch, devices, global_step, params):
     total_loss: The total loss averaged over the towers.
     grads: The averaged (gradient, variable) pairs.
   """
-  num_classes = len(cifar10.class_names(params.data_dir))
-
   # Calculate the gradients for each model tower.
   tower_grads = []
   tower_losses = []
@@ -187,7 +171,7 @@ def build_training_graph(get_batch, devices, global_step, params):
           # Calculate the loss for one tower of the CIFAR model. This function
           # constructs the entire CIFAR model but shares the variables across
           # all towers.
-          loss, losses = tower_loss(scope, images, labels, num_classes,
+          loss, losses = tower_loss(scope, images, labels, params.num_classes,
                                     params.top_layers, params.variable_dtype)
 
           # Reuse variables for the next tower.
@@ -200,16 +184,7 @@ def build_training_graph(get_batch, devices, global_step, params):
           tower_grads.append(grads)
           tower_losses.append(losses)
 
-  # Every tower made the same activation summaries: keep those of the first,
-  # without its tower prefix (see cifar10._activation_summary).
-  first_tower = '%s_0/' % cifar10.TOWER_NAME
-  graph = tf.get_default_graph()
-  summaries = graph.get_collection(tf.GraphKeys.SUMMARIES)
-  graph.clear_collection(tf.GraphKeys.SUMMARIES)
-  for summary in summaries:
-    if (not summary.op.name.startswith(cifar10.TOWER_NAME + '_') or
-        summary.op.name.startswith(first_tower)):
-      tf.add_to_collection(tf.GraphKeys.SUMMARIES, summary)
+  _keep_the_first_towers_summaries()
 
   # The loss terms averaged over the towers, and their total: the loss of the
   # whole step, summarised raw and averaged as in single-device training.
@@ -225,17 +200,30 @@ def build_training_graph(get_batch, devices, global_step, params):
   train_op = cifar10.train(
       total_loss, global_step,
       examples_per_step=params.batch_size * len(devices),
-      examples_per_epoch=cifar10.num_examples_per_epoch(params.data_dir),
+      examples_per_epoch=params.num_examples(),
       initial_learning_rate=params.initial_learning_rate, grads=grads,
       losses=loss_terms, loss_scale=params.loss_scale)
   return train_op, total_loss, grads
+
+
+def _keep_the_first_towers_summaries():
+  """Every tower made the same activation summaries: keeps those of the
+  first, which show without its tower prefix (cifar10._activation_summary)."""
+  first_tower = '%s_0/' % cifar10.TOWER_NAME
+  graph = tf.get_default_graph()
+  summaries = graph.get_collection(tf.GraphKeys.SUMMARIES)
+  graph.clear_collection(tf.GraphKeys.SUMMARIES)
+  for summary in summaries:
+    if (not summary.op.name.startswith(cifar10.TOWER_NAME + '_') or
+        summary.op.name.startswith(first_tower)):
+      tf.add_to_collection(tf.GraphKeys.SUMMARIES, summary)
 
 
 def train(params, devices, config=None):
   """Train CIFAR-10 for a number of steps.
 
   Args:
-    params: cifar10_runtime.Params.
+    params: cifar10_params.Params.
     devices: The towers' devices (tower_devices()).
     config: The session's tf.ConfigProto; soft placement by default.
   """
@@ -261,15 +249,13 @@ def train(params, devices, config=None):
 
     cifar10_runtime.run_training(
         train_op, total_loss, params, batches_per_step=len(devices),
-        config=config or cifar10_runtime.session_config(
+        config=config or cifar10_params.session_config(
             params, allow_soft_placement=True))
 
 
-def main(argv=None):  # pylint: disable=unused-argument
-  params = cifar10_flags.params()
-  cifar10.maybe_download_and_extract(params.data_dir, params.data_url,
-                                     params.data_md5)
-  train(params, tower_devices(FLAGS.num_gpus))
+def main(argv):
+  del argv  # The settings are the flags'.
+  train(cifar10_flags.params(fetch_data=True), tower_devices(FLAGS.num_gpus))
 
 
 if __name__ == '__main__':

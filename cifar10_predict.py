@@ -21,10 +21,10 @@ import sys
 from absl import flags
 import numpy as np
 
+import cifar10_classifier
 import cifar10_common
 import cifar10_flags
-import cifar10_input
-import cifar10_runtime
+import cifar10_images
 from cifar10_common import UserError
 
 FLAGS = flags.FLAGS
@@ -46,9 +46,9 @@ def main(argv):
     raise UserError('give the image files to classify, e.g. '
                     'cifar10_predict.py cat.jpg ship.png')
   params = cifar10_flags.params()
-  classifier = cifar10_runtime.Classifier(
+  classifier = cifar10_classifier.Classifier(
       params.checkpoint_dir, params.moving_average, params=params)
-  decoder = cifar10_input.ImageDecoder()
+  decoder = cifar10_images.ImageDecoder()
   failures = 0
   try:
     for path in files:

@@ -31,7 +31,7 @@ import cifar10
 import cifar10_common
 import cifar10_flags
 import cifar10_runtime
-from cifar10_common import tf
+from cifar10_quiet import tf
 
 cifar10_flags.define(*cifar10_flags.TRAINING)
 
@@ -40,7 +40,7 @@ def train(params):
   """Train CIFAR-10 for a number of steps.
 
   Args:
-    params: cifar10_runtime.Params.
+    params: cifar10_params.Params.
   """
   with tf.Graph().as_default():
     # Get images and labels for CIFAR-10.
@@ -55,8 +55,8 @@ def train(params):
 
     # Build a Graph that computes the logits predictions from the
     # inference model.
-    logits = cifar10.inference(images, len(cifar10.class_names(params.data_dir)),
-                               params.top_layers, params.variable_dtype)
+    logits = cifar10.inference(images, params.num_classes, params.top_layers,
+                               params.variable_dtype)
 
     # Calculate loss.
     loss = cifar10.loss(logits, labels)
@@ -65,18 +65,16 @@ def train(params):
     # updates the model parameters.
     train_op = cifar10.train(
         loss, global_step, examples_per_step=params.batch_size,
-        examples_per_epoch=cifar10.num_examples_per_epoch(params.data_dir),
+        examples_per_epoch=params.num_examples(),
         initial_learning_rate=params.initial_learning_rate,
         loss_scale=params.loss_scale)
 
     cifar10_runtime.run_training(train_op, loss, params)
 
 
-def main(argv=None):  # pylint: disable=unused-argument
-  params = cifar10_flags.params()
-  cifar10.maybe_download_and_extract(params.data_dir, params.data_url,
-                                     params.data_md5)
-  train(params)
+def main(argv):
+  del argv  # The settings are the flags'.
+  train(cifar10_flags.params(fetch_data=True))
 
 
 if __name__ == '__main__':

@@ -3,22 +3,21 @@
     python gpu_check.py            # a table, and gpu_check.json
 
 On a machine with one or more NVIDIA GPUs (TensorFlow's CUDA build, see the
-README's "On GPUs"), it runs, each in its own process, on small synthetic
-data of the real layout:
+README's "On GPUs"), on small synthetic data of the real layout, in float32
+and with --mixed_precision, it:
 
-1. cifar10_train.py, 200 steps, on one GPU;
-2. cifar10_multi_gpu_train.py with 1 tower, and with one per GPU;
-3. cifar10_eval.py --run_once on that GPU while cifar10_train.py trains on
-   it (GPU memory growth lets both fit);
-4. the same trainings with --mixed_precision;
-5. where placement is concerned: which ops ran on a GPU and which on the
-   CPU, from a traced step (and, before any run, from TensorFlow's kernel
-   registry: every tower op has a GPU kernel).
+1. traces a training step on the first GPU and counts the ops that ran on a
+   GPU and on the CPU; and compares two towers' gradients (one per GPU) with
+   one tower's;
+2. runs, each in its own process, cifar10_train.py on one GPU
+   (--training_steps, 200), cifar10_multi_gpu_train.py with 1 tower and with
+   one per GPU, and cifar10_eval.py --run_once on that GPU while
+   cifar10_train.py trains on it (GPU memory growth lets both fit).
 
-It prints a table (examples/sec, peak GPU memory of each process, ops on
-GPU / CPU, precision @ 1) and writes the figures as JSON. With no GPU it
-says so in one line and exits 0; the checks that need no GPU (the kernel
-registry's) are the tests of tests/test_gpu_placement.py.
+It prints a table (examples/sec, peak GPU memory of each process, precision
+@ 1) and writes the figures as JSON. With no GPU it says so in one line and
+exits 0; the checks that need no GPU (the kernel registry's) are the tests
+of tests/test_gpu_placement.py.
 """
 
 import json
@@ -35,11 +34,14 @@ import numpy as np
 import cifar10
 import cifar10_common
 import cifar10_input
+import cifar10_params
 import cifar10_runtime
-from cifar10_common import tf
+from cifar10_quiet import tf
 
-flags.DEFINE_integer('steps', 200, 'Training steps of each run.', lower_bound=20)
-flags.DEFINE_string('json', 'gpu_check.json', 'Where to write the figures.')
+flags.DEFINE_integer('training_steps', 200, 'Training steps of each run.',
+                     lower_bound=20)
+flags.DEFINE_string('figures_json', 'gpu_check.json',
+                    'Where to write the figures.')
 
 FLAGS = flags.FLAGS
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -108,7 +110,8 @@ def run_checks(data_dir, work_dir, num_gpus):
   rows = []
   watcher = _GpuMemoryWatcher()
   try:
-    common = ['--data_dir=' + data_dir, '--max_steps=%d' % FLAGS.steps,
+    common = ['--data_dir=' + data_dir,
+              '--max_steps=%d' % FLAGS.training_steps,
               '--log_frequency=10']
     for precision_flag in ([], ['--mixed_precision']):
       label = ' (mixed precision)' if precision_flag else ''
@@ -157,7 +160,7 @@ def placement_of_a_step(data_dir, device, mixed_precision=False):
   Returns:
     {device name: number of ops that ran there}.
   """
-  params = cifar10_runtime.Params(data_dir=data_dir, batch_size=128,
+  params = cifar10_params.Params(data_dir=data_dir, batch_size=128,
                                   mixed_precision=mixed_precision)
   with tf.Graph().as_default():
     with tf.device('/cpu:0'):
@@ -169,7 +172,7 @@ def placement_of_a_step(data_dir, device, mixed_precision=False):
           images, variable_dtype=params.variable_dtype), labels)
       train_op = cifar10.train(loss, global_step,
                                loss_scale=params.loss_scale)
-    config = cifar10_runtime.session_config(params, allow_soft_placement=True)
+    config = cifar10_params.session_config(params, allow_soft_placement=True)
     with tf.train.MonitoredSession(session_creator=tf.train.ChiefSessionCreator(
         config=config)) as sess:
       sess.run(train_op)  # The first step: warm-up.
@@ -189,7 +192,7 @@ def towers_equal_one(devices, mixed_precision=False):
   rng = np.random.default_rng(7)
   images = rng.normal(size=(128, 24, 24, 3)).astype(np.float32)
   labels = rng.integers(0, 10, size=128).astype(np.int32)
-  params = cifar10_runtime.Params(mixed_precision=mixed_precision)
+  params = cifar10_params.Params(mixed_precision=mixed_precision)
   results, initial = [], None
   for halves in (False, True):
     with tf.Graph().as_default():
@@ -209,7 +212,7 @@ def towers_equal_one(devices, mixed_precision=False):
             tf.get_variable_scope().reuse_variables()
       mean = [tf.add_n(list(g)) / len(g) for g in zip(*tower_grads)]
       variables = tf.trainable_variables()
-      with tf.Session(config=cifar10_runtime.session_config(
+      with tf.Session(config=cifar10_params.session_config(
           params, allow_soft_placement=True)) as sess:
         sess.run(tf.global_variables_initializer())
         if initial is None:  # The same weights for both.
@@ -246,7 +249,7 @@ def _table(rows):
 
 def main(argv):
   del argv
-  found = cifar10_runtime.gpus()
+  found = cifar10_params.gpus()
   if not found:
     print('No GPU found: nothing to check on this machine (the checks that '
           'need none are tests/test_gpu_placement.py).')
@@ -271,10 +274,10 @@ def main(argv):
   figures['runs'] = run_checks(data_dir, work_dir, len(found))
   _table(figures['runs'])
   figures['seconds'] = time.time() - started
-  with open(FLAGS.json, 'w') as f:
+  with open(FLAGS.figures_json, 'w') as f:
     json.dump(figures, f, indent=2)
   print('Done in %.0f s; figures written to %s.' % (figures['seconds'],
-                                                    FLAGS.json))
+                                                    FLAGS.figures_json))
 
 
 if __name__ == '__main__':

@@ -26,6 +26,7 @@ import numpy as np
 import cifar10_common
 from cifar10_common import UserError
 import cifar10_files
+import cifar10_images
 import cifar10_input
 
 flags.DEFINE_string('image_dir', None,
@@ -93,7 +94,7 @@ def prepare(image_dir, output_dir, test_fraction, seed, out=None):
   """
   out = out or sys.stdout
   class_names, files, ignored = list_images(image_dir)
-  decoder = cifar10_input.ImageDecoder()
+  decoder = cifar10_images.ImageDecoder()
   images, labels, unreadable = [], [], []
   try:
     for path, label in files:
@@ -105,17 +106,8 @@ def prepare(image_dir, output_dir, test_fraction, seed, out=None):
   finally:
     decoder.close()
   labels = np.array(labels, dtype=np.int64)
-
-  rng = np.random.default_rng(seed)
-  train_indices, test_indices, counts = [], [], {}
-  for label, name in enumerate(class_names):
-    indices = rng.permutation(np.flatnonzero(labels == label))
-    test_count = int(round(len(indices) * test_fraction))
-    test_indices.extend(indices[:test_count])
-    train_indices.extend(indices[test_count:])
-    counts[name] = (len(indices) - test_count, test_count)
-  train_indices = rng.permutation(np.array(train_indices, dtype=np.int64))
-  test_indices = rng.permutation(np.array(test_indices, dtype=np.int64))
+  train_indices, test_indices, counts = _split(labels, class_names,
+                                               test_fraction, seed)
   num_train_files = len(cifar10_input.TRAIN_FILENAMES)
   if len(train_indices) < num_train_files or not len(test_indices):
     raise UserError(
@@ -146,6 +138,25 @@ def prepare(image_dir, output_dir, test_fraction, seed, out=None):
     out.write('Ignored, not PNG or JPEG: %s\n' % path)
   out.write('Wrote %s: %d classes.\n' % (batches_dir, len(class_names)))
   return counts
+
+
+def _split(labels, class_names, test_fraction, seed):
+  """Splits each class on its own, after a shuffle with `seed`.
+
+  Returns:
+    (training indices, test indices, both shuffled; {class name: (train
+    count, test count)}).
+  """
+  rng = np.random.default_rng(seed)
+  train_indices, test_indices, counts = [], [], {}
+  for label, name in enumerate(class_names):
+    indices = rng.permutation(np.flatnonzero(labels == label))
+    test_count = int(round(len(indices) * test_fraction))
+    test_indices.extend(indices[:test_count])
+    train_indices.extend(indices[test_count:])
+    counts[name] = (len(indices) - test_count, test_count)
+  return (rng.permutation(np.array(train_indices, dtype=np.int64)),
+          rng.permutation(np.array(test_indices, dtype=np.int64)), counts)
 
 
 def _records(images, labels, indices):

@@ -1,7 +1,7 @@
 """Shared fixtures: small data sets, their Params, and quick training runs.
 
 The library reads no flags: the tests give each function its settings, as
-a cifar10_runtime.Params, and run the scripts (with flags) as a user does.
+a cifar10_params.Params, and run the scripts (with flags) as a user does.
 
 The tests check the CPU path on every machine: this process and every
 script it starts see no GPU, whatever the machine has (how the graphs are
@@ -33,7 +33,7 @@ import json  # pylint: disable=g-import-not-at-top
 
 import pytest  # pylint: disable=g-import-not-at-top
 
-import cifar10_runtime  # pylint: disable=g-import-not-at-top
+import cifar10_params  # pylint: disable=g-import-not-at-top
 import cifar10_train  # pylint: disable=g-import-not-at-top
 
 sys.path.insert(0, _TESTS_DIR)
@@ -44,6 +44,21 @@ REPO_DIR = os.path.dirname(_TESTS_DIR)
 # Training in the tests waits for few images: 200 of the 320 of an epoch of
 # the small data.
 SMALL_QUEUE_FRACTION = 0.625
+
+
+# The files whose tests take longest, longest first: they start first, on
+# different workers, and the short ones fill in at the end.
+LONGEST_FIRST = ['test_distributed.py', 'test_benchmark.py',
+                 'test_own_data.py', 'test_faults.py', 'test_multi_gpu.py',
+                 'test_writers_and_full_disk.py', 'test_train_eval.py']
+
+
+def pytest_collection_modifyitems(items):
+  def rank(item):
+    name = os.path.basename(str(item.fspath))
+    return (LONGEST_FIRST.index(name) if name in LONGEST_FIRST else
+            len(LONGEST_FIRST))
+  items.sort(key=rank)  # Stable: each file's tests keep their order.
 
 
 @pytest.fixture
@@ -69,7 +84,7 @@ def data_dir(tmp_path):
 def quick_params_for(data_dir, work_dir):
   """Params for a quick training and evaluation on the small data."""
   train_dir = os.path.join(work_dir, 'train')
-  return cifar10_runtime.Params(
+  return cifar10_params.Params(
       data_dir=data_dir, train_dir=train_dir, checkpoint_dir=train_dir,
       eval_dir=os.path.join(work_dir, 'eval'), batch_size=32,
       min_fraction_of_examples_in_queue=SMALL_QUEUE_FRACTION,

@@ -14,7 +14,7 @@ import numpy as np
 
 import cifar10
 import cifar10_common
-from cifar10_common import tf
+from cifar10_quiet import tf
 import cifar10_runtime
 from conftest import REPO_DIR
 from conftest import SMALL_QUEUE_FRACTION

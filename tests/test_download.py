@@ -3,17 +3,14 @@
 import functools
 import hashlib
 import http.server
-import io
 import os
-import tarfile
 import threading
 
-import numpy as np
 import pytest
 
 import cifar10
 import cifar10_input
-import cifar10_runtime
+import cifar10_params
 from cifar10_common import UserError
 import cifar_data
 from helpers import EVAL_LINE
@@ -81,7 +78,7 @@ EXTRACTED = sorted(['cifar-10-batches-bin/' + name
 
 
 def test_defaults_are_the_official_archive():
-  params = cifar10_runtime.Params()
+  params = cifar10_params.Params()
   assert params.data_url == cifar10.DATA_URL == (
       'https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz')
   assert params.data_md5 == cifar10.DATA_MD5 == (

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 import cifar10
+import cifar10_params
 import cifar10_train
 import cifar_data
-from cifar10_common import tf
+from cifar10_quiet import tf
 from conftest import TRAINED_STEPS
 from helpers import EVAL_LINE
 from helpers import LOG_LINE
@@ -164,7 +165,8 @@ def test_locally_connected_trains_evaluates_and_refuses_the_other(
   assert prediction.returncode == 0, prediction.stderr
   printed = prediction.stdout.splitlines()[0].split(': ')[1].split(', ')
   assert len(printed) == 3
-  assert [p.split(' ')[0] for p in printed][0] in cifar10.class_names(data_dir)
+  assert printed[0].split(' ')[0] in cifar10_params.Params(
+      data_dir=data_dir).class_names
   export_dir = str(tmp_path / 'export_local')
   exported = run_main('cifar10_export.py', '--checkpoint_dir=' + train_dir,
                       '--export_dir=' + export_dir, *local_top)

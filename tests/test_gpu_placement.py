@@ -18,9 +18,10 @@ from tensorflow.python.framework import kernels
 
 import cifar10
 import cifar10_multi_gpu_train
+import cifar10_params
 import cifar10_runtime
 import cifar10_train
-from cifar10_common import tf
+from cifar10_quiet import tf
 
 def _build_has_cuda_kernels():
   return any(kernel.device_type == 'GPU' for kernel in
@@ -178,9 +179,9 @@ PRECISIONS = {'float32': {}, 'use_fp16': {'use_fp16': True},
 @pytest.fixture(params=sorted(PRECISIONS))
 def gpu_params(request, data_dir, monkeypatch):
   # As on a machine with GPUs: mixed precision then computes in float16.
-  monkeypatch.setattr(cifar10_runtime, 'gpus',
+  monkeypatch.setattr(cifar10_params, 'gpus',
                       lambda: ['/physical_device:GPU:0'])
-  params = cifar10_runtime.Params(data_dir=data_dir, batch_size=16,
+  params = cifar10_params.Params(data_dir=data_dir, batch_size=16,
                                   **PRECISIONS[request.param])
   assert params.compute_dtype == (tf.float32 if request.param == 'float32'
                                   else tf.float16)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import cifar10_input
-from cifar10_common import tf
+from cifar10_quiet import tf
 import cifar_data
 
 

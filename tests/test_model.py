@@ -11,9 +11,10 @@ from tensorflow.python.ops import op_selector
 import cifar10
 import cifar10_distributed_train
 import cifar10_multi_gpu_train
+import cifar10_params
 import cifar10_train
 import cifar10_runtime
-from cifar10_common import tf
+from cifar10_quiet import tf
 from conftest import REPO_DIR
 
 BATCH = 8
@@ -331,7 +332,7 @@ def test_learning_rate_decays_with_the_epochs_of_the_data_used(
   # The tests' data: 5 x 64 = 320 training images, so an epoch is 10 steps
   # of 32 images, or 5 of 64: the rate falls tenfold after 3,500 or 1,750
   # steps (350 epochs), not after CIFAR-10's 136,718.
-  params = cifar10_runtime.Params(data_dir=data_dir, batch_size=32)
+  params = cifar10_params.Params(data_dir=data_dir, batch_size=32)
   decay_steps = int(320 / examples_per_step * 350)
   graph = _training_graph(kind, params, monkeypatch)
   with graph.as_default():

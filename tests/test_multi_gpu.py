@@ -12,9 +12,9 @@ import cifar10
 import cifar10_eval
 import cifar10_input
 import cifar10_multi_gpu_train
+import cifar10_params
 import cifar10_train
-import cifar10_runtime
-from cifar10_common import tf
+from cifar10_quiet import tf
 from conftest import LEARNING_RATE
 from conftest import TRAINED_BATCH_SIZE
 from conftest import TRAINED_STEPS
@@ -86,7 +86,7 @@ def test_two_towers_of_64_update_as_one_tower_of_128():
     train_op, total_loss, grads = (
         cifar10_multi_gpu_train.build_training_graph(
             halves, TWO_CPUS, global_step,
-            cifar10_runtime.Params(batch_size=64)))
+            cifar10_params.Params(batch_size=64)))
     by_variable = {v.op.name: g for g, v in grads}
     return train_op, total_loss, [by_variable[v.op.name]
                                   for v in tf.trainable_variables()]

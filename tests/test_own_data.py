@@ -9,13 +9,15 @@ import sys
 import numpy as np
 import pytest
 
+import cifar10_classifier
 import cifar10_eval
 import cifar10_export
+import cifar10_images
 import cifar10_input
+import cifar10_params
 import cifar10_train
 import cifar_data
-import cifar10_runtime
-from cifar10_common import tf
+from cifar10_quiet import tf
 from cifar10_common import UserError
 from conftest import LEARNING_RATE
 from helpers import EVAL_LINE
@@ -176,7 +178,7 @@ def trained_on_own_data(image_dir, tmp_path_factory):
   work_dir = tmp_path_factory.mktemp('own')
   data_dir = str(work_dir / 'data')
   prepare_data.prepare(image_dir[0], data_dir, 0.25, seed=0, out=io.StringIO())
-  cifar10_train.train(cifar10_runtime.Params(
+  cifar10_train.train(cifar10_params.Params(
       data_dir=data_dir, train_dir=str(work_dir / 'train'), batch_size=32,
       min_fraction_of_examples_in_queue=0.5, max_steps=150,
       initial_learning_rate=LEARNING_RATE))
@@ -193,7 +195,7 @@ def test_training_and_evaluation_read_the_classes(trained_on_own_data,
   with open(os.path.join(train_dir, 'batches.meta.txt')) as f:
     assert f.read() == 'cats\ndogs\nzebras\n'
 
-  cifar10_eval.evaluate(cifar10_runtime.Params(
+  cifar10_eval.evaluate(cifar10_params.Params(
       data_dir=data_dir, checkpoint_dir=train_dir,
       eval_dir=str(tmp_path / 'eval'), run_once=True))
   lines = capsys.readouterr().out.splitlines()
@@ -205,7 +207,7 @@ def test_training_and_evaluation_read_the_classes(trained_on_own_data,
 
 
 def _decoded(paths):
-  decoder = cifar10_input.ImageDecoder()
+  decoder = cifar10_images.ImageDecoder()
   try:
     return np.stack([decoder.decode_file(p) for p in paths])
   finally:
@@ -230,7 +232,7 @@ def test_predict_prints_top_classes_and_reports_unreadable_files(
   lines = result.stdout.splitlines()
   assert [line.split(': ')[0] for line in lines] == paths
 
-  classifier = cifar10_runtime.Classifier(train_dir)
+  classifier = cifar10_classifier.Classifier(train_dir)
   try:
     expected = classifier.classify(_decoded(paths))
   finally:
@@ -276,7 +278,7 @@ def test_export_loads_in_a_fresh_process_and_predicts_the_same(
   assert json.loads(result.stdout) == CLASSES
   served = np.load(str(tmp_path / 'probabilities.npy'))
 
-  classifier = cifar10_runtime.Classifier(train_dir, any_size=True)
+  classifier = cifar10_classifier.Classifier(train_dir, any_size=True)
   try:
     expected = classifier.classify(images)
   finally:

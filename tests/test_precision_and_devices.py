@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 import cifar10
+import cifar10_classifier
 import cifar10_eval
+import cifar10_params
 import cifar10_quiet
-import cifar10_runtime
 import cifar10_train
-from cifar10_common import tf
+from cifar10_quiet import tf
 from conftest import LEARNING_RATE
 from helpers import cross_entropy_on_test_set
 from helpers import EVAL_LINE
@@ -66,14 +67,14 @@ def _gradients_of_a_confident_model(compute_dtype, loss_scale):
 def test_float16_on_a_gpu_scales_the_loss_so_small_gradients_survive(
     monkeypatch):
   # Here, with no GPU: bfloat16, which has float32's range; no scaling.
-  params = cifar10_runtime.Params(mixed_precision=True)
+  params = cifar10_params.Params(mixed_precision=True)
   assert (params.variable_dtype, params.compute_dtype,
           params.loss_scale) == (tf.float32, tf.bfloat16, 1.0)
   # Where a GPU is: float16, whose smallest number is 6e-8; the loss, and
   # so its gradients, times 128.
-  monkeypatch.setattr(cifar10_runtime, 'gpus',
+  monkeypatch.setattr(cifar10_params, 'gpus',
                       lambda: ['/physical_device:GPU:0'])
-  params = cifar10_runtime.Params(mixed_precision=True)
+  params = cifar10_params.Params(mixed_precision=True)
   assert (params.variable_dtype, params.compute_dtype,
           params.loss_scale) == (tf.float32, tf.float16, 128.0)
   assert cifar10.FLOAT16_LOSS_SCALE == 128.0
@@ -133,11 +134,11 @@ def test_mixed_precision_training_writes_float32_checkpoints(data_dir,
 
 
 def test_session_configuration_of_the_options():
-  config = cifar10_runtime.session_config(cifar10_runtime.Params())
+  config = cifar10_params.session_config(cifar10_params.Params())
   assert config.gpu_options.allow_growth  # By default: eval fits beside.
   assert config.graph_options.optimizer_options.global_jit_level == (
       tf.OptimizerOptions.DEFAULT)
-  config = cifar10_runtime.session_config(cifar10_runtime.Params(
+  config = cifar10_params.session_config(cifar10_params.Params(
       gpu_memory_growth=False, xla=True))
   assert not config.gpu_options.allow_growth
   assert config.graph_options.optimizer_options.global_jit_level == (
@@ -158,14 +159,14 @@ def test_every_session_takes_the_configuration(trained, tmp_path,
     session_init(self, target, graph, config)
 
   monkeypatch.setattr(tf.Session, '__init__', recording_init)
-  params = cifar10_runtime.Params(
+  params = cifar10_params.Params(
       data_dir=data_dir, checkpoint_dir=train_dir, run_once=True,
       eval_dir=str(tmp_path / 'eval'), gpu_memory_growth=False, xla=True,
       train_dir=str(tmp_path / 'train'), max_steps=1, batch_size=16,
       min_fraction_of_examples_in_queue=0.1)
   cifar10_train.train(params)
   cifar10_eval.evaluate(params)
-  cifar10_runtime.Classifier(train_dir, params=params).close()
+  cifar10_classifier.Classifier(train_dir, params=params).close()
   assert len(seen) >= 3
   for config in seen:
     assert config is not None

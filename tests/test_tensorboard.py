@@ -22,9 +22,9 @@ import pytest
 import cifar10_eval
 import cifar10_input
 import cifar10_multi_gpu_train
+import cifar10_params
 import cifar10_train
-import cifar10_runtime
-from cifar10_common import tf
+from cifar10_quiet import tf
 import cifar_data
 from conftest import REPO_DIR
 from conftest import SMALL_QUEUE_FRACTION
@@ -83,7 +83,7 @@ def logs(tmp_path_factory):
   data_dir = os.path.join(root, 'data')
   cifar_data.make_data_dir(data_dir)
   train_dir = os.path.join(root, 'logs', 'train')
-  params = cifar10_runtime.Params(
+  params = cifar10_params.Params(
       data_dir=data_dir, batch_size=16,
       min_fraction_of_examples_in_queue=SMALL_QUEUE_FRACTION,
       max_steps=STEPS, save_summaries_steps=10, log_frequency=10,

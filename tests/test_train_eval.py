@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 import cifar10_eval
+import cifar10_params
 import cifar10_runtime
 import cifar10_train
 import cifar_data
-from cifar10_common import tf
+from cifar10_quiet import tf
 from conftest import TRAINED_STEPS
 from helpers import cross_entropy_on_test_set
 from helpers import EVAL_LINE
@@ -86,7 +87,7 @@ def test_evaluation_of_the_moving_averages_counts_every_test_record(
       sess.run(tf.global_variables_initializer())
       saver.save(sess, str(tmp_path / 'scrambled' / 'model.ckpt'),
                  global_step=TRAINED_STEPS)
-  params = cifar10_runtime.Params(
+  params = cifar10_params.Params(
       data_dir=data_dir, checkpoint_dir=str(tmp_path / 'scrambled'),
       eval_dir=str(tmp_path / 'eval'), run_once=True)
   cifar10_eval.evaluate(params)
@@ -241,7 +242,7 @@ def test_helpshort_lists_each_scripts_flags_with_their_defaults():
       if flag in README_DEFAULTS:
         assert default == README_DEFAULTS[flag], (script, flag)
   # The same defaults in the library, for a program of one's own.
-  params = cifar10_runtime.Params()
+  params = cifar10_params.Params()
   for flag, default in README_DEFAULTS.items():
     if hasattr(params, flag):
       assert str(getattr(params, flag)).lower() == default, flag
