@@ -26,11 +26,12 @@ threads or memory:
   each (the FLOPs counted in the training graph: training_flops_per_image).
 
 It prints a table, checks the speed targets (targets()) and writes the
-figures as JSON (--json). With --compare_with=REVISION (this one or a later
-one) it measures that git revision too, in turn with this checkout, each
-measurement of one then of the other, for a before/after table from one run;
---repeats=N runs everything N times and reports medians. --profile instead
-traces one training step and prints the time of its ops by type.
+figures as JSON (--json). With --compare_with=REVISION it measures that git
+revision too, in turn with this checkout, each measurement of one then of
+the other, for a before/after table from one run: its scripts, and its own
+benchmark.py for what is measured in one process. --repeats=N runs
+everything N times and reports medians. --profile instead traces one
+training step and prints the time of its ops by type.
 """
 
 import collections
@@ -67,8 +68,8 @@ flags.DEFINE_integer('warmup_steps', 50, 'Training steps not measured.',
                      lower_bound=10)
 flags.DEFINE_string('json', 'benchmark.json', 'Where to write the figures.')
 flags.DEFINE_string('compare_with', None,
-                    'A git revision (this one or a later one) to measure too, '
-                    'in turn with this checkout, for a before/after table.')
+                    'A git revision to measure too, in turn with this '
+                    'checkout, for a before/after table.')
 flags.DEFINE_integer('repeats', 1, 'Runs of each measurement; the table '
                      'shows their medians.', lower_bound=1)
 flags.DEFINE_boolean('profile', False,
@@ -424,11 +425,9 @@ def _describe_machine():
 
 
 def _checkout(revision, work_dir):
-  """The files of `revision` in a folder, with this benchmark.py beside them.
-
-  The measurement processes started there import that revision's modules,
-  and measure them with the same code as the current ones.
-  """
+  """The files of `revision` in a folder, where its scripts run, and its own
+  benchmark.py measures it in-process (--measure: the same command line and
+  measurements since the first round of speed work)."""
   tree = os.path.join(work_dir, 'tree_' + re.sub(r'\W', '_', revision))
   os.makedirs(tree)
   archive = subprocess.run(['git', 'archive', '--format=tar', revision],
@@ -438,7 +437,6 @@ def _checkout(revision, work_dir):
         revision, archive.stderr.decode().strip()))
   with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
     tar.extractall(tree, filter='data')
-  shutil.copy(os.path.abspath(__file__), tree)
   return tree
 
 

@@ -243,7 +243,7 @@ def inputs(eval_data, data_dir=DATA_DIR, batch_size=BATCH_SIZE,
 
 def inference(images, num_classes=NUM_CLASSES, top_layers='fully_connected',
               variable_dtype=None):
-  """Build the CIFAR-10 model.
+  """Build the CIFAR-10 model (kept whole: its layers in order are the lesson).
 
   Args:
     images: Images returned from distorted_inputs() or inputs(), in the type
@@ -345,8 +345,8 @@ def _model_types(images, variable_dtype, top_layers):
     raise ValueError('bfloat16 variables are not supported: give '
                      'variable_dtype=tf.float32 (mixed precision).')
   if top_layers not in TOP_LAYERS:
-    raise ValueError('top_layers=%r: it is one of %s.' % (top_layers,
-                                                          ', '.join(TOP_LAYERS)))
+    raise ValueError('top_layers=%r: it is one of %s.' %
+                     (top_layers, ', '.join(TOP_LAYERS)))
   return dtype, variable_dtype
 
 

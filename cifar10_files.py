@@ -1,4 +1,4 @@
-"""Writing files safely: one writer per train dir, failures said, nothing half-written.
+"""One writer per train dir, a full disk said, nothing left half-written.
 
 - `hold_train_dir`: the one process that writes a training directory holds
   it, by a lock the operating system releases when that process ends,
@@ -191,7 +191,8 @@ class _EventRecords(object):
       except FileExistsError:
         continue
     self._records = tf.io.TFRecordWriter(self.path)
-    self.add_event(tf.Event(wall_time=time.time(), file_version='brain.Event:2'))
+    self.add_event(tf.Event(wall_time=time.time(),
+                            file_version='brain.Event:2'))
 
   def get_logdir(self):
     return self._logdir

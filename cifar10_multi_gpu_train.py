@@ -15,8 +15,8 @@
 
 """A binary to train CIFAR-10 using multiple GPUs with synchronous updates.
 
-Accuracy and speed: see the README ("Training", "Speed"); the tutorial's GPU
-figures are there too ("On GPUs"), as the old reference.
+Accuracy and speed: see the README ("Expected accuracy", "Speed"); the
+tutorial's own GPU figures, the old reference, are in docs/speed.md.
 
 Usage:
     python cifar10_multi_gpu_train.py --num_gpus=2

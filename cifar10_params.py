@@ -116,7 +116,8 @@ def cpu_has_fast_bfloat16():
   """Whether this CPU multiplies bfloat16 fast (AVX512-BF16 or AMX)."""
   try:
     with open('/proc/cpuinfo') as f:
-      flags = set(re.search(r'^flags\s*:(.*)$', f.read(), re.M).group(1).split())
+      flags = set(
+          re.search(r'^flags\s*:(.*)$', f.read(), re.M).group(1).split())
   except (OSError, AttributeError):
     return False
   return bool(flags & {'avx512_bf16', 'amx_bf16'})

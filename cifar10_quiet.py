@@ -1,4 +1,4 @@
-"""TensorFlow 1.x on TensorFlow 2, quietly: what makes the scripts' output clean.
+"""TensorFlow 1.x on TensorFlow 2, imported quietly: the scripts' clean output.
 
 `import cifar10_quiet` imports `tensorflow.compat.v1` (as `cifar10_quiet.tf`)
 with eager execution off, and silences exactly the messages that are noise
@@ -11,20 +11,23 @@ for this tutorial, keeping every other warning:
 2. The "deprecated" notices of the v1 APIs the tutorial uses on purpose
    (queues, readers, SyncReplicasOptimizer): a filter on TensorFlow's Python
    logger drops those, and only those (INTENTIONAL_V1_APIS).
-3. Warnings TensorFlow's C++ runtime logs while the scripts run: every stop
-   of the queue-based input cancels the readers' pending enqueues, and
-   distributed training's steps end with aborted exchanges, which TensorFlow
-   2 logs as warnings. `filter_runtime_noise_from_stderr()`, called by the
-   scripts (cifar10_common.run), routes descriptor 2 through a small child
-   process that drops those lines (_RUNTIME_NOISE). Why a process: the C++
+3. Lines TensorFlow's C++ runtime logs while the scripts run (_RUNTIME_NOISE):
+   the cancelled enqueues of every stop of the queue-based input; the
+   aborted exchanges that end distributed training's steps; oneDNN's wrong
+   report of falling back to Eigen; a traced step's missing GPU trace; and
+   the errors the scripts say themselves, in one line (an unreadable image,
+   a NaN loss, a port in use, no space left on device).
+   `filter_runtime_noise_from_stderr()`, called by the scripts
+   (cifar10_common.run), routes descriptor 2 through a small child process
+   that drops those lines and their details. Why a process: the C++
    code writes to the descriptor directly, so a filter must sit behind it;
    a thread of this process would lose the last lines when the process dies
    (a crash, os._exit), where a child process sees the end of its input and
    writes out everything. Neither TF_CPP_MIN_LOG_LEVEL (which would hide
    real warnings too, by level) nor anything simpler keeps the real ones.
 
-TF_CPP_MIN_LOG_LEVEL=0 shows all of TensorFlow's messages again: then
-nothing is filtered.
+TF_CPP_MIN_LOG_LEVEL=0 shows all of TensorFlow's messages again: then none
+of the three is filtered.
 """
 
 import glob
@@ -44,7 +47,8 @@ _TF_BANNER_LINES = (
 # The CUDA build of TensorFlow fails to initialise CUDA on a machine with no
 # GPU, or whose GPUs the user hid (CUDA_VISIBLE_DEVICES= or -1), and says so
 # as an error: noise then, a real problem where GPUs are meant to be used.
-_NO_GPU_CUDA_ERROR = r'|^E\d{4} [\d:. ]+\d+ cuda_platform\.cc:\d+\] failed call to cuInit'
+_NO_GPU_CUDA_ERROR = (r'|^E\d{4} [\d:. ]+\d+ cuda_platform\.cc:\d+\] '
+                      r'failed call to cuInit')
 
 
 def cuda_error_is_noise(gpu_device_files, cuda_visible_devices):
@@ -67,7 +71,8 @@ def _import_tensorflow_quietly():
   Returns:
     The `tensorflow.compat.v1` module.
   """
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')  # C++ INFO off, WARNING on.
+  # C++ INFO off, WARNING on.
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
   if _USER_WANTS_TF_LOGS:
     import tensorflow.compat.v1 as tf_v1  # pylint: disable=g-import-not-at-top
     return tf_v1
@@ -126,7 +131,7 @@ INTENTIONAL_V1_APIS = frozenset([
     'string_input_producer',
     'SyncReplicasOptimizer.__init__',  # cifar10_distributed_train.py's.
     'build_tensor_info',  # cifar10_export.py's SavedModel signature.
-    # TensorFlow's own FLOP counting (cifar10_runtime.training_flops_per_image).
+    # TensorFlow's own FLOP counting (benchmark.training_flops_per_image).
     'tensor_shape_from_node_def_name',
 ])
 
@@ -144,7 +149,8 @@ class _IntentionalV1DeprecationFilter(_std_logging.Filter):
 
 
 _DEPRECATION_FILTER = _IntentionalV1DeprecationFilter()
-tf.get_logger().addFilter(_DEPRECATION_FILTER)
+if not _USER_WANTS_TF_LOGS:
+  tf.get_logger().addFilter(_DEPRECATION_FILTER)
 
 
 # Runtime messages of TensorFlow's C++ core that are noise for this tutorial:
@@ -164,7 +170,8 @@ _RUNTIME_NOISE = (
     # Distributed training: the end of each step's exchanges with the
     # parameter servers, logged as a warning on TensorFlow 2.
     r'|local_rendezvous\.cc:\d+\] Local rendezvous is aborting with status: '
-    r'ABORTED: (Cleanup \d+|Stopping remaining executors\.|Step \d+ cancelled\.)'
+    r'ABORTED: (Cleanup \d+|Stopping remaining executors\.'
+    r'|Step \d+ cancelled\.)'
     # A NaN loss, which training reports itself.
     r'|local_rendezvous\.cc:\d+\] Local rendezvous is aborting with status: '
     r'INVALID_ARGUMENT: Nan in summary histogram'
@@ -193,7 +200,8 @@ _FILTER_PROGRAM = r"""
 import re, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-noise, details = re.compile(sys.argv[1].encode()), re.compile(sys.argv[2].encode())
+noise = re.compile(sys.argv[1].encode())
+details = re.compile(sys.argv[2].encode())
 dropping = False
 for line in sys.stdin.buffer:
   if noise.search(line):

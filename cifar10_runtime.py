@@ -328,11 +328,14 @@ def _train_as_chief(train_op, logger, hooks, scaffold, params, master, config,
 
 def _at_max_steps(checkpoint, max_steps):
   """Whether `checkpoint` is at max_steps already (then it says so)."""
-  if checkpoint and cifar10_checkpoint.checkpoint_step(checkpoint) >= max_steps:
-    print('%s is at step %d, --max_steps=%d: nothing to train.' %
-          (checkpoint, cifar10_checkpoint.checkpoint_step(checkpoint), max_steps), flush=True)
-    return True
-  return False
+  if not checkpoint:
+    return False
+  step = cifar10_checkpoint.checkpoint_step(checkpoint)
+  if step < max_steps:
+    return False
+  print('%s is at step %d, --max_steps=%d: nothing to train.' %
+        (checkpoint, step, max_steps), flush=True)
+  return True
 
 
 def _write_as_chief(train_op, logger, hooks, scaffold, resume_from, params,
@@ -367,8 +370,9 @@ def _train_until_done(train_op, logger, hooks, session_creator, train_dir,
   Args:
     train_dir: The chief's training directory; None on other workers.
   """
-  with cifar10_common.StopSignals(
-      lambda: cifar10_checkpoint.kept_checkpoint(train_dir) if train_dir else None) as stop:
+  def kept_checkpoint():
+    return train_dir and cifar10_checkpoint.kept_checkpoint(train_dir)
+  with cifar10_common.StopSignals(kept_checkpoint) as stop:
     with tf.train.MonitoredSession(session_creator=session_creator,
                                    hooks=hooks) as mon_sess:
       while not mon_sess.should_stop() and not stop.received:

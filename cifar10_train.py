@@ -15,8 +15,7 @@
 
 """A binary to train CIFAR-10 using a single GPU.
 
-Accuracy and speed: see the README ("Expected accuracy", "Speed") for what
-this script reaches, measured, and how long it takes.
+Accuracy and speed, measured: the README's "Expected accuracy" and "Speed".
 
 Usage:
     python cifar10_train.py --train_dir=/tmp/cifar10_train \
@@ -24,7 +23,8 @@ Usage:
 
 It downloads CIFAR-10 into --data_dir on first use. Unlike the classic
 script, it never deletes --train_dir: run it again and it resumes from the
-latest checkpoint there, at its global step.
+latest checkpoint there, at its global step. It holds --train_dir while it
+trains: a second training there is refused (cifar10_files.hold_train_dir).
 """
 
 import cifar10

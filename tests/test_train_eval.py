@@ -184,6 +184,20 @@ def test_scripts_train_then_evaluate_with_clean_output(data_dir, tmp_path):
   assert match.group(3, 4) == ('320', '20')
 
 
+
+def test_tf_cpp_min_log_level_0_shows_what_is_otherwise_silenced():
+  # The notices of the v1 APIs used on purpose are dropped, unless a user
+  # asks for all of TensorFlow's messages.
+  code = ('import cifar10_quiet\n'
+          'cifar10_quiet.tf.train.string_input_producer(["a"])')
+  quiet, everything = [
+      run_script('-c', code, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL=level))
+      for level in ('1', '0')]
+  assert quiet.returncode == everything.returncode == 0, everything.stderr
+  assert quiet.stderr == ''
+  assert re.search(r'string_input_producer \(from \S+\) is deprecated',
+                   everything.stderr), everything.stderr
+
 # Each script's flags, all of them, and the defaults the README states.
 _TRAINING_FLAGS = {
     'data_dir', 'data_url', 'data_md5', 'batch_size', 'use_fp16',
