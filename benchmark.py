@@ -53,6 +53,7 @@ import numpy as np
 
 import cifar10
 import cifar10_common
+import cifar10_devices
 import cifar10_flags
 import cifar10_input
 import cifar10_params
@@ -131,7 +132,7 @@ def _start(kind):
       global_step = tf.train.get_or_create_global_step()
       loss = cifar10.loss(_inference(images), labels)
       fetch = cifar10.train(loss, global_step, examples_per_step=batch)
-    session = tf.Session()
+    session = tf.Session(config=cifar10_devices.session_config())
     session.run([tf.global_variables_initializer(),
                  tf.local_variables_initializer()])
     coord = tf.train.Coordinator()
@@ -268,7 +269,7 @@ def _convolutions_gflops(dtype=tf.float32, batch=128, runs=10, repeats=5):
     flops = sum(ops_lib.get_stats_for_node_def(graph, op.node_def,
                                                'flops').value
                 for op in convolutions)
-    with tf.Session() as session:
+    with tf.Session(config=cifar10_devices.session_config()) as session:
       session.run(tf.global_variables_initializer())
       for _ in range(runs):
         session.run(fetch)
@@ -290,16 +291,7 @@ def profile_one_step():
   session.run(fetch, options=tf.RunOptions(
       trace_level=tf.RunOptions.FULL_TRACE), run_metadata=metadata)
   wall = time.perf_counter() - start
-  by_type = collections.defaultdict(lambda: [0, 0])
-  for device in metadata.step_stats.dev_stats:
-    for node in device.node_stats:
-      # The type of the kernel that ran ('_FusedConv2D' where TensorFlow
-      # fused a convolution with its bias and ReLU), not of the graph's op.
-      # (The label: '[allocator sizes] name = Type(inputs)'.)
-      match = re.search(r'\S+ = (\w+)\(', node.timeline_label)
-      op_type = match.group(1) if match else node.node_name
-      by_type[op_type][0] += node.all_end_rel_micros
-      by_type[op_type][1] += 1
+  by_type = cifar10_devices.op_times_by_type(metadata.step_stats)
   session.close()
   total = sum(micros for micros, _ in by_type.values())
   print('One training step, batch %d, traced: %.1f ms of ops (%.1f ms wall '
@@ -590,7 +582,7 @@ def run_benchmark():
   print('\nTargets (%s%s):' % ('now', ', against %s' % FLAGS.compare_with
                                 if FLAGS.compare_with else ''))
   for text, met in targets(figures['now'], figures.get(FLAGS.compare_with),
-                           cifar10_params.cpu_has_fast_bfloat16()):
+                           cifar10_devices.cpu_has_fast_bfloat16()):
     print('  [%s] %s' % ('met' if met else 'MISSED', text))
   print('\nFLOPs per training image, counted in the training graph '
         '(%.1f MFLOP), by op type:' % (flops / 1e6))

@@ -71,10 +71,6 @@ MOVING_AVERAGE_DECAY = 0.9999     # The decay to use for the moving average.
 NUM_EPOCHS_PER_DECAY = 350.0      # Epochs after which learning rate decays.
 LEARNING_RATE_DECAY_FACTOR = 0.1  # Learning rate decay factor.
 LOSS_AVERAGE_DECAY = 0.9          # The decay of the losses' moving averages.
-# Mixed precision in float16 (on a GPU): the gradients are computed of the
-# loss times this, then divided by it, so that the small ones do not vanish
-# below float16's smallest numbers. (bfloat16 has float32's range: 1.)
-FLOAT16_LOSS_SCALE = 128.0
 
 # If a model is trained with multiple GPUs, prefix all Op names with tower_name
 # to differentiate the operations. Note that this prefix is removed from the
@@ -198,6 +194,10 @@ def distorted_inputs(data_dir=DATA_DIR, batch_size=BATCH_SIZE,
                          MIN_FRACTION_OF_EXAMPLES_IN_QUEUE)):
   """Construct distorted input for CIFAR training using the Reader ops.
 
+  The input pipeline runs on the CPU, whatever device the model is on: its
+  ops would otherwise go to a GPU where they have GPU kernels, and every
+  image would cross to the GPU and back in the reader threads.
+
   Args:
     data_dir: Path to the CIFAR-10 data directory.
     batch_size: Number of images per batch.
@@ -213,10 +213,11 @@ def distorted_inputs(data_dir=DATA_DIR, batch_size=BATCH_SIZE,
   Raises:
     UserError: no data_dir, or its data files are missing or malformed.
   """
-  images, labels = cifar10_input.distorted_inputs(
-      data_dir=data_batches_dir(data_dir), batch_size=batch_size,
-      min_fraction_of_examples_in_queue=min_fraction_of_examples_in_queue)
-  return tf.cast(images, dtype), labels
+  with tf.device('/cpu:0'):
+    images, labels = cifar10_input.distorted_inputs(
+        data_dir=data_batches_dir(data_dir), batch_size=batch_size,
+        min_fraction_of_examples_in_queue=min_fraction_of_examples_in_queue)
+    return tf.cast(images, dtype), labels
 
 
 def inputs(eval_data, data_dir=DATA_DIR, batch_size=BATCH_SIZE,
@@ -224,7 +225,7 @@ def inputs(eval_data, data_dir=DATA_DIR, batch_size=BATCH_SIZE,
   """Construct input for CIFAR evaluation using the Reader ops.
 
   Each image of the chosen set is read once; then the pipeline raises
-  `tf.errors.OutOfRangeError`.
+  `tf.errors.OutOfRangeError`. It runs on the CPU, as distorted_inputs().
 
   Args:
     eval_data: bool, indicating if one should use the train or eval data set.
@@ -235,10 +236,11 @@ def inputs(eval_data, data_dir=DATA_DIR, batch_size=BATCH_SIZE,
   Returns:
     images, labels: as distorted_inputs, the last batch maybe smaller.
   """
-  images, labels = cifar10_input.inputs(eval_data=eval_data,
-                                        data_dir=data_batches_dir(data_dir),
-                                        batch_size=batch_size)
-  return tf.cast(images, dtype), labels
+  with tf.device('/cpu:0'):
+    images, labels = cifar10_input.inputs(eval_data=eval_data,
+                                          data_dir=data_batches_dir(data_dir),
+                                          batch_size=batch_size)
+    return tf.cast(images, dtype), labels
 
 
 def inference(images, num_classes=NUM_CLASSES, top_layers='fully_connected',
@@ -514,25 +516,64 @@ def add_variable_and_gradient_summaries(grads):
       histogram_summary(var.op.name + '/gradients', grad)
 
 
-def gradients(total_loss, loss_scale=1.0):
+def float16_loss_scale():
+  """The loss scale of mixed precision in float16 (on a GPU): TensorFlow's
+  own dynamic loss scale (tf.mixed_precision.DynamicLossScale).
+
+  The gradients are computed of the loss times the scale, then divided by
+  it, so that the small ones do not vanish below float16's smallest numbers.
+  It starts at 2**15; a step whose gradients are not finite (they overflowed
+  float16) is skipped, and halves it; every 2,000 finite steps double it.
+  Its variables live on the CPU, with the model's, and go with the
+  checkpoints, so a resumed training keeps it. (bfloat16 has float32's
+  range: it needs none.)
+
+  Returns:
+    A tf.mixed_precision.DynamicLossScale, for gradients() and train().
+  """
+  before = set(tf.global_variables())
+  with tf.device('/cpu:0'), tf.name_scope('loss_scale'):
+    loss_scale = tf.mixed_precision.DynamicLossScale()
+  for variable in set(tf.global_variables()) - before:
+    tf.add_to_collection(RESTORED_IF_PRESENT, variable)
+  scalar_summary('loss_scale', loss_scale())
+  return loss_scale
+
+
+# The variables that checkpoints written before them lack, and that a
+# training resumed from one gets with their initial values (see
+# cifar10_runtime): the float16 loss scale.
+RESTORED_IF_PRESENT = 'restored_if_present'
+
+
+def gradients(total_loss, loss_scale=None):
   """The (gradient, variable) pairs of the loss and the trainable variables.
 
-  With a loss_scale, the gradients are computed of the loss times it, then
-  divided by it (FLOAT16_LOSS_SCALE for float16 computation of float32
-  variables).
+  With a loss_scale (float16_loss_scale()), the gradients are computed of
+  the loss times it, then divided by it.
   """
   variables = tf.trainable_variables()
-  if loss_scale == 1.0:
+  if loss_scale is None:
     return list(zip(tf.gradients(total_loss, variables), variables))
-  scaled = tf.gradients(total_loss * loss_scale, variables)
-  return [(None if g is None else g / loss_scale, v)
+  scale = loss_scale()
+  scaled = tf.gradients(total_loss * scale, variables)
+  return [(None if g is None else g * (1.0 / scale), v)
           for g, v in zip(scaled, variables)]
+
+
+def _applied(grads):
+  """The gradients a float16 step applies: none (zeros) where any is not
+  finite, for the step is then skipped; as the summaries show them."""
+  finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g))
+                          for g, _ in grads if g is not None])
+  return [(None if g is None else tf.where(finite, g, tf.zeros_like(g)), v)
+          for g, v in grads]
 
 
 def train(total_loss, global_step, examples_per_step=BATCH_SIZE,
           examples_per_epoch=NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN,
           initial_learning_rate=INITIAL_LEARNING_RATE, grads=None, losses=None,
-          wrap_optimizer=None, loss_scale=1.0):
+          wrap_optimizer=None, loss_scale=None):
   """Train CIFAR-10 model.
 
   Create an optimizer and apply to all trainable variables. Add moving
@@ -551,7 +592,10 @@ def train(total_loss, global_step, examples_per_step=BATCH_SIZE,
     losses: The loss terms of total_loss; the 'losses' collection by default.
     wrap_optimizer: f(optimizer, variable_averages) -> an optimizer that also
       updates the moving averages (tf.train.SyncReplicasOptimizer).
-    loss_scale: See gradients(); with `grads` given, they were computed so.
+    loss_scale: float16_loss_scale(), for float16 computation of float32
+      variables: a step whose gradients are not finite is skipped (no
+      update, the global step unchanged), and the scale lowered. With
+      `grads` given, they were computed with it (gradients()).
 
   Returns:
     train_op: op for training.
@@ -569,14 +613,21 @@ def train(total_loss, global_step, examples_per_step=BATCH_SIZE,
       MOVING_AVERAGE_DECAY, global_step)
 
   opt = tf.train.GradientDescentOptimizer(lr)
+  if loss_scale is not None:
+    # TensorFlow's own: updates the scale, applies only finite gradients.
+    opt = tf.mixed_precision.MixedPrecisionLossScaleOptimizer(opt, loss_scale)
   if wrap_optimizer:
     opt = wrap_optimizer(opt, variable_averages)
 
-  # Compute gradients, apply them, and summarise both.
+  # Compute gradients, apply them, and summarise both. The update runs
+  # where the variables are (the CPU, or the parameter servers), with the
+  # float16 loss scale's check that the gradients are finite.
   if grads is None:
     grads = gradients(total_loss, loss_scale)
-  apply_gradient_op = opt.apply_gradients(grads, global_step=global_step)
-  add_variable_and_gradient_summaries(grads)
+  with tf.device(global_step.device):
+    apply_gradient_op = opt.apply_gradients(grads, global_step=global_step)
+  add_variable_and_gradient_summaries(
+      grads if loss_scale is None else _applied(grads))
 
   if not wrap_optimizer:
     # Track the moving averages of all trainable variables: on the CPU, with

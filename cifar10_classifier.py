@@ -6,6 +6,7 @@
 
 import cifar10
 import cifar10_checkpoint
+import cifar10_devices
 import cifar10_images
 import cifar10_input
 import cifar10_params
@@ -33,25 +34,28 @@ class Classifier(object):
     self.class_names = cifar10_input.read_class_names(checkpoint_dir)
     self.graph = tf.Graph()
     with self.graph.as_default():
-      if any_size:
-        self.images = tf.placeholder(tf.uint8, [None, None, None, 3],
-                                     name='images')
-        resized = cifar10_images.resize_to_cifar(self.images)
-      else:
-        self.images = resized = tf.placeholder(
-            tf.uint8, [None, cifar10_input.SOURCE_HEIGHT,
-                       cifar10_input.SOURCE_WIDTH, cifar10_input.SOURCE_DEPTH],
-            name='images')
-      images = cifar10_input.preprocess_for_eval(resized)
-      logits = cifar10.inference(tf.cast(images, params.compute_dtype),
-                                 len(self.class_names), params.top_layers,
-                                 params.variable_dtype)
+      # The images are prepared on the CPU, where they are fed, as
+      # evaluation's are; the model runs where TensorFlow places it.
+      with tf.device('/cpu:0'):
+        if any_size:
+          self.images = tf.placeholder(tf.uint8, [None, None, None, 3],
+                                       name='images')
+          resized = cifar10_images.resize_to_cifar(self.images)
+        else:
+          self.images = resized = tf.placeholder(
+              tf.uint8, [None, cifar10_input.SOURCE_HEIGHT,
+                         cifar10_input.SOURCE_WIDTH,
+                         cifar10_input.SOURCE_DEPTH], name='images')
+        images = tf.cast(cifar10_input.preprocess_for_eval(resized),
+                         params.compute_dtype)
+      logits = cifar10.inference(images, len(self.class_names),
+                                 params.top_layers, params.variable_dtype)
       # Probabilities in float32, whatever the model's type.
       self.probabilities = cifar10.predictions(tf.cast(logits, tf.float32))
       to_restore = cifar10.variables_to_restore(moving_average)
       cifar10_checkpoint.check_checkpoint(self.checkpoint_path, to_restore)
       self.session = tf.Session(graph=self.graph,
-                                config=cifar10_params.session_config(params))
+                                config=cifar10_devices.session_config(params))
       cifar10_checkpoint.restore(self.session, tf.train.Saver(to_restore),
                                  self.checkpoint_path)
 

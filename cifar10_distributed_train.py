@@ -39,8 +39,8 @@ from absl import flags
 
 import cifar10
 import cifar10_common
+import cifar10_devices
 import cifar10_flags
-import cifar10_params
 import cifar10_runtime
 from cifar10_quiet import tf
 from cifar10_common import UserError
@@ -160,6 +160,26 @@ def serve(server, cluster, task_index):
       stop.signum)
 
 
+def worker_gpu(cluster, task_index, num_gpus):
+  """The GPU a worker trains on, or None on a machine without GPUs.
+
+  Workers that share a machine (the same host in the cluster's worker
+  addresses) take one GPU each, in the order they are listed: on a machine
+  of 2 GPUs, its first worker GPU 0, its second GPU 1, a third GPU 0 again.
+  (Each would take GPU 0 otherwise: TensorFlow's choice for a worker.)
+
+  Args:
+    cluster: The tf.train.ClusterSpec.
+    task_index: The worker's index.
+    num_gpus: The GPUs of this machine (cifar10_devices.gpus()).
+  """
+  if not num_gpus:
+    return None
+  hosts = [address.rpartition(':')[0]
+           for address in cluster.job_tasks('worker')]
+  return hosts[:task_index].count(hosts[task_index]) % num_gpus
+
+
 def train(params, server, cluster, task_index, sync_replicas=False,
           replicas_to_aggregate=None):
   """A worker's life: train until params.max_steps, then tell the servers.
@@ -178,19 +198,26 @@ def train(params, server, cluster, task_index, sync_replicas=False,
   is_chief = task_index == 0
   replicas_to_aggregate = replicas_to_aggregate or num_workers
   worker_device = '/job:worker/task:%d' % task_index
+  gpu = worker_gpu(cluster, task_index, len(cifar10_devices.gpus()))
+  on_gpu = '' if gpu is None else '; on GPU %d' % gpu
   if sync_replicas:
     print('Worker %d of %d%s: synchronous, each update averages the '
-          'gradients of %d workers (%d backup).' % (
+          'gradients of %d workers (%d backup)%s.' % (
               task_index, num_workers, ' (chief)' if is_chief else '',
-              replicas_to_aggregate, num_workers - replicas_to_aggregate),
-          flush=True)
+              replicas_to_aggregate, num_workers - replicas_to_aggregate,
+              on_gpu), flush=True)
   else:
-    print('Worker %d of %d%s: asynchronous updates.' % (
-        task_index, num_workers, ' (chief)' if is_chief else ''), flush=True)
+    print('Worker %d of %d%s: asynchronous updates%s.' % (
+        task_index, num_workers, ' (chief)' if is_chief else '', on_gpu),
+          flush=True)
 
   with tf.Graph().as_default():
+    # The model on this worker's GPU (or CPU), the variables on the
+    # parameter servers.
     with tf.device(tf.train.replica_device_setter(
-        worker_device=worker_device, cluster=cluster)):
+        worker_device=worker_device + (
+            '' if gpu is None else '/device:GPU:%d' % gpu),
+        cluster=cluster)):
       global_step = tf.train.get_or_create_global_step()
       # The input pipeline stays on this worker, on its CPU.
       with tf.device(worker_device + '/cpu:0'):
@@ -204,9 +231,11 @@ def train(params, server, cluster, task_index, sync_replicas=False,
           loss, global_step, params, is_chief, num_workers,
           replicas_to_aggregate if sync_replicas else None)
     say_done = [queue.enqueue(task_index) for queue in done_queues(cluster)]
-    # Talk to the servers and to this worker only: other workers may be down.
-    config = cifar10_params.session_config(
-        params, device_filters=['/job:ps', worker_device])
+    # Talk to the servers and to this worker only: other workers may be
+    # down. Soft placement: ops without a GPU kernel run on its CPU.
+    config = cifar10_devices.session_config(
+        params, device_filters=['/job:ps', worker_device],
+        allow_soft_placement=True)
     cifar10_runtime.run_training(
         train_op, loss, params, config=config, master=server.target,
         is_chief=is_chief, hooks=hooks, worker_name='worker %d' % task_index)
@@ -249,7 +278,8 @@ def build_train_op(loss, global_step, params, is_chief, num_workers,
       examples_per_epoch=params.num_examples(),
       initial_learning_rate=params.initial_learning_rate,
       wrap_optimizer=synchronous if replicas_to_aggregate else None,
-      loss_scale=params.loss_scale)
+      loss_scale=(cifar10.float16_loss_scale() if params.loss_scaling
+                  else None))
   return train_op, hooks
 
 
@@ -310,8 +340,8 @@ def start_server(cluster, job_name, task_index, params):
   """
   # A parameter server keeps the variables on its CPU: it leaves the GPUs
   # alone.
-  config = (tf.ConfigProto(device_count={'GPU': 0}) if job_name == 'ps'
-            else cifar10_params.session_config(params))
+  config = (cifar10_devices.cpu_only_config() if job_name == 'ps'
+            else cifar10_devices.session_config(params))
   try:
     return tf.train.Server(cluster, job_name=job_name, task_index=task_index,
                            config=config)

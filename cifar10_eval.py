@@ -37,9 +37,9 @@ import numpy as np
 import cifar10
 import cifar10_checkpoint
 import cifar10_common
+import cifar10_devices
 import cifar10_files
 import cifar10_flags
-import cifar10_params
 import cifar10_runtime
 from cifar10_quiet import tf
 
@@ -230,7 +230,7 @@ def _evaluate_checkpoints(params, saver, summary_writer, eval_ops,
                                            variables_to_restore)
           if eval_once(saver, summary_writer, eval_ops, checkpoint_path,
                        num_examples, class_names, stop,
-                       cifar10_params.session_config(params)) is not None:
+                       cifar10_devices.session_config(params)) is not None:
             evaluated.add(checkpoint_path)
         except cifar10_checkpoint.CheckpointUnreadable as e:
           if params.run_once:

@@ -20,6 +20,7 @@ import sys
 from absl import flags
 
 import cifar10
+import cifar10_devices
 import cifar10_params
 
 FLAGS = flags.FLAGS
@@ -118,8 +119,8 @@ def define(*names):
 def params(fetch_data=False):
   """The Params of the flags this process defined; defaults for the rest.
 
-  A choice of precision that is slow on this machine is warned about, once,
-  on stderr.
+  What is slow on this machine (a choice of precision, GPUs this
+  TensorFlow has no code for) is warned about, once, on stderr.
 
   Args:
     fetch_data: Fetch the data set into --data_dir first, unless it is there
@@ -132,8 +133,7 @@ def params(fetch_data=False):
       field.name: FLAGS[field.name].value
       for field in dataclasses.fields(cifar10_params.Params)
       if field.name in FLAGS})
-  warning = cifar10_params.precision_warning(made)
-  if warning:
+  for warning in cifar10_devices.warnings(made):
     sys.stderr.write('Warning: %s\n' % warning)
     sys.stderr.flush()
   if fetch_data:

@@ -7,6 +7,7 @@ seen at test time as it was at training time.
 """
 
 from cifar10_common import first_line
+import cifar10_devices
 import cifar10_input
 from cifar10_quiet import tf
 
@@ -42,8 +43,8 @@ class ImageDecoder(object):
       self._image = resize_to_cifar(tf.image.decode_image(
           self._contents, channels=3, expand_animations=False))
     # Decoding is the CPU's work: the GPUs are left alone.
-    self._session = tf.Session(
-        graph=self._graph, config=tf.ConfigProto(device_count={'GPU': 0}))
+    self._session = tf.Session(graph=self._graph,
+                               config=cifar10_devices.cpu_only_config())
 
   def decode(self, contents):
     """Returns the [32, 32, 3] uint8 image; raises ValueError if unreadable."""

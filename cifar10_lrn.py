@@ -2,7 +2,8 @@
 
 The model's norm1 and norm2 (cifar10.inference) compute what tf.nn.lrn
 computes, with the tutorial's settings, in a way that uses every core of a
-CPU and few elementwise ops, in float32, float16 and bfloat16 alike
+CPU and few elementwise ops, in float32 and bfloat16, and in float32 for
+float16 models, whose range it would overflow
 (tests/test_same_computation.py holds it to tf.nn.lrn).
 """
 
@@ -69,5 +70,14 @@ def local_response_normalization(x, depth_radius, bias, alpha, beta, name):
     return normalized, gradient
 
   with tf.name_scope(name + '_terms'):
-    normalized = normalize(x)
+    if x.dtype.base_dtype == tf.float16:
+      # float16's range ends at 65504: the square of an activation above 256
+      # would be infinite (and inf x 0 in the band product NaN), 1 + alpha
+      # times the sum near its rounding step, and the gradient's 2 alpha
+      # beta (1e-4) x ... below its smallest numbers. So in float32, as
+      # TensorFlow's GPU kernels compute it; the result is float16 again.
+      # (bfloat16 has float32's range: it stays bfloat16, for speed.)
+      normalized = tf.cast(normalize(tf.cast(x, tf.float32)), tf.float16)
+    else:
+      normalized = normalize(x)
   return tf.identity(normalized, name=name)

@@ -35,9 +35,9 @@ from absl import flags
 
 import cifar10
 import cifar10_common
+import cifar10_devices
 import cifar10_flags
 import cifar10_input
-import cifar10_params
 import cifar10_runtime
 from cifar10_quiet import tf
 
@@ -130,7 +130,7 @@ def tower_devices(num_gpus):
   Where there are fewer GPUs, soft placement puts the towers that have none
   on the CPU; this is said once.
   """
-  found = len(cifar10_params.gpus())
+  found = len(cifar10_devices.gpus())
   if found < num_gpus:
     if found == 0:
       on_cpu = 'the tower runs' if num_gpus == 1 else (
@@ -160,6 +160,7 @@ def build_training_graph(get_batch, devices, global_step, params):
     total_loss: The total loss averaged over the towers.
     grads: The averaged (gradient, variable) pairs.
   """
+  loss_scale = cifar10.float16_loss_scale() if params.loss_scaling else None
   # Calculate the gradients for each model tower.
   tower_grads = []
   tower_losses = []
@@ -178,7 +179,7 @@ def build_training_graph(get_batch, devices, global_step, params):
           tf.get_variable_scope().reuse_variables()
 
           # Calculate the gradients for the batch of data on this CIFAR tower.
-          grads = cifar10.gradients(loss, params.loss_scale)
+          grads = cifar10.gradients(loss, loss_scale)
 
           # Keep track of the gradients across all towers.
           tower_grads.append(grads)
@@ -202,7 +203,7 @@ def build_training_graph(get_batch, devices, global_step, params):
       examples_per_step=params.batch_size * len(devices),
       examples_per_epoch=params.num_examples(),
       initial_learning_rate=params.initial_learning_rate, grads=grads,
-      losses=loss_terms, loss_scale=params.loss_scale)
+      losses=loss_terms, loss_scale=loss_scale)
   return train_op, total_loss, grads
 
 
@@ -249,7 +250,7 @@ def train(params, devices, config=None):
 
     cifar10_runtime.run_training(
         train_op, total_loss, params, batches_per_step=len(devices),
-        config=config or cifar10_params.session_config(
+        config=config or cifar10_devices.session_config(
             params, allow_soft_placement=True))
 
 

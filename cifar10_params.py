@@ -4,16 +4,14 @@
 directly: `Params(data_dir=..., max_steps=100)`; the scripts make theirs
 from their flags, cifar10_flags.params()), and derives from them, in one
 place, what the model needs: the types it stores and computes in, the loss
-scale, and the classes and sizes of the data. What this machine decides is
-here too: whether a GPU is present (`gpus`), whether the CPU computes
-bfloat16 fast, the sessions' configuration.
+scaling, and the classes and sizes of the data.
 """
 
 import dataclasses
 import os
-import re
 
 import cifar10
+import cifar10_devices
 import cifar10_input
 from cifar10_quiet import tf
 
@@ -71,15 +69,15 @@ class Params(object):
     """The type the model computes in (the images'): the variables', or,
     with mixed_precision, float16 where a GPU is, bfloat16 on a CPU."""
     if self.mixed_precision and not self.use_fp16:
-      return tf.float16 if gpus() else tf.bfloat16
+      return tf.float16 if cifar10_devices.gpus() else tf.bfloat16
     return self.variable_dtype
 
   @property
-  def loss_scale(self):
-    """See cifar10.gradients: float16 computation of float32 variables."""
-    if self.compute_dtype == tf.float16 and self.variable_dtype == tf.float32:
-      return cifar10.FLOAT16_LOSS_SCALE
-    return 1.0
+  def loss_scaling(self):
+    """Whether the loss is scaled (cifar10.float16_loss_scale): float16
+    computation of float32 variables."""
+    return (self.compute_dtype == tf.float16 and
+            self.variable_dtype == tf.float32)
 
   # What the data in data_dir decides: the one place the scripts ask.
 
@@ -104,58 +102,3 @@ class Params(object):
       return cifar10_input.count_records(filenames)
     return (cifar10.NUM_EXAMPLES_PER_EPOCH_FOR_EVAL if eval_data else
             cifar10.NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN)
-
-
-def gpus():
-  """The names of the GPUs TensorFlow sees here: what decides, everywhere,
-  whether a GPU is present. (CUDA_VISIBLE_DEVICES= hides them all.)"""
-  return [gpu.name for gpu in tf.config.list_physical_devices('GPU')]
-
-
-def cpu_has_fast_bfloat16():
-  """Whether this CPU multiplies bfloat16 fast (AVX512-BF16 or AMX)."""
-  try:
-    with open('/proc/cpuinfo') as f:
-      flags = set(
-          re.search(r'^flags\s*:(.*)$', f.read(), re.M).group(1).split())
-  except (OSError, AttributeError):
-    return False
-  return bool(flags & {'avx512_bf16', 'amx_bf16'})
-
-
-def precision_warning(params):
-  """What to tell a user whose choice of precision is slow here, or None."""
-  if gpus():
-    return None
-  if params.use_fp16:
-    return ('--use_fp16 on a CPU is slow: float16 has no fast CPU kernels '
-            '(several to hundreds of times slower than float32, by CPU); '
-            '--mixed_precision computes in bfloat16 instead, fast on CPUs '
-            'with AVX512-BF16 or AMX.')
-  if params.mixed_precision and not cpu_has_fast_bfloat16():
-    return ('--mixed_precision computes in bfloat16 on a CPU, which is slow '
-            'on this one (it has neither AVX512-BF16 nor AMX).')
-  return None
-
-
-def session_config(params, **kwargs):
-  """The session configuration of the scripts.
-
-  GPU memory is taken as needed (gpu_memory_growth), not all at once, so
-  that evaluation can run beside training on one GPU; with xla, TensorFlow
-  compiles clusters of the graph's ops (auto-clustering).
-
-  Args:
-    params: Params (log_device_placement, gpu_memory_growth, xla).
-    **kwargs: more ConfigProto fields.
-
-  Returns:
-    A tf.ConfigProto.
-  """
-  config = tf.ConfigProto(log_device_placement=params.log_device_placement,
-                          **kwargs)
-  config.gpu_options.allow_growth = params.gpu_memory_growth
-  if params.xla:
-    config.graph_options.optimizer_options.global_jit_level = (
-        tf.OptimizerOptions.ON_1)
-  return config

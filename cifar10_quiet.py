@@ -7,24 +7,31 @@ for this tutorial, keeping every other warning:
 1. The banners TensorFlow's shared libraries print while they load (oneDNN,
    CUDA, CPU features): they are written to file descriptor 2 before
    TensorFlow's logging exists, so the import itself runs with descriptor 2
-   captured, and only the other lines are passed on.
+   routed through a filter process (StderrFilter) that passes the other
+   lines on as they come: a process that dies while TensorFlow loads (a
+   fatal CUDA error) still shows why.
 2. The "deprecated" notices of the v1 APIs the tutorial uses on purpose
-   (queues, readers, SyncReplicasOptimizer): a filter on TensorFlow's Python
-   logger drops those, and only those (INTENTIONAL_V1_APIS).
+   (queues, readers, SyncReplicasOptimizer, the float16 loss scale): a filter
+   on TensorFlow's Python logger drops those, and only those
+   (INTENTIONAL_V1_APIS).
 3. Lines TensorFlow's C++ runtime logs while the scripts run (_RUNTIME_NOISE):
-   the cancelled enqueues of every stop of the queue-based input; the
-   aborted exchanges that end distributed training's steps; oneDNN's wrong
-   report of falling back to Eigen; a traced step's missing GPU trace; and
-   the errors the scripts say themselves, in one line (an unreadable image,
-   a NaN loss, a port in use, no space left on device).
+   the cancelled enqueues of every stop of the queue-based input, and the
+   end of an evaluation pass on a GPU; the aborted exchanges that end
+   distributed training's steps; oneDNN's wrong report of falling back to
+   Eigen; a traced step's missing GPU trace; and the errors the scripts say
+   themselves, in one line (an unreadable image, a NaN or infinite loss, a
+   port in use, no space left on device), or once (TensorFlow's warning, in
+   every session, about GPUs it has no compiled code for: _SAID_ONCE).
    `filter_runtime_noise_from_stderr()`, called by the scripts
-   (cifar10_common.run), routes descriptor 2 through a small child process
-   that drops those lines and their details. Why a process: the C++
-   code writes to the descriptor directly, so a filter must sit behind it;
-   a thread of this process would lose the last lines when the process dies
-   (a crash, os._exit), where a child process sees the end of its input and
-   writes out everything. Neither TF_CPP_MIN_LOG_LEVEL (which would hide
-   real warnings too, by level) nor anything simpler keeps the real ones.
+   (cifar10_common.run), routes descriptor 2 through a filter process that
+   drops those lines and their details, to the end of the script.
+
+Why a process: the C++ code writes to the descriptor directly, so a filter
+must sit behind it; a thread of this process would lose the last lines when
+the process dies (a crash, an abort, os._exit), where a child process sees
+the end of its input and writes out everything. Neither TF_CPP_MIN_LOG_LEVEL
+(which would hide real warnings too, by level) nor anything simpler keeps
+the real ones.
 
 TF_CPP_MIN_LOG_LEVEL=0 shows all of TensorFlow's messages again: then none
 of the three is filtered.
@@ -33,10 +40,8 @@ of the three is filtered.
 import glob
 import logging as _std_logging
 import os
-import re
 import subprocess
 import sys
-import tempfile
 
 # The banners TensorFlow's shared libraries print while loading, before its
 # logging is initialised (so TF_CPP_MIN_LOG_LEVEL does not apply to them).
@@ -64,9 +69,88 @@ def cuda_error_is_noise(gpu_device_files, cuda_visible_devices):
 # filtered.
 _USER_WANTS_TF_LOGS = os.environ.get('TF_CPP_MIN_LOG_LEVEL') == '0'
 
+# After a line matching `noise`: its indented details, TensorFlow's hint
+# (about memory, where it applies) and blank lines.
+_NOISE_DETAILS = r'^(\s|Hint: If you want to see a list of allocated tensors|$)'
+
+# The filter process: copies its stdin to its stdout, line by line, without
+# the lines matching argv[1] and the lines of details that follow them
+# (argv[2]); once a line matching argv[3] has passed, lines matching argv[4]
+# are noise too. It ignores Ctrl-C and SIGTERM, which may be sent to the
+# whole process group: it ends when its input is closed (by the end of the
+# process it filters, however it ends).
+_FILTER_PROGRAM = r"""
+import re, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+noise, details, said, then_noise = [re.compile(a.encode())
+                                    for a in sys.argv[1:5]]
+dropping = once_said = False
+for line in sys.stdin.buffer:
+  if noise.search(line) or (once_said and then_noise.search(line)):
+    dropping = True
+  elif not (dropping and details.match(line)):
+    dropping = False
+    once_said = once_said or bool(said.search(line))
+    sys.stdout.buffer.write(line)
+    sys.stdout.buffer.flush()
+"""
+
+# A pattern that matches no line.
+_NOTHING = r'(?!)'
+
+# The filters kept to the end of the process (StderrFilter.install).
+_INSTALLED = []
+
+
+class StderrFilter(object):
+  """Routes file descriptor 2 through a filter process: the lines matching
+  `noise` (and their details) are dropped, every other line passed on.
+
+  As a context manager, for a block (the import of TensorFlow): on leaving
+  it, the filter has written out every line of the block, in order, and
+  descriptor 2 is what it was. `install()` instead keeps it to the end of
+  the process.
+
+  Args:
+    noise: A regex of the lines to drop.
+    said: A regex of a line after which `then_noise` lines are dropped too.
+    then_noise: See `said`.
+  """
+
+  def __init__(self, noise, said=_NOTHING, then_noise=_NOTHING):
+    sys.stderr.flush()
+    self._original_fd = os.dup(2)
+    self._process = subprocess.Popen(
+        [sys.executable, '-S', '-c', _FILTER_PROGRAM, noise, _NOISE_DETAILS,
+         said, then_noise],
+        stdin=subprocess.PIPE, stdout=self._original_fd, close_fds=True)
+    os.dup2(self._process.stdin.fileno(), 2)
+    self._process.stdin.close()
+
+  def install(self):
+    """Keeps the filter for the rest of the process: TensorFlow's threads
+    log until it is gone (the gRPC servers of distributed training,
+    cancelling their last steps)."""
+    os.close(self._original_fd)  # The filter has it.
+    _INSTALLED.append(self)  # Kept: it outlives the caller.
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    sys.stderr.flush()
+    os.dup2(self._original_fd, 2)  # Closes the last write end of the pipe,
+    os.close(self._original_fd)
+    self._process.wait()  # so the filter writes out the rest and ends.
+    return False
+
 
 def _import_tensorflow_quietly():
   """Imports tensorflow.compat.v1, dropping only TensorFlow's start-up banners.
+
+  The banners are written straight to file descriptor 2 by C++ code while
+  the libraries load, so they can only be caught there.
 
   Returns:
     The `tensorflow.compat.v1` module.
@@ -76,29 +160,14 @@ def _import_tensorflow_quietly():
   if _USER_WANTS_TF_LOGS:
     import tensorflow.compat.v1 as tf_v1  # pylint: disable=g-import-not-at-top
     return tf_v1
-  # The banners are written straight to file descriptor 2 by C++ code while
-  # the libraries load, so they can only be caught there.
   noise = _TF_BANNER_LINES
   if cuda_error_is_noise(glob.glob('/dev/nvidia[0-9]*'),
                          os.environ.get('CUDA_VISIBLE_DEVICES')):
     noise += _NO_GPU_CUDA_ERROR
-  noise = re.compile(noise)
-  sys.stderr.flush()
-  saved_stderr_fd = os.dup(2)
-  with tempfile.TemporaryFile(mode='w+b') as captured:
-    os.dup2(captured.fileno(), 2)
-    try:
-      import tensorflow.compat.v1 as tf_v1  # pylint: disable=g-import-not-at-top
-      # Looks for GPUs now, while the CUDA error above can still be caught.
-      tf_v1.config.list_physical_devices('GPU')
-    finally:
-      os.dup2(saved_stderr_fd, 2)
-      os.close(saved_stderr_fd)
-      captured.seek(0)
-      for line in captured.read().decode('utf-8', 'replace').splitlines(True):
-        if not noise.search(line):
-          sys.stderr.write(line)
-      sys.stderr.flush()
+  with StderrFilter(noise):
+    import tensorflow.compat.v1 as tf_v1  # pylint: disable=g-import-not-at-top
+    # Looks for GPUs now, while the CUDA error above can still be caught.
+    tf_v1.config.list_physical_devices('GPU')
   return tf_v1
 
 
@@ -130,6 +199,7 @@ INTENTIONAL_V1_APIS = frozenset([
     'start_queue_runners',
     'string_input_producer',
     'SyncReplicasOptimizer.__init__',  # cifar10_distributed_train.py's.
+    'DynamicLossScale.__init__',  # Mixed precision in float16 (on GPUs).
     'build_tensor_info',  # cifar10_export.py's SavedModel signature.
     # TensorFlow's own FLOP counting (benchmark.training_flops_per_image).
     'tensor_shape_from_node_def_name',
@@ -163,6 +233,10 @@ if not _USER_WANTS_TF_LOGS:
 _RUNTIME_NOISE = (
     r'local_rendezvous\.cc:\d+\] Local rendezvous is aborting with status: '
     r'CANCELLED: (Enqueue|Dequeue|TakeGrad) operation was cancelled'
+    # The end of an evaluation pass, where its batches go to another device
+    # (a GPU): the transfer waiting for a batch that will not come.
+    r'|local_rendezvous\.cc:\d+\] Local rendezvous is aborting with status: '
+    r'OUT_OF_RANGE: \w+ \'[^\']*\' is closed and has insufficient elements'
     # An image that cannot be decoded: the exception says it, once.
     r'|local_rendezvous\.cc:\d+\] Local rendezvous is aborting with status: '
     r'INVALID_ARGUMENT: (Unknown image file format|jpeg::Uncompress failed'
@@ -172,9 +246,9 @@ _RUNTIME_NOISE = (
     r'|local_rendezvous\.cc:\d+\] Local rendezvous is aborting with status: '
     r'ABORTED: (Cleanup \d+|Stopping remaining executors\.'
     r'|Step \d+ cancelled\.)'
-    # A NaN loss, which training reports itself.
+    # A NaN or infinite loss, which training reports itself.
     r'|local_rendezvous\.cc:\d+\] Local rendezvous is aborting with status: '
-    r'INVALID_ARGUMENT: Nan in summary histogram'
+    r'INVALID_ARGUMENT: (Nan|Infinity) in summary histogram'
     # A server that cannot listen, which cifar10_distributed_train.py reports.
     r'|add_port\.cc:\d+\] Failed to add port to server'
     r'|grpc_server_lib\.cc:\d+\] UNKNOWN: Could not start gRPC server'
@@ -187,54 +261,18 @@ _RUNTIME_NOISE = (
     r'|(op_kernel\.cc:\d+\] OP_REQUIRES failed at \w+\.cc:\d+ : |'
     r'local_rendezvous\.cc:\d+\] Local rendezvous is aborting with status: )'
     r'RESOURCE_EXHAUSTED: \S+; (No space left on device|Disk quota exceeded)')
-# After such a line: its indented details, TensorFlow's hint (about memory,
-# where it applies) and blank lines.
-_NOISE_DETAILS = r'^(\s|Hint: If you want to see a list of allocated tensors|$)'
 
-
-# The filter process: copies its stdin to its stdout, line by line, without
-# the lines matching argv[1] and the lines of details that follow them
-# (matching argv[2]). It ignores Ctrl-C and SIGTERM, which may be sent to the
-# whole process group: it ends when the script's end closes its input.
-_FILTER_PROGRAM = r"""
-import re, signal, sys
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
-noise = re.compile(sys.argv[1].encode())
-details = re.compile(sys.argv[2].encode())
-dropping = False
-for line in sys.stdin.buffer:
-  if noise.search(line):
-    dropping = True
-  elif not (dropping and details.match(line)):
-    dropping = False
-    sys.stdout.buffer.write(line)
-    sys.stdout.buffer.flush()
-"""
-
-
-_stderr_filter = None
+# Said once by the scripts (cifar10_devices.gpu_code_warning), then noise:
+# TensorFlow's warning, in every session, about GPUs it has no compiled code
+# for.
+_SAID_ONCE = (r'^Warning: .* for which this TensorFlow has no compiled GPU '
+              r'code',
+              r'gpu_device\.cc:\d+\] TensorFlow was not built with CUDA kernel '
+              r'binaries compatible with compute capability')
 
 
 def filter_runtime_noise_from_stderr():
-  """Routes file descriptor 2 through a process dropping _RUNTIME_NOISE.
-
-  C++ code writes to the descriptor directly, so the filter must sit behind
-  it. It is a separate process so that nothing is lost if this one dies: it
-  sees the end of its input and writes out what it has. It stays in place
-  to the very end, for TensorFlow's threads log until the process is gone
-  (the gRPC servers of distributed training, cancelling their last steps).
-  """
-  if _USER_WANTS_TF_LOGS:
-    return
-  sys.stderr.flush()
-  original_stderr_fd = os.dup(2)
-  filter_process = subprocess.Popen(
-      [sys.executable, '-S', '-c', _FILTER_PROGRAM, _RUNTIME_NOISE,
-       _NOISE_DETAILS],
-      stdin=subprocess.PIPE, stdout=original_stderr_fd, close_fds=True)
-  os.dup2(filter_process.stdin.fileno(), 2)
-  filter_process.stdin.close()
-  os.close(original_stderr_fd)  # The filter has it.
-  global _stderr_filter
-  _stderr_filter = filter_process  # Kept: it outlives this function.
+  """Routes file descriptor 2 through a process dropping _RUNTIME_NOISE,
+  to the end of this process (see StderrFilter)."""
+  if not _USER_WANTS_TF_LOGS:
+    StderrFilter(_RUNTIME_NOISE, *_SAID_ONCE).install()

@@ -17,9 +17,9 @@ import time
 
 import cifar10_checkpoint
 import cifar10_common
+import cifar10_devices
 import cifar10_files
 import cifar10_input
-import cifar10_params
 from cifar10_common import UserError
 from cifar10_quiet import tf
 
@@ -43,23 +43,25 @@ EVAL_LINE = re.compile(
 
 
 class NanLossError(UserError):
-  """The loss became NaN: training diverged."""
+  """The loss became NaN or infinite: training diverged."""
 
 
-def nan_loss_message(step, train_dir):
-  """What to tell the user when the loss turns NaN at `step`."""
-  return ('loss is NaN at step %d: training diverged and was stopped; %s. '
+def nan_loss_message(step, train_dir, value=float('nan')):
+  """What to tell the user when the loss turns NaN (or infinite) at `step`."""
+  return ('loss is %s at step %d: training diverged and was stopped; %s. '
           'Lower the learning rate, or check the input data.' %
-          (step, cifar10_checkpoint.kept_checkpoint(train_dir)))
+          ('NaN' if math.isnan(value) else 'infinite', step,
+           cifar10_checkpoint.kept_checkpoint(train_dir)))
 
 
 class _LoggerHook(tf.train.SessionRunHook):
-  """Logs loss and runtime, and stops training the moment the loss is NaN.
+  """Logs loss and runtime, and stops training the moment the loss is NaN
+  or infinite.
 
-  In one process, the steps are counted here. A worker of a distributed
-  training (`worker_name` given) logs every log_frequency of its own steps,
-  with its own speed and the global step, which the other workers advance
-  too.
+  It logs every log_frequency of this process's own steps, with its speed
+  and the global step, read then: the updates made (a float16 step whose
+  gradients overflowed makes none), by every worker of a distributed
+  training (`worker_name` given).
   """
 
   def __init__(self, loss, batch_size, batches_per_step, log_frequency,
@@ -78,8 +80,7 @@ class _LoggerHook(tf.train.SessionRunHook):
     self._global_step_tensor = tf.train.get_global_step()
 
   def after_create_session(self, session, coord):
-    # Steps are counted here, not read back while the train op increments
-    # the global step in the same run.
+    # Read in runs of its own, not while the train op increments it.
     self.step = session.run(self._global_step_tensor)
     self.own_steps = 0
     self._last_log_step = None
@@ -90,12 +91,12 @@ class _LoggerHook(tf.train.SessionRunHook):
 
   def after_run(self, run_context, run_values):
     self.own_steps += 1
-    if self._worker_name is None:
-      self.step += 1
+    self.step += 1  # Until it is read again (the step of a failed run).
     loss_value = run_values.results
-    if math.isnan(loss_value):
+    if not math.isfinite(loss_value):
       self._read_global_step(run_context.session)
-      raise NanLossError(nan_loss_message(self.step, self._train_dir))
+      raise NanLossError(nan_loss_message(self.step, self._train_dir,
+                                          loss_value))
     now = time.time()
     if self._last_log_step is None:
       # The first step includes the input queue's warm-up: time from here.
@@ -106,11 +107,11 @@ class _LoggerHook(tf.train.SessionRunHook):
       duration = now - self._last_log_time
       examples_per_sec = self._batch_size * batches / duration
       sec_per_batch = duration / batches
+      self._read_global_step(run_context.session)
       if self._worker_name is None:
         line = LOG_LINE_FORMAT % (datetime.now(), self.step, loss_value,
                                   examples_per_sec, sec_per_batch)
       else:
-        self._read_global_step(run_context.session)
         line = WORKER_LOG_LINE_FORMAT % (
             datetime.now(), self._worker_name, self.step, loss_value,
             examples_per_sec, sec_per_batch)
@@ -129,9 +130,8 @@ class _LoggerHook(tf.train.SessionRunHook):
     self._read_global_step(session)
 
   def _read_global_step(self, session):
-    """A worker's step is the global step: read it (one more round trip)."""
-    if self._worker_name is not None:
-      self.step = session.run(self._global_step_tensor)
+    """The global step, read in a run of its own."""
+    self.step = session.run(self._global_step_tensor)
 
 
 class _QueueWarmupHook(tf.train.SessionRunHook):
@@ -192,6 +192,27 @@ class _QueueWarmupHook(tf.train.SessionRunHook):
     self._stop_reporting()
 
 
+class _CheckpointSaverHook(tf.train.CheckpointSaverHook):
+  """tf.train.CheckpointSaverHook, which never writes again a checkpoint of
+  a step that the training directory holds already.
+
+  TensorFlow's saves one as each session starts: a training resumed from a
+  checkpoint (or a session recreated after a parameter server's restart)
+  would write that checkpoint's files again, while evaluation may be
+  reading them.
+  """
+
+  def __init__(self, checkpoint_dir, **kwargs):
+    super().__init__(checkpoint_dir, **kwargs)
+    self._directory = checkpoint_dir
+
+  def _save(self, session, step):
+    latest = tf.train.latest_checkpoint(self._directory)
+    if latest and latest.endswith('-%d' % step):
+      return False  # Saved already; nothing asks to stop.
+    return super()._save(session, step)
+
+
 # The training loop.
 
 
@@ -249,7 +270,7 @@ def run_training(train_op, loss, params, batches_per_step=1, config=None,
       names go with the checkpoints).
     batches_per_step: Batches of params.batch_size images trained on per
       step: one per tower.
-    config: tf.ConfigProto of the session; cifar10_params.session_config()
+    config: tf.ConfigProto of the session; cifar10_devices.session_config()
       by default.
     master: The TensorFlow server to run on (a distributed worker's); in
       this process by default.
@@ -271,7 +292,7 @@ def run_training(train_op, loss, params, batches_per_step=1, config=None,
                        train_dir if is_chief else None, worker_name)
   hooks = [tf.train.StopAtStepHook(last_step=params.max_steps), logger,
            _QueueWarmupHook()] + list(hooks)
-  config = config or cifar10_params.session_config(params)
+  config = config or cifar10_devices.session_config(params)
   # Relative paths in the 'checkpoint' file: the train dir can be moved.
   scaffold = tf.train.Scaffold(
       saver=tf.train.Saver(sharded=True, save_relative_paths=True))
@@ -350,9 +371,8 @@ def _write_as_chief(train_op, logger, hooks, scaffold, resume_from, params,
                                 output_dir=train_dir, scaffold=scaffold),
       # After the logger, so that a NaN step stops training before it is
       # saved.
-      tf.train.CheckpointSaverHook(train_dir,
-                                   save_secs=params.save_checkpoint_secs,
-                                   scaffold=scaffold),
+      _CheckpointSaverHook(train_dir, save_secs=params.save_checkpoint_secs,
+                           scaffold=scaffold),
   ]
   summary_writer = cifar10_files.SummaryWriter.for_hooks(train_dir)
   try:
@@ -381,7 +401,7 @@ def _train_until_done(train_op, logger, hooks, session_creator, train_dir,
         except tf.errors.InvalidArgumentError as e:
           # A summary step runs the histograms before the logger sees the
           # loss.
-          if 'Nan in summary histogram' in e.message:
+          if re.search('(Nan|Infinity) in summary histogram', e.message):
             raise NanLossError(nan_loss_message(logger.step + 1,
                                                 train_dir)) from None
           raise

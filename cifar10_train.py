@@ -43,15 +43,16 @@ def train(params):
     params: cifar10_params.Params.
   """
   with tf.Graph().as_default():
-    # Get images and labels for CIFAR-10.
-    # Force input pipeline to CPU:0 to avoid operations sometimes ending up on
-    # GPU and resulting in a slow down. The global step too, with the
-    # variables: the update and the moving averages run there.
+    # The global step on the CPU, with the variables: the update and the
+    # moving averages run there.
     with tf.device('/cpu:0'):
       global_step = tf.train.get_or_create_global_step()
-      images, labels = cifar10.distorted_inputs(
-          params.data_dir, params.batch_size, params.compute_dtype,
-          params.min_fraction_of_examples_in_queue)
+
+    # Get images and labels for CIFAR-10 (the input pipeline runs on the
+    # CPU, whatever device the model is on).
+    images, labels = cifar10.distorted_inputs(
+        params.data_dir, params.batch_size, params.compute_dtype,
+        params.min_fraction_of_examples_in_queue)
 
     # Build a Graph that computes the logits predictions from the
     # inference model.
@@ -67,7 +68,8 @@ def train(params):
         loss, global_step, examples_per_step=params.batch_size,
         examples_per_epoch=params.num_examples(),
         initial_learning_rate=params.initial_learning_rate,
-        loss_scale=params.loss_scale)
+        loss_scale=(cifar10.float16_loss_scale() if params.loss_scaling
+                    else None))
 
     cifar10_runtime.run_training(train_op, loss, params)
 

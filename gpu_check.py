@@ -7,17 +7,17 @@ README's "On GPUs"), on small synthetic data of the real layout, in float32
 and with --mixed_precision, it:
 
 1. traces a training step on the first GPU and counts the ops that ran on a
-   GPU and on the CPU; and compares two towers' gradients (one per GPU) with
-   one tower's;
+   GPU and on the CPU (and the GPU's kernels and copies); and compares two
+   towers' gradients (one per GPU) with one tower's;
 2. runs, each in its own process, cifar10_train.py on one GPU
    (--training_steps, 200), cifar10_multi_gpu_train.py with 1 tower and with
    one per GPU, and cifar10_eval.py --run_once on that GPU while
    cifar10_train.py trains on it (GPU memory growth lets both fit).
 
-It prints a table (examples/sec, peak GPU memory of each process, precision
-@ 1) and writes the figures as JSON. With no GPU it says so in one line and
-exits 0; the checks that need no GPU (the kernel registry's) are the tests
-of tests/test_gpu_placement.py.
+It prints a table (examples/sec, the peak GPU memory of each run, read per
+GPU from nvidia-smi, precision @ 1) and writes the figures as JSON. With no
+GPU it says so in one line and exits 0; the checks that need no GPU (the
+kernel registry's) are the tests of tests/test_gpu_placement.py.
 """
 
 import json
@@ -33,11 +33,14 @@ import numpy as np
 
 import cifar10
 import cifar10_common
+import cifar10_devices
+import cifar10_flags
 import cifar10_input
 import cifar10_params
 import cifar10_runtime
 from cifar10_quiet import tf
 
+cifar10_flags.define('batch_size')
 flags.DEFINE_integer('training_steps', 200, 'Training steps of each run.',
                      lower_bound=20)
 flags.DEFINE_string('figures_json', 'gpu_check.json',
@@ -46,31 +49,60 @@ flags.DEFINE_string('figures_json', 'gpu_check.json',
 FLAGS = flags.FLAGS
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 
+# The memory used on each GPU, in MiB, a line per GPU: 'index, MiB'. Per GPU,
+# not per process: in a container, nvidia-smi gives the host's process IDs,
+# which match none of the container's.
+NVIDIA_SMI_MEMORY = ['nvidia-smi', '--query-gpu=index,memory.used',
+                     '--format=csv,noheader,nounits']
 
-class _GpuMemoryWatcher(object):
-  """Polls nvidia-smi: the peak GPU memory of each process, in MiB."""
 
-  def __init__(self, interval_secs=0.2):
-    self.peaks = {}
+def parse_gpu_memory(output):
+  """{GPU index: MiB used} of NVIDIA_SMI_MEMORY's output."""
+  used = {}
+  for line in output.splitlines():
+    index, _, mib = line.partition(',')
+    if index.strip().isdigit() and mib.strip().isdigit():
+      used[int(index)] = int(mib)
+  return used
+
+
+class GpuMemoryWatcher(object):
+  """Polls nvidia-smi: the memory used on the GPUs, over time.
+
+  `peak_during(start, end)` is the most the GPUs held together between two
+  times, less what they held before `start`: a run's peak, where the runs
+  come one after the other.
+  """
+
+  def __init__(self, interval_secs=0.2, query=NVIDIA_SMI_MEMORY):
+    self.samples = []  # (time, total MiB of all GPUs).
+    self._query = query
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._watch, args=(interval_secs,),
                                     daemon=True)
     self._thread.start()
 
   def _watch(self, interval_secs):
-    while not self._stop.wait(interval_secs):
+    while True:
       try:
-        output = subprocess.run(
-            ['nvidia-smi', '--query-compute-apps=pid,used_memory',
-             '--format=csv,noheader,nounits'], capture_output=True, text=True,
-            timeout=10, check=False).stdout
+        output = subprocess.run(self._query, capture_output=True, text=True,
+                                timeout=10, check=False).stdout
       except (OSError, subprocess.TimeoutExpired):
         return  # No nvidia-smi: no memory figures.
-      for line in output.splitlines():
-        pid, _, used = line.partition(',')
-        if pid.strip().isdigit() and used.strip().isdigit():
-          pid, used = int(pid), int(used)
-          self.peaks[pid] = max(self.peaks.get(pid, 0), used)
+      used = parse_gpu_memory(output)
+      if used:
+        self.samples.append((time.time(), sum(used.values())))
+      if self._stop.wait(interval_secs):
+        return
+
+  def peak_during(self, start, end):
+    """The peak MiB between `start` and `end` above the level before; None
+    without samples."""
+    before = [mib for when, mib in self.samples if when < start]
+    during = [mib for when, mib in self.samples if start <= when <= end]
+    if not during:
+      return None
+    return max(during) - (before[-1] if before else 0)
 
   def stop(self):
     self._stop.set()
@@ -105,100 +137,112 @@ def _precision(lines):
   return None
 
 
-def run_checks(data_dir, work_dir, num_gpus):
-  """Every run; returns the rows of the table."""
+def run_checks(data_dir, work_dir, num_gpus, watcher):
+  """Every run, one after the other; returns the rows of the table."""
   rows = []
-  watcher = _GpuMemoryWatcher()
-  try:
-    common = ['--data_dir=' + data_dir,
-              '--max_steps=%d' % FLAGS.training_steps,
-              '--log_frequency=10']
-    for precision_flag in ([], ['--mixed_precision']):
-      label = ' (mixed precision)' if precision_flag else ''
-      runs = [('cifar10_train.py, 1 GPU' + label, 'cifar10_train.py', [],
-               {'CUDA_VISIBLE_DEVICES': '0'})]
-      for towers in sorted({1, num_gpus}):
-        runs.append(('cifar10_multi_gpu_train.py, %d tower(s)%s' % (
-            towers, label), 'cifar10_multi_gpu_train.py',
-                     ['--num_gpus=%d' % towers], None))
-      for name, script, args, env in runs:
-        train_dir = tempfile.mkdtemp(dir=work_dir)
-        process = _start(script, common + args + precision_flag +
-                         ['--train_dir=' + train_dir], env)
-        lines = _finish(process, name)
-        rows.append({'run': name, 'examples_per_sec': _examples_per_sec(lines),
-                     'peak_gpu_mib': watcher.peaks.get(process.pid)})
-      # Evaluation beside training, on one GPU.
+  common = ['--data_dir=' + data_dir,
+            '--max_steps=%d' % FLAGS.training_steps,
+            '--batch_size=%d' % FLAGS.batch_size, '--log_frequency=10']
+  one_gpu = {'CUDA_VISIBLE_DEVICES': '0'}
+  for precision_flag in ([], ['--mixed_precision']):
+    label = ' (mixed precision)' if precision_flag else ''
+    runs = [('cifar10_train.py, 1 GPU' + label, 'cifar10_train.py', [],
+             one_gpu)]
+    for towers in sorted({1, num_gpus}):
+      runs.append(('cifar10_multi_gpu_train.py, %d tower(s)%s' % (
+          towers, label), 'cifar10_multi_gpu_train.py',
+                   ['--num_gpus=%d' % towers], None))
+    for name, script, args, env in runs:
       train_dir = tempfile.mkdtemp(dir=work_dir)
-      one_gpu = {'CUDA_VISIBLE_DEVICES': '0'}
-      # A first checkpoint, for evaluation to find at once.
-      _finish(_start('cifar10_train.py', common + precision_flag + [
-          '--train_dir=' + train_dir, '--max_steps=20'], one_gpu),
-              'a first checkpoint')
-      training = _start('cifar10_train.py', common + precision_flag + [
-          '--train_dir=' + train_dir], one_gpu)
-      evaluation = _start('cifar10_eval.py', [
-          '--data_dir=' + data_dir, '--checkpoint_dir=' + train_dir,
-          '--eval_dir=' + tempfile.mkdtemp(dir=work_dir), '--run_once'],
-                          one_gpu)
-      eval_lines = _finish(evaluation, 'evaluation beside training')
-      train_lines = _finish(training, 'training beside evaluation')
-      rows.append({'run': 'training beside evaluation, 1 GPU' + label,
-                   'examples_per_sec': _examples_per_sec(train_lines),
-                   'peak_gpu_mib': watcher.peaks.get(training.pid)})
-      rows.append({'run': 'evaluation beside training, 1 GPU' + label,
-                   'precision': _precision(eval_lines),
-                   'peak_gpu_mib': watcher.peaks.get(evaluation.pid)})
-  finally:
-    watcher.stop()
+      started = time.time()
+      lines = _finish(_start(script, common + args + precision_flag +
+                             ['--train_dir=' + train_dir], env), name)
+      rows.append({'run': name, 'examples_per_sec': _examples_per_sec(lines),
+                   'peak_gpu_mib': watcher.peak_during(started, time.time())})
+    # Evaluation beside training, on one GPU, from a first checkpoint that
+    # evaluation finds at once (the training resumes from it and, having
+    # it, does not write it again while evaluation reads it).
+    train_dir = tempfile.mkdtemp(dir=work_dir)
+    _finish(_start('cifar10_train.py', common + precision_flag + [
+        '--train_dir=' + train_dir, '--max_steps=10'], one_gpu),
+            'a first checkpoint')
+    started = time.time()
+    training = _start('cifar10_train.py', common + precision_flag + [
+        '--train_dir=' + train_dir], one_gpu)
+    evaluation = _start('cifar10_eval.py', [
+        '--data_dir=' + data_dir, '--checkpoint_dir=' + train_dir,
+        '--batch_size=%d' % FLAGS.batch_size,
+        '--eval_dir=' + tempfile.mkdtemp(dir=work_dir), '--run_once'] +
+                        precision_flag, one_gpu)
+    eval_lines = _finish(evaluation, 'evaluation beside training')
+    train_lines = _finish(training, 'training beside evaluation')
+    rows.append({'run': 'training and evaluation together, 1 GPU' + label,
+                 'examples_per_sec': _examples_per_sec(train_lines),
+                 'precision': _precision(eval_lines),
+                 'peak_gpu_mib': watcher.peak_during(started, time.time())})
   return rows
 
 
-def placement_of_a_step(data_dir, device, mixed_precision=False):
+def placement_of_a_step(data_dir, device, mixed_precision=False,
+                        batch_size=cifar10.BATCH_SIZE):
   """Runs one traced training step with the model on `device`.
 
   Returns:
-    {device name: number of ops that ran there}.
+    count_placement() of its trace.
   """
-  params = cifar10_params.Params(data_dir=data_dir, batch_size=128,
-                                  mixed_precision=mixed_precision)
+  params = cifar10_params.Params(data_dir=data_dir, batch_size=batch_size,
+                                 mixed_precision=mixed_precision)
   with tf.Graph().as_default():
     with tf.device('/cpu:0'):
       global_step = tf.train.get_or_create_global_step()
-      images, labels = cifar10.distorted_inputs(
-          data_dir, params.batch_size, params.compute_dtype)
+    images, labels = cifar10.distorted_inputs(
+        data_dir, params.batch_size, params.compute_dtype)
+    # As cifar10_train.py builds it: the model on the device, the update
+    # with the variables.
     with tf.device(device):
       loss = cifar10.loss(cifar10.inference(
           images, variable_dtype=params.variable_dtype), labels)
-      train_op = cifar10.train(loss, global_step,
-                               loss_scale=params.loss_scale)
-    config = cifar10_params.session_config(params, allow_soft_placement=True)
+    train_op = cifar10.train(
+        loss, global_step, examples_per_step=batch_size,
+        loss_scale=(cifar10.float16_loss_scale() if params.loss_scaling
+                    else None))
+    config = cifar10_devices.session_config(params, allow_soft_placement=True)
     with tf.train.MonitoredSession(session_creator=tf.train.ChiefSessionCreator(
         config=config)) as sess:
       sess.run(train_op)  # The first step: warm-up.
       metadata = tf.RunMetadata()
       sess.run(train_op, options=tf.RunOptions(
           trace_level=tf.RunOptions.FULL_TRACE), run_metadata=metadata)
-  counts = {}
-  for stats in metadata.step_stats.dev_stats:
-    kind = tf.DeviceSpec.from_string(stats.device).device_type
-    counts[kind] = counts.get(kind, 0) + len(stats.node_stats)
-  return counts
+  return count_placement(metadata.step_stats)
 
 
-def towers_equal_one(devices, mixed_precision=False):
+def count_placement(step_stats):
+  """What a traced step ran where: {'ops': {device type: ops that ran
+  there}, 'gpu_kernels': kernels run on GPUs, 'gpu_copies': copies to, from
+  and between GPUs} (each once: see cifar10_devices.trace_device)."""
+  kernels, copies = cifar10_devices.gpu_kernels_and_copies(step_stats)
+  return {'ops': cifar10_devices.ops_by_device(step_stats),
+          'gpu_kernels': kernels, 'gpu_copies': copies}
+
+
+def towers_equal_one(devices, mixed_precision=False, images_per_step=128):
   """The largest relative difference between the gradients of one tower of
-  128 images and the mean of two towers of 64, on `devices` (two)."""
+  `images_per_step` images and the mean of two towers of half as many, on
+  `devices` (two)."""
   rng = np.random.default_rng(7)
-  images = rng.normal(size=(128, 24, 24, 3)).astype(np.float32)
-  labels = rng.integers(0, 10, size=128).astype(np.int32)
+  half = images_per_step // 2
+  images = rng.normal(size=(2 * half, 24, 24, 3)).astype(np.float32)
+  labels = rng.integers(0, 10, size=2 * half).astype(np.int32)
   params = cifar10_params.Params(mixed_precision=mixed_precision)
   results, initial = [], None
   for halves in (False, True):
     with tf.Graph().as_default():
       tower_grads = []
+      loss_scale = (cifar10.float16_loss_scale() if params.loss_scaling
+                    else None)
       with tf.variable_scope(tf.get_variable_scope()):
-        parts = [slice(0, 64), slice(64, 128)] if halves else [slice(0, 128)]
+        parts = ([slice(0, half), slice(half, 2 * half)] if halves
+                 else [slice(0, 2 * half)])
         for i, part in enumerate(parts):
           with tf.device(devices[i]), tf.name_scope('tower_%d' % i) as scope:
             logits = cifar10.inference(
@@ -208,17 +252,19 @@ def towers_equal_one(devices, mixed_precision=False):
             # This tower's terms only: the collection holds every tower's.
             loss = tf.add_n(tf.get_collection('losses', scope))
             tower_grads.append(
-                [g for g, _ in cifar10.gradients(loss, params.loss_scale)])
+                [g for g, _ in cifar10.gradients(loss, loss_scale)])
             tf.get_variable_scope().reuse_variables()
       mean = [tf.add_n(list(g)) / len(g) for g in zip(*tower_grads)]
       variables = tf.trainable_variables()
-      with tf.Session(config=cifar10_params.session_config(
+      # The same weights for both.
+      values = [tf.placeholder(v.dtype.base_dtype, v.shape) for v in variables]
+      assign = [v.assign(value) for v, value in zip(variables, values)]
+      with tf.Session(config=cifar10_devices.session_config(
           params, allow_soft_placement=True)) as sess:
         sess.run(tf.global_variables_initializer())
-        if initial is None:  # The same weights for both.
+        if initial is None:
           initial = sess.run(variables)
-        for variable, value in zip(variables, initial):
-          variable.load(value, sess)
+        sess.run(assign, dict(zip(values, initial)))
         results.append(sess.run(mean))
   return max(float(np.max(np.abs(b - a)) / (np.max(np.abs(a)) or 1.0))
              for a, b in zip(*results))
@@ -243,17 +289,21 @@ def _table(rows):
     print('%-52s %14s %12s %10s' % (
         row['run'], '%.1f' % row['examples_per_sec']
         if row.get('examples_per_sec') else '',
-        row.get('peak_gpu_mib') or '', '%.3f' % row['precision']
-        if row.get('precision') is not None else ''))
+        row['peak_gpu_mib'] if row.get('peak_gpu_mib') is not None else '',
+        '%.3f' % row['precision'] if row.get('precision') is not None
+        else ''))
 
 
 def main(argv):
   del argv
-  found = cifar10_params.gpus()
+  found = cifar10_devices.gpus()
   if not found:
     print('No GPU found: nothing to check on this machine (the checks that '
           'need none are tests/test_gpu_placement.py).')
     return
+  for warning in cifar10_devices.warnings(cifar10_params.Params()):
+    sys.stderr.write('Warning: %s\n' % warning)
+    sys.stderr.flush()
   work_dir = tempfile.mkdtemp(prefix='cifar10_gpu_check_')
   data_dir = os.path.join(work_dir, 'data')
   _synthetic_data(data_dir)
@@ -265,13 +315,21 @@ def main(argv):
   two = ['/gpu:0', '/gpu:1' if len(found) > 1 else '/gpu:0']
   for mixed in (False, True):
     key = 'mixed precision' if mixed else 'float32'
-    figures['placement'][key] = placement_of_a_step(data_dir, '/gpu:0', mixed)
-    figures['towers_equal_one'][key] = towers_equal_one(two, mixed)
-    print('%s: ops of a step by device %s; two towers vs one, largest '
-          'relative gradient difference %.2g' % (
-              key, figures['placement'][key],
+    figures['placement'][key] = placement_of_a_step(
+        data_dir, '/gpu:0', mixed, FLAGS.batch_size)
+    figures['towers_equal_one'][key] = towers_equal_one(two, mixed,
+                                                        FLAGS.batch_size)
+    print('%s: ops of a step by device %s (GPU kernels %d, copies %d); two '
+          'towers vs one, largest relative gradient difference %.2g' % (
+              key, figures['placement'][key]['ops'],
+              figures['placement'][key]['gpu_kernels'],
+              figures['placement'][key]['gpu_copies'],
               figures['towers_equal_one'][key]), flush=True)
-  figures['runs'] = run_checks(data_dir, work_dir, len(found))
+  watcher = GpuMemoryWatcher()
+  try:
+    figures['runs'] = run_checks(data_dir, work_dir, len(found), watcher)
+  finally:
+    watcher.stop()
   _table(figures['runs'])
   figures['seconds'] = time.time() - started
   with open(FLAGS.figures_json, 'w') as f:

@@ -48,9 +48,10 @@ SMALL_QUEUE_FRACTION = 0.625
 
 # The files whose tests take longest, longest first: they start first, on
 # different workers, and the short ones fill in at the end.
-LONGEST_FIRST = ['test_distributed.py', 'test_benchmark.py',
-                 'test_own_data.py', 'test_faults.py', 'test_multi_gpu.py',
-                 'test_writers_and_full_disk.py', 'test_train_eval.py']
+LONGEST_FIRST = ['test_gpu_check.py', 'test_distributed.py',
+                 'test_benchmark.py', 'test_own_data.py', 'test_faults.py',
+                 'test_multi_gpu.py', 'test_writers_and_full_disk.py',
+                 'test_train_eval.py']
 
 
 def pytest_collection_modifyitems(items):

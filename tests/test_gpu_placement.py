@@ -17,6 +17,8 @@ import pytest
 from tensorflow.python.framework import kernels
 
 import cifar10
+import cifar10_checkpoint
+import cifar10_devices
 import cifar10_multi_gpu_train
 import cifar10_params
 import cifar10_runtime
@@ -121,6 +123,10 @@ MODEL_VARIABLES = {'%s/%s' % (layer, kind)
                    for kind in ['weights', 'biases']}
 
 
+# The float16 loss scale (cifar10.float16_loss_scale), read by the towers.
+_LOSS_SCALE = {'loss_scale/current_loss_scale'}
+
+
 def _variable_of_read(tensor, graph):
   """The variable a ReadVariableOp reads, or None."""
   if tensor.op.type != 'ReadVariableOp':
@@ -179,7 +185,7 @@ PRECISIONS = {'float32': {}, 'use_fp16': {'use_fp16': True},
 @pytest.fixture(params=sorted(PRECISIONS))
 def gpu_params(request, data_dir, monkeypatch):
   # As on a machine with GPUs: mixed precision then computes in float16.
-  monkeypatch.setattr(cifar10_params, 'gpus',
+  monkeypatch.setattr(cifar10_devices, 'gpus',
                       lambda: ['/physical_device:GPU:0'])
   params = cifar10_params.Params(data_dir=data_dir, batch_size=16,
                                   **PRECISIONS[request.param])
@@ -189,22 +195,26 @@ def gpu_params(request, data_dir, monkeypatch):
 
 
 def _loss_scales(graph):
-  """The constants the training graph multiplies its total losses by, before
-  the gradients (mixed precision's loss scaling)."""
+  """What the training graph multiplies its total losses by, before the
+  gradients (mixed precision's loss scaling): the variables read."""
   return sorted(
-      float(tf.get_static_value(factor))
+      factor.op.inputs[0].op.name
       for op in graph.get_operations()
       if op.type == 'Mul' and 'gradients' not in op.name.split('/')
       for loss, factor in [op.inputs, op.inputs[::-1]]
       if re.search(r'(^|/)total_loss(_\d+)?$', loss.op.name) and
-      tf.get_static_value(factor) is not None)
+      factor.op.type == 'ReadVariableOp')
 
 
 def _check_loss_scale(graph, params, towers):
-  """float16 computation of float32 variables: each tower's loss x 128."""
+  """float16 computation of float32 variables: each tower's loss times the
+  dynamic loss scale, a variable on the CPU."""
   scaled = params.mixed_precision  # Here: float16, as on a GPU.
   assert _loss_scales(graph) == (
-      [cifar10.FLOAT16_LOSS_SCALE] * towers if scaled else [])
+      ['loss_scale/current_loss_scale'] * towers if scaled else [])
+  if scaled:
+    scale = graph.get_operation_by_name('loss_scale/current_loss_scale')
+    assert _on_cpu(scale, graph)
 
 
 def _gradients_applied(graph, to_cpu):
@@ -225,15 +235,23 @@ def test_one_gpu_training_graph(gpu_params, monkeypatch):
   to_gpu, to_cpu = crossings['to GPU'], crossings['to CPU']
   reads = {_variable_of_read(graph.get_tensor_by_name(t), graph)
            for t in to_gpu} - {None}
-  assert reads == MODEL_VARIABLES
+  # With float16 loss scaling, the scale too (a scalar).
+  assert reads == MODEL_VARIABLES | (_LOSS_SCALE if gpu_params.mixed_precision
+                                     else set())
   batch = [t for t in to_gpu if not _variable_of_read(
       graph.get_tensor_by_name(t), graph)]
   assert len(batch) == 2  # Images and labels.
-  assert len(to_gpu) <= 2 + 12  # local3 and local4 weights read twice.
+  # local3 and local4 weights read twice.
+  assert len(to_gpu) <= 2 + 12 + len(reads - MODEL_VARIABLES)
   assert len(to_cpu) == 10  # One gradient per variable.
+  # Applied; with float16 loss scaling, if all are finite (TensorFlow's
+  # loss-scale optimizer: IsFinite, then If), and summarised as applied
+  # (Select).
   assert {op.type for name in to_cpu
           for op in graph.get_tensor_by_name(name).consumers()} - (
-              SUMMARY_OP_TYPES) == {'ResourceApplyGradientDescent'}
+              SUMMARY_OP_TYPES) == (
+                  {'IsFinite', 'If', 'Select'} if gpu_params.mixed_precision
+                  else {'ResourceApplyGradientDescent'})
 
 
 def test_two_gpu_towers_graph(gpu_params, monkeypatch):
@@ -251,8 +269,9 @@ def test_two_gpu_towers_graph(gpu_params, monkeypatch):
     mine = [t for t in to_gpu if t.startswith('tower_%d/' % tower)]
     reads = {_variable_of_read(graph.get_tensor_by_name(t), graph)
              for t in mine} - {None}
-    assert reads == MODEL_VARIABLES
-    assert len(mine) <= 2 + 12
+    assert reads == MODEL_VARIABLES | (
+        _LOSS_SCALE if gpu_params.mixed_precision else set())
+    assert len(mine) <= 2 + 12 + len(reads - MODEL_VARIABLES)
   # In: one batch per tower (a dequeue of the shared prefetch queue); out:
   # each tower's gradients and loss terms, averaged on the CPU.
   batches = [t for t in to_gpu if not _variable_of_read(
@@ -263,3 +282,69 @@ def test_two_gpu_towers_graph(gpu_params, monkeypatch):
                              'tower_1/fifo_queue_Dequeue:1']
   assert len(to_cpu) <= 2 * (10 + 3 + 1)
   _gradients_applied(graph, to_cpu)
+
+
+def _input_pipeline(graph, model_input):
+  """The ops that make a batch, up to the model's input tensor: those it is
+  computed from, and the queue runners' (readers, decoding, crops) that fill
+  the queues it is dequeued from."""
+  from tensorflow.python.ops import op_selector  # pylint: disable=g-import-not-at-top
+  ends = [model_input.op] + [
+      op for runner in graph.get_collection(tf.GraphKeys.QUEUE_RUNNERS)
+      for op in runner.enqueue_ops]
+  return [op for op in op_selector.get_backward_walk_ops(ends)
+          if op.type not in ('VarHandleOp', 'ReadVariableOp', 'Const')]
+
+
+def _first_convolution_input(graph):
+  convolutions = [op for op in graph.get_operations()
+                  if op.type == 'Conv2D' and op.name.endswith('conv1/Conv2D')]
+  return convolutions[0].inputs[0]
+
+
+@pytest.mark.parametrize('precision', sorted(PRECISIONS))
+def test_evaluation_prediction_and_export_prepare_images_on_the_cpu(
+    precision, trained, tmp_path, monkeypatch):
+  # Their images are read (or fed), decoded, cropped and standardised on the
+  # CPU, and cross to the GPU once, as a batch; where a GPU kernel exists for
+  # these ops, unpinned, they would run on the GPU, each record or image
+  # going CPU -> GPU -> CPU in the reader threads.
+  import cifar10_classifier  # pylint: disable=g-import-not-at-top
+  import cifar10_eval  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(cifar10_devices, 'gpus',
+                      lambda: ['/physical_device:GPU:0'])
+  data_dir, train_dir, _ = trained
+  params = cifar10_params.Params(
+      data_dir=data_dir, checkpoint_dir=train_dir, batch_size=16,
+      eval_dir=str(tmp_path / 'eval'), run_once=True, **PRECISIONS[precision])
+  graphs = {}
+
+  class Captured(Exception):
+    pass
+
+  def capture(*args, **kwargs):
+    graphs['evaluation'] = tf.get_default_graph()
+    raise Captured()
+
+  monkeypatch.setattr(cifar10_eval, '_evaluate_checkpoints', capture)
+  with pytest.raises(Captured):
+    cifar10_eval.evaluate(params)
+  # A classifier restores the checkpoint: float32 weights, or float16 ones.
+  if precision == 'use_fp16':
+    monkeypatch.setattr(cifar10_checkpoint, 'restore', lambda *args: None)
+    monkeypatch.setattr(cifar10_checkpoint, 'check_checkpoint',
+                        lambda *args: None)
+  for any_size in (False, True):  # Prediction's, and export's.
+    classifier = cifar10_classifier.Classifier(train_dir, any_size=any_size,
+                                               params=params)
+    classifier.close()
+    graphs['any size' if any_size else '32x32'] = classifier.graph
+  for what, graph in graphs.items():
+    model_input = _first_convolution_input(graph)
+    pipeline = _input_pipeline(graph, model_input)
+    assert len(pipeline) > (20 if what == 'evaluation' else 5), what
+    assert not [op.name for op in pipeline if not _on_cpu(op, graph)], what
+    # The model itself is not pinned: it goes to the GPU.
+    convolution, = [op for op in model_input.consumers()
+                    if op.type == 'Conv2D']
+    assert not _on_cpu(convolution, graph), what

@@ -2,18 +2,23 @@
 CPUs), checked here without a GPU."""
 
 import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import cifar10
 import cifar10_classifier
+import cifar10_devices
 import cifar10_eval
 import cifar10_params
 import cifar10_quiet
 import cifar10_train
 from cifar10_quiet import tf
 from conftest import LEARNING_RATE
+from conftest import REPO_DIR
 from helpers import cross_entropy_on_test_set
 from helpers import EVAL_LINE
 from helpers import run_main
@@ -44,7 +49,7 @@ def test_mixed_precision_is_float32_variables_and_low_precision_compute():
   assert loss_value == pytest.approx(4.6, abs=0.2)
 
 
-def _gradients_of_a_confident_model(compute_dtype, loss_scale):
+def _gradients_of_a_confident_model(compute_dtype, loss_scaled):
   """{variable: gradient} of float32 variables, computed in `compute_dtype`,
   for a model that is sure of the right class: tiny gradients."""
   rng = np.random.default_rng(1)
@@ -54,7 +59,8 @@ def _gradients_of_a_confident_model(compute_dtype, loss_scale):
     logits = cifar10.inference(tf.cast(tf.constant(images), compute_dtype),
                                variable_dtype=tf.float32)
     loss = cifar10.loss(logits, tf.zeros([4], tf.int32))  # All class 0,
-    pairs = cifar10.gradients(loss, loss_scale)
+    pairs = cifar10.gradients(
+        loss, cifar10.float16_loss_scale() if loss_scaled else None)
     with tf.Session() as sess:
       sess.run(tf.global_variables_initializer())
       biases, = [v for v in tf.trainable_variables()
@@ -69,24 +75,22 @@ def test_float16_on_a_gpu_scales_the_loss_so_small_gradients_survive(
   # Here, with no GPU: bfloat16, which has float32's range; no scaling.
   params = cifar10_params.Params(mixed_precision=True)
   assert (params.variable_dtype, params.compute_dtype,
-          params.loss_scale) == (tf.float32, tf.bfloat16, 1.0)
+          params.loss_scaling) == (tf.float32, tf.bfloat16, False)
   # Where a GPU is: float16, whose smallest number is 6e-8; the loss, and
-  # so its gradients, times 128.
-  monkeypatch.setattr(cifar10_params, 'gpus',
+  # so its gradients, times TensorFlow's dynamic loss scale, 2**15 at first.
+  monkeypatch.setattr(cifar10_devices, 'gpus',
                       lambda: ['/physical_device:GPU:0'])
   params = cifar10_params.Params(mixed_precision=True)
   assert (params.variable_dtype, params.compute_dtype,
-          params.loss_scale) == (tf.float32, tf.float16, 128.0)
-  assert cifar10.FLOAT16_LOSS_SCALE == 128.0
+          params.loss_scaling) == (tf.float32, tf.float16, True)
 
   # What it is for: a model sure of its answers has gradients of 1e-7 in its
   # lower layers, which float16 rounds to 0 (measured: 81% of conv1's
   # weights' gradients), unless the loss is scaled, then the gradients
-  # unscaled in float32 (then off float32's by 6%, 1% for conv2).
-  exact = _gradients_of_a_confident_model(tf.float32, 1.0)
-  unscaled = _gradients_of_a_confident_model(tf.float16, 1.0)
-  scaled = _gradients_of_a_confident_model(tf.float16,
-                                           cifar10.FLOAT16_LOSS_SCALE)
+  # unscaled in float32.
+  exact = _gradients_of_a_confident_model(tf.float32, False)
+  unscaled = _gradients_of_a_confident_model(tf.float16, False)
+  scaled = _gradients_of_a_confident_model(tf.float16, True)
 
   def error(gradients, name):
     return np.abs(gradients[name] - exact[name]).sum() / np.abs(
@@ -96,6 +100,49 @@ def test_float16_on_a_gpu_scales_the_loss_so_small_gradients_survive(
     assert np.abs(exact[name]).mean() < 1e-6, name
     assert error(unscaled, name) > 0.5, name
     assert error(scaled, name) < 0.1, name
+
+
+def _float16_step(inputs):
+  """A float16 computation of one float32 variable w = [1, 1, 1, 1], with
+  the loss sum(w * inputs), trained by cifar10.train with the float16 loss
+  scale: (session, train op, w, global step, the scale's two variables, the
+  summaries)."""
+  with tf.device('/cpu:0'):
+    global_step = tf.train.get_or_create_global_step()
+  weights = tf.get_variable('w', initializer=tf.ones([4]))
+  product = tf.cast(weights, tf.float16) * tf.constant(inputs, tf.float16)
+  loss = tf.reduce_sum(tf.cast(product, tf.float32))
+  loss_scale = cifar10.float16_loss_scale()
+  train_op = cifar10.train(loss, global_step, examples_per_step=4,
+                           examples_per_epoch=4, loss_scale=loss_scale)
+  by_name = {v.op.name: v for v in tf.global_variables()}
+  return (train_op, weights, global_step,
+          by_name['loss_scale/current_loss_scale'],
+          by_name['loss_scale/good_steps'], tf.summary.merge_all())
+
+
+def test_a_float16_step_whose_gradients_overflow_is_skipped():
+  # The gradient of w is the loss scale (2**15 at first) times the inputs,
+  # in float16: at 3, 98304, past float16's largest number (65504): not
+  # finite. That step makes no update (w and the global step unchanged) and
+  # halves the scale; the next, at 2**14 x 3, is applied, unscaled.
+  with tf.Graph().as_default():
+    train_op, weights, global_step, scale, good_steps, summaries = (
+        _float16_step([3.0, 3.0, 3.0, 3.0]))
+    fetch = [weights, global_step, scale, good_steps]
+    with tf.Session() as sess:
+      sess.run(tf.global_variables_initializer())
+      assert sess.run(scale) == 2.0 ** 15
+      # With the summaries: the gradients' histograms show what is applied
+      # (no inf, which a histogram refuses).
+      sess.run([train_op, summaries])
+      w, step, current, good = sess.run(fetch)
+      np.testing.assert_array_equal(w, [1, 1, 1, 1])
+      assert (step, current, good) == (0, 2.0 ** 14, 0)
+      sess.run([train_op, summaries])
+      w, step, current, good = sess.run(fetch)
+      np.testing.assert_allclose(w, [1 - 0.1 * 3] * 4, rtol=1e-6)
+      assert (step, current, good) == (1, 2.0 ** 14, 1)
 
 
 def test_mixed_precision_training_writes_float32_checkpoints(data_dir,
@@ -134,11 +181,11 @@ def test_mixed_precision_training_writes_float32_checkpoints(data_dir,
 
 
 def test_session_configuration_of_the_options():
-  config = cifar10_params.session_config(cifar10_params.Params())
+  config = cifar10_devices.session_config(cifar10_params.Params())
   assert config.gpu_options.allow_growth  # By default: eval fits beside.
   assert config.graph_options.optimizer_options.global_jit_level == (
       tf.OptimizerOptions.DEFAULT)
-  config = cifar10_params.session_config(cifar10_params.Params(
+  config = cifar10_devices.session_config(cifar10_params.Params(
       gpu_memory_growth=False, xla=True))
   assert not config.gpu_options.allow_growth
   assert config.graph_options.optimizer_options.global_jit_level == (
@@ -175,29 +222,6 @@ def test_every_session_takes_the_configuration(trained, tmp_path,
         tf.OptimizerOptions.ON_1)
 
 
-def test_gpu_check_without_a_gpu_says_so_and_succeeds():
-  result = run_script('gpu_check.py')
-  assert result.returncode == 0, result.stderr
-  assert result.stderr == ''
-  assert result.stdout == (
-      'No GPU found: nothing to check on this machine (the checks that need '
-      'none are tests/test_gpu_placement.py).\n')
-
-
-@pytest.mark.parametrize('mixed_precision', [False, True])
-def test_gpu_checks_parts_that_run_on_a_cpu(mixed_precision, data_dir):
-  # What gpu_check.py runs on GPUs, run on this machine's CPU: a traced
-  # step, and two towers against one (on one CPU device here).
-  import gpu_check  # pylint: disable=g-import-not-at-top
-  counts = gpu_check.placement_of_a_step(data_dir, '/cpu:0', mixed_precision)
-  assert set(counts) == {'CPU'} and counts['CPU'] > 100
-  difference = gpu_check.towers_equal_one(['/cpu:0', '/cpu:0'],
-                                          mixed_precision)
-  # bfloat16 keeps 8 bits of mantissa: the halves round differently (0.006
-  # here, against 2e-6 in float32).
-  assert difference < (0.02 if mixed_precision else 1e-4)
-
-
 @pytest.mark.parametrize('gpu_device_files, cuda_visible_devices, noise', [
     ([], None, True),  # No GPU installed: CUDA cannot start, as expected.
     ([], '0', True),
@@ -210,3 +234,89 @@ def test_cuda_errors_are_shown_where_gpus_are_meant_to_be_used(
     gpu_device_files, cuda_visible_devices, noise):
   assert cifar10_quiet.cuda_error_is_noise(
       gpu_device_files, cuda_visible_devices) == noise
+
+
+# The code this TensorFlow has for GPUs (tf.sysconfig.get_build_info()).
+BUILT_FOR = ['sm_60', 'sm_70', 'sm_80', 'sm_89', 'compute_90']
+
+
+@pytest.mark.parametrize('capabilities, without', [
+    ({'/physical_device:GPU:0': (8, 0)}, None),  # A100: its own code.
+    ({'/physical_device:GPU:0': (8, 6)}, None),  # RTX 30: 8.0's code runs.
+    ({'/physical_device:GPU:0': (7, 5)}, None),  # T4: 7.0's code runs.
+    ({'/physical_device:GPU:0': (9, 0)}, ('/physical_device:GPU:0', '9.0')),
+    ({'/physical_device:GPU:0': (12, 0), '/physical_device:GPU:1': (12, 0)},
+     ('/physical_device:GPU:0, /physical_device:GPU:1', '12.0')),
+])
+def test_gpus_without_compiled_code_are_said_once_in_plain_words(
+    capabilities, without):
+  warning = cifar10_devices.gpu_code_warning(capabilities, BUILT_FOR)
+  if without is None:
+    assert warning is None
+    return
+  assert warning == (
+      '%s: compute capability %s, for which this TensorFlow has no compiled '
+      'GPU code (it has code for 6.0, 7.0, 8.0, 8.9; PTX for 9.0). CUDA '
+      'compiles it from PTX as each process starts: the first start can take '
+      'many minutes, and TensorFlow warns about it in every session. To '
+      'compile once, let CUDA keep what it compiles: export '
+      'CUDA_CACHE_MAXSIZE=4294967296 (cached in ~/.nv/ComputeCache). Or '
+      'install a TensorFlow built for this GPU.' % without)
+  # A build without CUDA has no GPU code to speak of.
+  assert cifar10_devices.gpu_code_warning(capabilities, []) is None
+
+
+def test_a_script_says_it_and_tensorflows_warning_is_dropped_after(
+    monkeypatch):
+  # The script's warning, at its start (cifar10_flags.params, which every
+  # script's main calls)...
+  monkeypatch.setattr(cifar10_devices, 'gpus',
+                      lambda: ['/physical_device:GPU:0'])
+  monkeypatch.setattr(cifar10_devices, 'gpu_compute_capabilities',
+                      lambda: {'/physical_device:GPU:0': (12, 0)})
+  monkeypatch.setattr(cifar10_devices, 'build_compute_capabilities',
+                      lambda: BUILT_FOR)
+  warnings = cifar10_devices.warnings(cifar10_params.Params())
+  assert len(warnings) == 1 and warnings[0].startswith(
+      '/physical_device:GPU:0: compute capability 12.0, for which')
+  # ... then TensorFlow's, in every session: dropped from the scripts'
+  # stderr once the script has said it (and kept before, or without it).
+  tensorflow_says = (
+      'W0000 00:00:1796600000.000000 1234 gpu_device.cc:2431] TensorFlow was '
+      'not built with CUDA kernel binaries compatible with compute capability '
+      '12.0. CUDA kernels will be jit-compiled from PTX, which could take 30 '
+      'minutes or longer.\n')
+  program = (
+      'import os, cifar10_quiet\n'
+      'cifar10_quiet.filter_runtime_noise_from_stderr()\n'
+      'os.write(2, %r)\n'
+      'os.write(2, b"Warning: " + %r + b"\\n")\n'
+      'os.write(2, %r)\n'
+      'os.write(2, %r)\n' % (tensorflow_says.encode(),
+                              warnings[0].encode(), tensorflow_says.encode(),
+                              tensorflow_says.encode()))
+  result = subprocess.run([sys.executable, '-c', program], cwd=REPO_DIR,
+                          capture_output=True, text=True, check=True)
+  assert result.stderr == tensorflow_says + 'Warning: %s\n' % warnings[0]
+
+
+def test_a_process_that_dies_while_tensorflow_loads_shows_why():
+  # A fatal error while TensorFlow's libraries load (a CUDA or cuDNN
+  # mismatch aborts the process) is written to descriptor 2 while the
+  # import is filtered: it still reaches the user, the banners do not.
+  fatal = ('F0000 00:00:1796600000.000000 1234 cuda_dnn.cc:522] Loaded '
+           'runtime CuDNN library: 9.1.0 but source was compiled with: '
+           '9.3.0.\n')
+  program = (
+      'import importlib.abc, os, sys\n'
+      'class DieWhileLoading(importlib.abc.MetaPathFinder):\n'
+      '  def find_spec(self, name, path, target=None):\n'
+      '    if name == "tensorflow.compat":  # Once the libraries print.\n'
+      '      os.write(2, %r)\n'
+      '      os.abort()\n'
+      'sys.meta_path.insert(0, DieWhileLoading())\n'
+      'import cifar10_quiet\n' % fatal.encode())
+  result = subprocess.run([sys.executable, '-c', program], cwd=REPO_DIR,
+                          capture_output=True, text=True)
+  assert result.returncode == -signal.SIGABRT
+  assert result.stderr == fatal

@@ -167,6 +167,40 @@ def test_local_response_normalization_in_bfloat16_is_off_by_its_rounding(
     assert abs((error * want).sum() / (want * want).sum()) < 0.005, what
 
 
+@pytest.mark.parametrize('largest', [1.0, 100.0, 1000.0, 10000.0, 65504.0])
+def test_local_response_normalization_in_float16_is_finite_to_its_range(
+    largest):
+  # ReLU outputs up to `largest`, one of them at it, up to float16's largest
+  # number: no inf or NaN (computed in float16, the squares overflowed from
+  # 256 on, and a whole pixel became NaN); the values and the gradient are
+  # tf.nn.lrn's in float32 to float16's rounding (1 ulp, 2**-10 relative),
+  # for a float16 upstream gradient.
+  rng = np.random.default_rng(8)
+  x_value = np.minimum(np.maximum(rng.normal(size=(4, 6, 6, 64)), 0) * largest,
+                       largest).astype(np.float16)
+  x_value[0, 0, 0, 5] = largest
+  upstream = rng.normal(size=x_value.shape).astype(np.float16)
+  with tf.Graph().as_default():
+    x = tf.constant(x_value)
+    ours = cifar10_lrn.local_response_normalization(
+        x, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75, name='ours')
+    x32 = tf.constant(x_value.astype(np.float32))
+    reference = tf.nn.lrn(x32, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75)
+    gradients = [tf.gradients(ours, x, grad_ys=upstream)[0],
+                 tf.gradients(reference, x32,
+                              grad_ys=upstream.astype(np.float32))[0]]
+    with tf.Session() as sess:
+      got, expected, gradient, expected_gradient = sess.run(
+          [ours, reference] + gradients)
+  assert ours.dtype == tf.float16 and gradient.dtype == np.float16
+  for have, want in [(got, expected), (gradient, expected_gradient)]:
+    have = have.astype(np.float64)
+    assert np.isfinite(have).all()
+    # Relative to float16's smallest normal number, for values near 0.
+    error = np.abs(have - want) / np.maximum(np.abs(want), 2.0 ** -14)
+    assert error.max() <= 2.0 ** -10
+
+
 def test_batched_distortions_are_the_per_image_ops():
   rng = np.random.default_rng(4)
   count = 6
