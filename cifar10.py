@@ -72,6 +72,11 @@ NUM_EPOCHS_PER_DECAY = 350.0      # Epochs after which learning rate decays.
 LEARNING_RATE_DECAY_FACTOR = 0.1  # Learning rate decay factor.
 LOSS_AVERAGE_DECAY = 0.9          # The decay of the losses' moving averages.
 
+# The collection of the variables that checkpoints written before them lack
+# (the examples seen, the float16 loss scale): a training resumed from one
+# restores the others and gives these their initial values.
+RESTORED_IF_PRESENT = 'restored_if_present'
+
 # If a model is trained with multiple GPUs, prefix all Op names with tower_name
 # to differentiate the operations. Note that this prefix is removed from the
 # names of the summaries when visualizing a model.
@@ -126,10 +131,12 @@ def _model_variables(compute_dtype):
   """The custom getter of the model's variable scope (see inference()).
 
   Every variable of the model lives once, on the CPU, so that all model
-  replicas ("towers", one per device) share one copy. A layer gets it in the
-  type it computes in: with mixed precision, a float16 or bfloat16 copy of a
-  float32 variable, made on the layer's device, while the variable, its
-  moving average and the checkpoints stay float32.
+  replicas ("towers", one per device) share one copy. A layer gets its
+  value, read once (the layer and its weight decay share it: one copy to a
+  GPU or from a parameter server, not two), in the type it computes in:
+  with mixed precision, a float16 or bfloat16 copy of a float32 variable,
+  made on the layer's device, while the variable, its moving average and
+  the checkpoints stay float32.
   """
 
   def custom_getter(getter, *args, **kwargs):
@@ -137,7 +144,7 @@ def _model_variables(compute_dtype):
       variable = getter(*args, **kwargs)
     # In the layer's name scope (variables are made outside any).
     with tf.name_scope(tf.get_variable_scope().original_name_scope):
-      return _in_type(variable, compute_dtype)
+      return _in_type(variable.value(), compute_dtype)
 
   return custom_getter
 
@@ -173,7 +180,7 @@ def _variable_with_weight_decay(name, shape, stddev, wd):
       shape,
       tf.truncated_normal_initializer(stddev=stddev))
   if wd is not None:
-    # Of the variable itself, in its own type (float32 under mixed
+    # Of the variable's value, in its own type (float32 under mixed
     # precision, not the copy the layer computes with).
     variable = var.op.inputs[0] if var.op.type == 'Cast' else var
     weight_decay = tf.multiply(tf.nn.l2_loss(variable), wd, name='weight_loss')
@@ -477,14 +484,47 @@ def add_loss_summaries(total_loss, losses=None):
   return loss_averages_op
 
 
-def learning_rate(global_step, examples_per_step=BATCH_SIZE,
+def examples_seen(global_step, examples_per_step=BATCH_SIZE):
+  """The count of the training examples of all updates so far, a variable.
+
+  The learning rate decays with it (learning_rate), and every update adds
+  its examples to it, so that a training resumed with another number of
+  examples per step (towers, synchronous workers) carries the schedule on
+  where the epochs say. A checkpoint written before it was counted has none:
+  restored from one, it starts at the checkpoint's global step times
+  `examples_per_step` (its initial value, see RESTORED_IF_PRESENT).
+
+  Args:
+    global_step: The global step variable.
+    examples_per_step: Images in one update.
+
+  Returns:
+    The int64 variable 'examples_seen', beside the global step.
+  """
+  with tf.device(global_step.device):
+    # Made when every variable is, or after the others were restored: then
+    # from the global step restored.
+    steps = tf.cond(global_step.is_initialized(), global_step.read_value,
+                    lambda: tf.zeros([], global_step.dtype.base_dtype))
+    variable = tf.get_variable(
+        'examples_seen', dtype=tf.int64, trainable=False,
+        initializer=tf.cast(steps, tf.int64) * examples_per_step)
+  tf.add_to_collection(RESTORED_IF_PRESENT, variable)
+  return variable
+
+
+def learning_rate(examples, examples_per_step=BATCH_SIZE,
                   examples_per_epoch=NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN,
                   initial_learning_rate=INITIAL_LEARNING_RATE):
   """The learning rate, divided by 10 every NUM_EPOCHS_PER_DECAY epochs.
 
+  The tutorial's schedule, in updates of examples_per_step: for a training
+  of that many examples per update throughout, the count of updates is the
+  global step.
+
   Args:
-    global_step: Integer Variable counting the number of training steps
-      processed.
+    examples: Integer tensor: the training examples of all updates so far
+      (examples_seen()).
     examples_per_step: Images trained on per update (of all towers, or of
       all synchronous workers).
     examples_per_epoch: Training images in the data.
@@ -498,12 +538,29 @@ def learning_rate(global_step, examples_per_step=BATCH_SIZE,
 
   # Decay the learning rate exponentially based on the number of steps.
   lr = tf.train.exponential_decay(initial_learning_rate,
-                                  global_step,
+                                  examples // examples_per_step,
                                   decay_steps,
                                   LEARNING_RATE_DECAY_FACTOR,
                                   staircase=True)
   scalar_summary('learning_rate', lr)
   return lr
+
+
+class _GradientDescent(tf.train.GradientDescentOptimizer):
+  """Gradient descent, each update of which counts its examples
+  (examples_seen): once per update applied, whichever optimizer wraps it
+  (the float16 loss scale's skips a step, a synchronous one applies the
+  workers' gradients once)."""
+
+  def __init__(self, learning_rate_tensor, examples, examples_per_step):
+    super().__init__(learning_rate_tensor)
+    self._examples = examples
+    self._examples_per_step = examples_per_step
+
+  def apply_gradients(self, grads_and_vars, global_step=None, name=None):
+    update = super().apply_gradients(grads_and_vars, global_step, name)
+    with tf.control_dependencies([update]):
+      return self._examples.assign_add(self._examples_per_step).op
 
 
 def add_variable_and_gradient_summaries(grads):
@@ -540,10 +597,6 @@ def float16_loss_scale():
   return loss_scale
 
 
-# The variables that checkpoints written before them lack, and that a
-# training resumed from one gets with their initial values (see
-# cifar10_runtime): the float16 loss scale.
-RESTORED_IF_PRESENT = 'restored_if_present'
 
 
 def gradients(total_loss, loss_scale=None):
@@ -600,19 +653,22 @@ def train(total_loss, global_step, examples_per_step=BATCH_SIZE,
   Returns:
     train_op: op for training.
   """
-  # The learning rate is a few scalar ops on the global step: beside it.
+  # The learning rate is a few scalar ops on the examples seen: beside them.
+  examples = examples_seen(global_step, examples_per_step)
   with tf.device(global_step.device):
-    lr = learning_rate(global_step, examples_per_step, examples_per_epoch,
+    lr = learning_rate(examples, examples_per_step, examples_per_epoch,
                        initial_learning_rate)
 
   # Generate moving averages of all losses and associated summaries.
   loss_averages_op = add_loss_summaries(total_loss, losses)
 
   # The moving averages of all trainable variables, updated after each step.
+  # (They decay once per update, whatever its number of examples: by the
+  # global step.)
   variable_averages = tf.train.ExponentialMovingAverage(
       MOVING_AVERAGE_DECAY, global_step)
 
-  opt = tf.train.GradientDescentOptimizer(lr)
+  opt = _GradientDescent(lr, examples, examples_per_step)
   if loss_scale is not None:
     # TensorFlow's own: updates the scale, applies only finite gradients.
     opt = tf.mixed_precision.MixedPrecisionLossScaleOptimizer(opt, loss_scale)
@@ -630,11 +686,16 @@ def train(total_loss, global_step, examples_per_step=BATCH_SIZE,
       grads if loss_scale is None else _applied(grads))
 
   if not wrap_optimizer:
-    # Track the moving averages of all trainable variables: on the CPU, with
-    # the variables, so that training on a GPU does not copy every variable
-    # and its average to the GPU and back each step.
-    with tf.control_dependencies([apply_gradient_op]), tf.device('/cpu:0'):
-      apply_gradient_op = variable_averages.apply(tf.trainable_variables())
+    # Track the moving averages of all trainable variables, each where its
+    # variable lives (the CPU, or a parameter server): on a GPU, or on a
+    # distributed worker, each step would otherwise copy every variable and
+    # its average there, and the average back.
+    with tf.control_dependencies([apply_gradient_op]):
+      averages = []
+      for variable in tf.trainable_variables():
+        with tf.device(variable.device):
+          averages.append(variable_averages.apply([variable]))
+      apply_gradient_op = tf.group(*averages)
 
   # The losses' averages are taken in the same step. (Not as a dependency of
   # the update: a synchronous optimizer's update runs in a thread of its own,

@@ -7,6 +7,8 @@ evaluation skip for the checkpoint before), or a checkpoint of another model
 float type it was trained with).
 """
 
+import os
+
 from cifar10_common import first_line
 from cifar10_common import UserError
 from cifar10_quiet import tf
@@ -198,6 +200,8 @@ def restore(session, saver, path):
 
 def kept_checkpoint(train_dir):
   """What a run stopped before its end keeps: its last checkpoint, if any."""
+  if not os.path.isdir(train_dir):
+    return 'the folder is gone, and its checkpoints with it'
   latest = tf.train.latest_checkpoint(train_dir)
   return ('the last checkpoint, %s, is kept' % latest if latest
           else 'no checkpoint had been written yet')

@@ -3,8 +3,8 @@
 Between-graph replication on TensorFlow's distributed runtime: every worker
 builds the whole model; tf.train.replica_device_setter places its variables
 on the parameter servers, and its input pipeline and computation on the
-worker itself. Start one process per task, e.g. 1 parameter server and 2
-workers:
+worker itself (its GPU, where it has one). Start one process per task, e.g.
+1 parameter server and 2 workers:
 
     python cifar10_distributed_train.py --ps_hosts=ps0:2222 \
         --worker_hosts=worker0:2222,worker1:2222 --job_name=ps --task_index=0
@@ -13,23 +13,30 @@ workers:
     python cifar10_distributed_train.py --ps_hosts=ps0:2222 \
         --worker_hosts=worker0:2222,worker1:2222 --job_name=worker --task_index=1
 
-or, instead of the four flags, the TF_CONFIG environment variable:
+or, instead of the four flags, the TF_CONFIG environment variable, with a
+"chief" job (TensorFlow 2's and Kubeflow's way: the chief is worker 0, the
+"worker" job's tasks workers 1, 2, ...) or without one (worker 0 is the
+chief):
 
-    TF_CONFIG='{"cluster": {"ps": ["ps0:2222"],
-                            "worker": ["worker0:2222", "worker1:2222"]},
-                "task": {"type": "worker", "index": 1}}'
+    TF_CONFIG='{"cluster": {"ps": ["ps0:2222"], "chief": ["worker0:2222"],
+                            "worker": ["worker1:2222"]},
+                "task": {"type": "worker", "index": 0}}'
 
 Worker 0 is the chief: it initialises the variables, or restores them from
-the latest checkpoint in --train_dir, and writes the checkpoints and
-summaries, the same as cifar10_train.py's (either resumes from the other's;
-cifar10_eval.py evaluates them). The other workers wait for it. Each worker
-applies its own updates as it computes them (asynchronous), or, with
---sync_replicas, the gradients of --replicas_to_aggregate workers are
+the newest checkpoint in its --train_dir, and writes the checkpoints and
+summaries there, on its own disk, the same as cifar10_train.py's (either
+resumes from the other's; cifar10_eval.py evaluates them). The other
+workers wait for it, and every task for the parameter servers, saying so.
+Each worker applies its own updates as it computes them (asynchronous), or,
+with --sync_replicas, the gradients of --replicas_to_aggregate workers are
 averaged into each update (tf.train.SyncReplicasOptimizer); any other
 workers are backups, whose late gradients are dropped.
 
-A worker that dies can be started again: it rejoins. When training is done,
-each worker tells the parameter servers, which stop once all workers have.
+A worker that dies can be started again: it rejoins. A parameter server that
+dies can be started again too: the chief restores the newest checkpoint
+into it, and every worker carries on from there. When each worker is done
+(its training ended, or failed), it tells the parameter servers, which stop
+once every worker has.
 """
 
 import json
@@ -53,8 +60,8 @@ flags.DEFINE_list('ps_hosts', None,
 flags.DEFINE_list('worker_hosts', None, 'Workers, host:port,host:port,...')
 flags.DEFINE_enum('job_name', None, ['ps', 'worker'],
                   'The job of this process.')
-flags.DEFINE_integer('task_index', 0, 'The index of this process in its job.',
-                     lower_bound=0)
+flags.DEFINE_integer('task_index', None, 'The index of this process in its '
+                     'job (required with the cluster flags).', lower_bound=0)
 flags.DEFINE_boolean('sync_replicas', False,
                      'Aggregate the gradients of several workers into each '
                      'update, instead of each worker updating on its own.')
@@ -62,6 +69,9 @@ flags.DEFINE_integer('replicas_to_aggregate', None,
                      'With --sync_replicas: gradients averaged into each '
                      'update; the number of workers by default. The workers '
                      'beyond it are backups.', lower_bound=1)
+flags.DEFINE_integer('wait_secs', 30 * 60,
+                     'How long a task waits for the others (the parameter '
+                     'servers, the chief) before it gives up.', lower_bound=1)
 
 CLUSTER_FLAGS = ('ps_hosts', 'worker_hosts', 'job_name', 'task_index')
 
@@ -76,8 +86,8 @@ def cluster_and_task():
     UserError: no cluster given, or an inconsistent one.
   """
   if any(FLAGS[name].present for name in CLUSTER_FLAGS):
-    for name in ('ps_hosts', 'worker_hosts', 'job_name'):
-      if not FLAGS[name].value:
+    for name in CLUSTER_FLAGS:
+      if FLAGS[name].value is None or FLAGS[name].value == []:
         raise UserError('--%s is required with a cluster given by flags.' %
                         name)
     jobs = {'ps': FLAGS.ps_hosts, 'worker': FLAGS.worker_hosts}
@@ -85,7 +95,7 @@ def cluster_and_task():
     source = '--task_index'
   elif os.environ.get('TF_CONFIG'):
     jobs, job_name, task_index = _parse_tf_config(os.environ['TF_CONFIG'])
-    source = 'TF_CONFIG'
+    source = 'TF_CONFIG\'s task index'
   else:
     raise UserError('no cluster: give --ps_hosts, --worker_hosts, --job_name '
                     'and --task_index, or set TF_CONFIG (see the README).')
@@ -102,55 +112,73 @@ def cluster_and_task():
 
 
 def _parse_tf_config(text):
-  """({'ps': hosts, 'worker': hosts}, task type, index) of a TF_CONFIG."""
+  """({'ps': hosts, 'worker': hosts}, job, index) of a TF_CONFIG.
+
+  A "chief" job is worker 0, and the "worker" job's tasks follow it.
+  """
   expected = ('TF_CONFIG must be JSON like {"cluster": {"ps": ["host:port"], '
-              '"worker": ["host:port", ...]}, "task": {"type": "worker", '
-              '"index": 0}}')
+              '"chief": ["host:port"], "worker": ["host:port", ...]}, "task": '
+              '{"type": "worker", "index": 0}} ("chief" optional)')
   try:
     config = json.loads(text)
     cluster, task = config['cluster'], config['task']
-    jobs = {job: list(cluster[job]) for job in ('ps', 'worker')}
+    chief = list(cluster.get('chief', []))
+    jobs = {'ps': list(cluster['ps']),
+            'worker': chief + list(cluster.get('worker', []))}
     job_name, task_index = task['type'], int(task['index'])
-  except (ValueError, KeyError, TypeError) as e:
+  except (ValueError, KeyError, TypeError, AttributeError) as e:
     raise UserError('%s; it has %s (%s).' % (
         expected, text.strip()[:200], cifar10_common.first_line(e))) from None
-  if job_name not in jobs or task_index < 0 or not all(jobs.values()):
+  if job_name == 'chief' and task_index == 0:
+    job_name = 'worker'
+  elif job_name == 'worker':
+    task_index += len(chief)
+  if (job_name not in jobs or task_index < 0 or not all(jobs.values()) or
+      len(chief) > 1):
     raise UserError('%s; its task is %r, index %d, and its cluster %s.' % (
-        expected, job_name, task_index, json.dumps(cluster)))
+        expected, task['type'], int(task['index']), json.dumps(cluster)))
   return jobs, job_name, task_index
 
 
 def done_queues(cluster):
-  """A queue on each parameter server, where each worker says it is done.
+  """A queue on each parameter server, where each worker, once done, puts
+  its index.
 
   Workers and parameter servers build the same queues (same shared names, same
   devices), so that they share them.
   """
   queues = []
-  num_workers = cluster.num_tasks('worker')
   for ps_task in range(cluster.num_tasks('ps')):
     with tf.device('/job:ps/task:%d' % ps_task):
-      queues.append(tf.FIFOQueue(num_workers, tf.int32,
+      queues.append(tf.FIFOQueue(-1, tf.int32, shapes=[],
                                  shared_name='done_queue_%d' % ps_task,
                                  name='done_queue_%d' % ps_task))
   return queues
 
 
 def serve(server, cluster, task_index):
-  """A parameter server's life: serve until all workers are done."""
+  """A parameter server's life: serve until every worker is done.
+
+  Each worker counts once, however many times it says it is done (a worker
+  started again after its end says it again).
+  """
   num_workers = cluster.num_tasks('worker')
   with tf.Graph().as_default():
-    done_workers = done_queues(cluster)[task_index].size()
+    queue = done_queues(cluster)[task_index]
+    queued, dequeue = queue.size(), queue.dequeue()
     # Signals are taken in before the line below says it serves.
     with cifar10_common.StopSignals() as stop, tf.Session(
-        server.target, config=tf.ConfigProto(
+        server.target, config=cifar10_devices.cpu_only_config(
             device_filters=['/job:ps/task:%d' % task_index])) as sess:
       print('Parameter server %d serving at %s, until the %d worker%s done.' %
             (task_index, cluster.task_address('ps', task_index), num_workers,
              ' is' if num_workers == 1 else 's are'), flush=True)
+      done_workers = set()
       # Polled, not a blocking dequeue: a signal must stop it at once.
       while not stop.received:
-        if sess.run(done_workers) >= num_workers:
+        for _ in range(sess.run(queued)):  # Each there now: none waits.
+          done_workers.add(int(sess.run(dequeue)))
+        if len(done_workers) >= num_workers:
           print('All %d workers are done: stopping.' % num_workers,
                 flush=True)
           return
@@ -180,8 +208,43 @@ def worker_gpu(cluster, task_index, num_gpus):
   return hosts[:task_index].count(hosts[task_index]) % num_gpus
 
 
+def build_worker_graph(params, cluster, task_index, gpu=None,
+                       replicas_to_aggregate=None):
+  """A worker's training graph, in the default graph.
+
+  Args:
+    params: cifar10_params.Params.
+    cluster: The tf.train.ClusterSpec.
+    task_index: This worker's index; worker 0 is the chief.
+    gpu: The GPU the model runs on (worker_gpu()), or None for the CPU.
+    replicas_to_aggregate: None for asynchronous updates; otherwise the
+      workers' gradients averaged into each synchronous update.
+
+  Returns:
+    (train op, loss, hooks the session must run).
+  """
+  worker_device = '/job:worker/task:%d' % task_index
+  # The model on this worker's GPU (or CPU), the variables on the parameter
+  # servers; the input pipeline on this worker's CPU (cifar10 puts it there).
+  with tf.device(tf.train.replica_device_setter(
+      worker_device=worker_device + (
+          '' if gpu is None else '/device:GPU:%d' % gpu),
+      cluster=cluster)):
+    global_step = tf.train.get_or_create_global_step()
+    images, labels = cifar10.distorted_inputs(
+        params.data_dir, params.batch_size, params.compute_dtype,
+        params.min_fraction_of_examples_in_queue)
+    logits = cifar10.inference(images, params.num_classes,
+                               params.top_layers, params.variable_dtype)
+    loss = cifar10.loss(logits, labels)
+    train_op, hooks = build_train_op(
+        loss, global_step, params, task_index == 0,
+        cluster.num_tasks('worker'), replicas_to_aggregate)
+  return train_op, loss, hooks
+
+
 def train(params, server, cluster, task_index, sync_replicas=False,
-          replicas_to_aggregate=None):
+          replicas_to_aggregate=None, wait_secs=30 * 60):
   """A worker's life: train until params.max_steps, then tell the servers.
 
   Args:
@@ -193,11 +256,11 @@ def train(params, server, cluster, task_index, sync_replicas=False,
       update.
     replicas_to_aggregate: With sync_replicas, the gradients in each update;
       all workers' by default.
+    wait_secs: How long it waits for the parameter servers and the chief.
   """
   num_workers = cluster.num_tasks('worker')
   is_chief = task_index == 0
   replicas_to_aggregate = replicas_to_aggregate or num_workers
-  worker_device = '/job:worker/task:%d' % task_index
   gpu = worker_gpu(cluster, task_index, len(cifar10_devices.gpus()))
   on_gpu = '' if gpu is None else '; on GPU %d' % gpu
   if sync_replicas:
@@ -212,35 +275,44 @@ def train(params, server, cluster, task_index, sync_replicas=False,
           flush=True)
 
   with tf.Graph().as_default():
-    # The model on this worker's GPU (or CPU), the variables on the
-    # parameter servers.
-    with tf.device(tf.train.replica_device_setter(
-        worker_device=worker_device + (
-            '' if gpu is None else '/device:GPU:%d' % gpu),
-        cluster=cluster)):
-      global_step = tf.train.get_or_create_global_step()
-      # The input pipeline stays on this worker, on its CPU.
-      with tf.device(worker_device + '/cpu:0'):
-        images, labels = cifar10.distorted_inputs(
-            params.data_dir, params.batch_size, params.compute_dtype,
-            params.min_fraction_of_examples_in_queue)
-      logits = cifar10.inference(images, params.num_classes,
-                                 params.top_layers, params.variable_dtype)
-      loss = cifar10.loss(logits, labels)
-      train_op, hooks = build_train_op(
-          loss, global_step, params, is_chief, num_workers,
-          replicas_to_aggregate if sync_replicas else None)
+    train_op, loss, hooks = build_worker_graph(
+        params, cluster, task_index, gpu,
+        replicas_to_aggregate if sync_replicas else None)
     say_done = [queue.enqueue(task_index) for queue in done_queues(cluster)]
+    worker_device = '/job:worker/task:%d' % task_index
     # Talk to the servers and to this worker only: other workers may be
     # down. Soft placement: ops without a GPU kernel run on its CPU.
     config = cifar10_devices.session_config(
         params, device_filters=['/job:ps', worker_device],
         allow_soft_placement=True)
-    cifar10_runtime.run_training(
-        train_op, loss, params, config=config, master=server.target,
-        is_chief=is_chief, hooks=hooks, worker_name='worker %d' % task_index)
+    worker = cifar10_runtime.Worker(
+        index=task_index, target=server.target, device=worker_device,
+        parameter_servers=tuple(
+            ('parameter server %d' % i, address)
+            for i, address in enumerate(cluster.job_tasks('ps'))),
+        chief_address=cluster.task_address('worker', 0), wait_secs=wait_secs)
+    try:
+      cifar10_runtime.run_training(train_op, loss, params, config=config,
+                                   worker=worker, hooks=hooks)
+    except cifar10_common.Interrupted:
+      raise  # Stopped by the user, to be started again, maybe: not done.
+    except Exception:
+      _say_done(server, worker, config, say_done)  # Done, if not well.
+      raise
+    _say_done(server, worker, config, say_done)
+
+
+def _say_done(server, worker, config, say_done):
+  """Tells the parameter servers that this worker is done, where they are
+  up (they may be gone already, or never came)."""
+  if cifar10_runtime.unreachable(worker.parameter_servers, timeout_secs=2):
+    return
+  config.operation_timeout_in_ms = 10000
+  try:
     with tf.Session(server.target, config=config) as sess:
       sess.run(say_done)
+  except tf.errors.OpError:
+    pass
 
 
 def build_train_op(loss, global_step, params, is_chief, num_workers,
@@ -291,20 +363,25 @@ class _QuietlyEndingHook(tf.train.SessionRunHook):
   never come: the monitored session, whose coordinator it joins, would wait
   its grace period (120 s) for it, then cancel it with a traceback. Here the
   thread has a coordinator of its own, for which the cancelling is a clean
-  stop; its real errors are raised in the training loop.
+  stop; its real errors are raised in the training loop. Each session (a new
+  one after a parameter server's restart) gets a coordinator of its own:
+  the old one was stopped with the old session.
   """
 
   def __init__(self, hook):
     self._hook = hook
-    self._coord = tf.train.Coordinator(
-        clean_stop_exception_types=(tf.errors.CancelledError,
-                                    tf.errors.OutOfRangeError))
+    self._coord = None
 
   def begin(self):
     self._hook.begin()
 
   def after_create_session(self, session, coord):
-    del coord  # The thread gets self._coord instead.
+    del coord  # The thread gets a coordinator of its own.
+    if self._coord:
+      self._coord.request_stop()
+    self._coord = tf.train.Coordinator(
+        clean_stop_exception_types=(tf.errors.CancelledError,
+                                    tf.errors.OutOfRangeError))
     self._hook.after_create_session(session, self._coord)
 
   def after_run(self, run_context, run_values):
@@ -329,7 +406,7 @@ def main(argv):
     serve(server, cluster, task_index)
   else:
     train(params, server, cluster, task_index, FLAGS.sync_replicas,
-          FLAGS.replicas_to_aggregate)
+          FLAGS.replicas_to_aggregate, FLAGS.wait_secs)
 
 
 def start_server(cluster, job_name, task_index, params):

@@ -8,6 +8,7 @@ records, labels in range) and used as it is.
 """
 
 import contextlib
+import errno
 import hashlib
 import http.client
 import os
@@ -184,7 +185,7 @@ def _extract(archive_path, data_dir):
             os.remove(part_path)
         found.add(name)
   except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-    if cifar10_files.out_of_space(e):
+    if cifar10_files.write_failure(e, data_dir):
       raise  # Not the archive's fault.
     raise UserError('cannot extract %s: %s. The archive is corrupt or '
                     'truncated; delete it to download it again.' %
@@ -235,15 +236,17 @@ def maybe_download_and_extract(data_dir, data_url=DATA_URL,
   except OSError as e:
     raise UserError('cannot create data directory %s: %s' %
                     (data_dir, e.strerror)) from None
-  try:
+  with cifar10_files.writes_said('data_dir', data_dir, _what_is_kept):
     return _fetch(data_dir, batches_dir, data_files, data_url, expected_md5)
-  except OSError as e:
-    if not cifar10_files.out_of_space(e):
-      raise
-    raise cifar10_files.no_space_error(
-        'data_dir', data_dir, e, 'Nothing half-written is kept. CIFAR-10 '
-        'needs about 355 MB there: the archive (170 MB) and its batch files '
-        '(184 MB).') from None
+
+
+def _what_is_kept(failure):
+  """What a user is told after a write into --data_dir failed."""
+  if failure.errno in (errno.ENOSPC, errno.EDQUOT):
+    return ('Nothing half-written is kept. CIFAR-10 needs about 355 MB '
+            'there: the archive (170 MB) and its batch files (184 MB).')
+  return 'Nothing half-written is kept. %s, and run it again.' % (
+      failure.remedy)
 
 
 def _fetch(data_dir, batches_dir, data_files, data_url, expected_md5):

@@ -58,24 +58,24 @@ def export(checkpoint_dir, export_dir, moving_average=True,
 
   Raises:
     UserError: export_dir exists, or there is no usable checkpoint.
-    NoSpaceError: the SavedModel could not be written for want of space
-      (what was written of it is removed).
+    WriteError: the SavedModel could not be written (what was written of it
+      is removed).
   """
   if os.path.exists(export_dir):
     raise UserError('--export_dir=%s exists: give a new folder (nothing is '
                     'overwritten).' % export_dir)
   classifier = cifar10_classifier.Classifier(checkpoint_dir, moving_average,
-                                          any_size=True, params=params)
+                                             any_size=True, params=params)
   try:
-    _save(classifier, export_dir)
-  except Exception as error:
-    # Nothing half-written: the folder is new, and ours.
-    shutil.rmtree(export_dir, ignore_errors=True)
-    if not cifar10_files.out_of_space(error):
-      raise
-    raise cifar10_files.no_space_error(
-        'export_dir', export_dir, error,
-        'Nothing was exported: the partial SavedModel was removed.') from None
+    with cifar10_files.writes_said(
+        'export_dir', export_dir,
+        'Nothing was exported: the partial SavedModel was removed.'):
+      try:
+        _save(classifier, export_dir)
+      except BaseException:
+        # Nothing half-written: the folder is new, and ours.
+        shutil.rmtree(export_dir, ignore_errors=True)
+        raise
   finally:
     classifier.close()
   return classifier.checkpoint_path

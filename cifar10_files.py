@@ -1,18 +1,21 @@
-"""One writer per train dir, a full disk said, nothing left half-written.
+"""The folders the scripts write: one writer each, every failed write said.
 
 - `hold_train_dir`: the one process that writes a training directory holds
   it, by a lock the operating system releases when that process ends,
   however it ends; another trainer refuses to start there (TrainDirInUse).
-- `SummaryWriter`: tf.summary.FileWriter, but its failures to write are
-  raised, where TensorFlow's drops events silently (a full disk, on
-  TensorFlow 2.21), so that training stops rather than going on unlogged.
-- `out_of_space` and `NoSpaceError`: a write that failed for want of space
-  (a full disk, or a quota), said in one line that names the folder and the
-  file.
+- `EventFile`: a file of TensorBoard events whose failures to write are
+  raised, where TensorFlow's summary writer drops events silently (a full
+  disk, on TensorFlow 2.21), so that training stops rather than going on
+  unlogged.
+- `writes_said`: a write into a folder of the user's that fails, for want of
+  space or any reason the system gives (permissions, a read-only disk, the
+  folder gone), becomes one line (WriteError) that names the flag, the
+  folder, the reason and the file.
 - `remove_half_written`, `drop_partial_record`, `write_files_whole`: what a
   failed write leaves is removed, what was whole is kept.
 """
 
+import collections
 import contextlib
 from datetime import datetime
 import errno
@@ -38,49 +41,110 @@ class TrainDirInUse(UserError):
   """Another process trains in the training directory."""
 
 
-class NoSpaceError(UserError):
-  """A write failed for want of space; what was half-written is removed."""
+class WriteError(UserError):
+  """A write into a folder failed; what was half-written is removed."""
 
 
-# How TensorFlow says it: '<path>; No space left on device'.
-_NO_SPACE_MESSAGE = re.compile(
-    r'(?:(\S+); )?(No space left on device|Disk quota exceeded)')
+# A failed write: its errno, the file (or folder) it wrote, what to say of
+# the reason, and what the user can do about it.
+WriteFailure = collections.namedtuple('WriteFailure',
+                                      ['errno', 'path', 'reason', 'remedy'])
+
+# The failures of writes, in the words a user reads, and what to do.
+_WRITE_ERRORS = {
+    errno.ENOSPC: ('No space left on device', 'no space left on device',
+                   'Free some space'),
+    errno.EDQUOT: ('Disk quota exceeded',
+                   'no space left within the disk quota', 'Free some space'),
+    errno.EACCES: ('Permission denied', 'permission denied',
+                   'Make it writable'),
+    errno.EPERM: ('Operation not permitted', 'operation not permitted',
+                  'Make it writable'),
+    errno.EROFS: ('Read-only file system', 'read-only file system',
+                  'Make it writable'),
+    errno.ENOENT: ('No such file or directory', 'no such file or directory',
+                   'Put it back'),
+}
+# How TensorFlow says them: '<path>; No space left on device'.
+_TENSORFLOW_WRITE_ERROR = re.compile(
+    r'(\S+); (%s)' % '|'.join(re.escape(message) for message, _, _ in
+                              _WRITE_ERRORS.values()))
+_ERRNO_OF_MESSAGE = {message: number for number, (message, _, _) in
+                     _WRITE_ERRORS.items()}
 
 
-def out_of_space(error):
-  """Whether `error` is a write that failed for want of space: a full disk
-  (ENOSPC) or a full quota (EDQUOT), raised by Python or by TensorFlow."""
+def write_failure(error, directory):
+  """What failed, if `error` is a write into `directory` that failed.
+
+  Args:
+    error: An exception, of Python (OSError) or of TensorFlow (its message
+      '<path>; <reason>').
+    directory: The folder written.
+
+  Returns:
+    A WriteFailure, or None if `error` is not a failed write there (or of a
+    reason not known here).
+  """
   if isinstance(error, OSError):
-    return error.errno in (errno.ENOSPC, errno.EDQUOT)
-  return (isinstance(error, tf.errors.OpError) and
-          bool(_NO_SPACE_MESSAGE.search(error.message)))
+    number, path = error.errno, error.filename
+  elif isinstance(error, tf.errors.OpError):
+    match = _TENSORFLOW_WRITE_ERROR.search(error.message)
+    if not match:
+      return None
+    number, path = _ERRNO_OF_MESSAGE[match.group(2)], match.group(1)
+  else:
+    return None
+  if number not in _WRITE_ERRORS or not path:
+    return None
+  # TensorFlow writes a checkpoint's files under temporary names.
+  path = re.sub(r'\.tempstate\d+$', '', os.path.abspath(str(path)))
+  directory = os.path.abspath(directory)
+  if path != directory and not path.startswith(directory + os.sep):
+    return None
+  _, reason, remedy = _WRITE_ERRORS[number]
+  if path == directory and number == errno.ENOENT:
+    reason, remedy = 'the folder is gone', 'Make it again'
+  return WriteFailure(number, path, reason, remedy)
 
 
-def no_space_error(flag, directory, error, consequence):
-  """The NoSpaceError a user sees: one line naming the folder and the file.
+def write_error(flag, directory, failure, consequence):
+  """The WriteError a user sees: one line naming the folder and the file.
 
   Args:
     flag: The flag that gave the folder, e.g. 'train_dir'.
     directory: The folder.
-    error: The out_of_space error.
+    failure: The WriteFailure.
     consequence: What happened, and what is kept, e.g. 'Training stopped at
       step 19; ...'.
   """
-  if isinstance(error, OSError):
-    path, quota = error.filename, error.errno == errno.EDQUOT
-  else:
-    match = _NO_SPACE_MESSAGE.search(error.message)
-    path, quota = match.group(1), match.group(2) == 'Disk quota exceeded'
   written = ''
-  if path:
-    # TensorFlow writes a checkpoint's files under temporary names.
-    path = re.sub(r'\.tempstate\d+$', '', str(path))
-    if os.path.abspath(path).startswith(os.path.abspath(directory) + os.sep):
-      path = os.path.relpath(path, directory)
-    written = ', writing %s' % path
-  return NoSpaceError('--%s=%s: no space left %s%s. %s' % (
-      flag, directory, 'within the disk quota' if quota else 'on device',
-      written, consequence))
+  if failure.path != os.path.abspath(directory):
+    written = ', writing %s' % os.path.relpath(failure.path, directory)
+  return WriteError('--%s=%s: %s%s. %s' % (flag, directory, failure.reason,
+                                           written, consequence))
+
+
+@contextlib.contextmanager
+def writes_said(flag, directory, consequence):
+  """Turns a write into `directory` that fails within the block into its one
+  line: a WriteError, raised without a traceback.
+
+  Any other error passes through as it is.
+
+  Args:
+    flag: The flag that gave the folder, e.g. 'eval_dir'.
+    directory: The folder.
+    consequence: f(WriteFailure) -> what happened and what is kept (it may
+      clean up first); or that text.
+  """
+  try:
+    yield
+  except Exception as error:  # pylint: disable=broad-except
+    failure = write_failure(error, directory)
+    if failure is None:
+      raise
+    said = consequence(failure) if callable(consequence) else consequence
+    raise write_error(flag, directory, failure, said) from None
 
 
 def ensure_writable_dir(path, flag_name):
@@ -107,6 +171,20 @@ def ensure_writable_dir(path, flag_name):
     raise UserError('--%s=%s is not writable: %s.' %
                     (flag_name, path, e.strerror)) from None
 
+
+def check_still_there(directory, identity):
+  """Raises FileNotFoundError if `directory` is not the folder it was (whose
+  os.stat() was `identity`): removed, or replaced by another, while a
+  process wrote into it. (TensorFlow would make it again, and write a
+  checkpoint alone into an empty folder.)"""
+  try:
+    now = os.stat(directory)
+  except FileNotFoundError:
+    now = None
+  if not now or (now.st_dev, now.st_ino) != (identity.st_dev,
+                                             identity.st_ino):
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT),
+                            directory)
 
 
 # One writer per training directory.
@@ -141,15 +219,12 @@ def hold_train_dir(train_dir):
         'script': os.path.basename(sys.argv[0]) or 'python',
         'pid': os.getpid(), 'host': socket.gethostname(),
         'since': datetime.now().strftime('%Y-%m-%d %H:%M:%S')})
-    try:
-      os.ftruncate(lock, 0)
-      os.pwrite(lock, holder.encode() + b'\n', 0)
-    except OSError as error:
-      if not out_of_space(error):
-        raise
-      raise no_space_error('train_dir', train_dir,
-                           OSError(error.errno, error.strerror, path),
-                           'Training did not start.') from None
+    with writes_said('train_dir', train_dir, 'Training did not start.'):
+      try:
+        os.ftruncate(lock, 0)
+        os.pwrite(lock, holder.encode() + b'\n', 0)
+      except OSError as error:  # Named by the file written.
+        raise OSError(error.errno, error.strerror, path) from None
     yield
   finally:
     os.close(lock)  # Releases the hold.
@@ -169,20 +244,32 @@ def _holder(lock, wait_secs=2.0):
       time.sleep(0.05)
 
 
-# Summaries whose failures are said.
+# Events whose failures are said.
 
 
-class _EventRecords(object):
-  """An event file, written through tf.io.TFRecordWriter: an event file is
-  a TFRecord file of Event protos. Its failures are raised."""
+class EventFile(object):
+  """A file of TensorBoard events (a TFRecord file of Event protos), written
+  in the calling thread, its failures raised.
 
-  def __init__(self, logdir):
+  TensorFlow's summary writer writes from a thread of its own, through a
+  writer that drops what it cannot write: with the disk full, training went
+  on for minutes and the summaries were lost. This one raises the error
+  (tf.errors.ResourceExhaustedError: '...; No space left on device'), its
+  file then cut to its whole records; and where its file is gone (its folder
+  removed), it says so at the next flush rather than writing on into
+  nothing. It serves as tf.train.SummarySaverHook's summary_writer.
+
+  Args:
+    logdir: The folder; the file is named as TensorFlow names its own.
+    graph: A tf.Graph, written first (TensorBoard's graph), or None.
+  """
+
+  def __init__(self, logdir, graph=None):
     self._logdir = logdir
-    # Named as TensorFlow names them; never another's file.
     name = 'events.out.tfevents.%010d.%s.%d' % (time.time(),
                                                 socket.gethostname(),
                                                 os.getpid())
-    for count in range(1000):
+    for count in range(1000):  # Never another's file.
       self.path = os.path.join(logdir, name + ('.%d' % count if count else ''))
       try:
         os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
@@ -191,8 +278,11 @@ class _EventRecords(object):
       except FileExistsError:
         continue
     self._records = tf.io.TFRecordWriter(self.path)
+    self._closed = False
     self.add_event(tf.Event(wall_time=time.time(),
                             file_version='brain.Event:2'))
+    if graph is not None:
+      self.add_graph(graph)
 
   def get_logdir(self):
     return self._logdir
@@ -200,63 +290,54 @@ class _EventRecords(object):
   def add_event(self, event):
     self._write(self._records.write, event.SerializeToString())
 
+  def add_summary(self, summary, global_step=None):
+    """Adds a tf.Summary (or its serialised bytes) at `global_step`."""
+    if isinstance(summary, bytes):
+      summary = tf.Summary.FromString(summary)
+    self.add_event(tf.Event(wall_time=time.time(), step=global_step or 0,
+                            summary=summary))
+
+  def add_session_log(self, session_log, global_step=None):
+    self.add_event(tf.Event(wall_time=time.time(), step=global_step or 0,
+                            session_log=session_log))
+
+  def add_graph(self, graph, global_step=None):
+    self.add_event(tf.Event(wall_time=time.time(), step=global_step or 0,
+                            graph_def=graph.as_graph_def(
+                                add_shapes=True).SerializeToString()))
+
   def flush(self):
+    # Where the folder or the file was removed, writing on would go into
+    # nothing.
+    for path in (self._logdir, self.path):
+      if not os.path.exists(path):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
     self._write(self._records.flush)
 
   def close(self):
-    self._write(self._records.close)
+    if not self._closed:
+      self._closed = True
+      self._write(self._records.close)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    try:
+      self.close()
+    except (tf.errors.OpError, OSError):
+      if exc_info[0] is None:
+        raise  # Else the error that ended the block is the one to say.
+    return False
 
   def _write(self, write, *args):
     """write(*args); if it fails, the file keeps its whole records only."""
     try:
       write(*args)
     except tf.errors.OpError:
-      drop_partial_record(self.path)
+      if os.path.exists(self.path):
+        drop_partial_record(self.path)
       raise
-
-  def reopen(self):
-    pass
-
-
-class SummaryWriter(tf.summary.FileWriter):
-  """tf.summary.FileWriter, whose failures to write are raised.
-
-  TensorFlow's writes from a thread of its own, through a writer that drops
-  what it cannot write: with the disk full, training went on for minutes and
-  the summaries were lost. This one writes in the calling thread and raises
-  the error (tf.errors.ResourceExhaustedError: '...; No space left on
-  device'), its file then cut to its whole records. Its events go to a file
-  of their own; `path` names it.
-  """
-
-  def __init__(self, logdir, graph=None):  # pylint: disable=super-init-not-called
-    self._closed = False
-    # tf.summary.FileWriter's own base: its events, our file.
-    super(tf.summary.FileWriter, self).__init__(  # pylint: disable=bad-super-call
-        _EventRecords(logdir), graph)
-
-  @property
-  def path(self):
-    return self.event_writer.path
-
-  @classmethod
-  def for_hooks(cls, logdir):
-    """A SummaryWriter of `logdir` that TensorFlow's hooks write through too
-    (they take their writers from tf.summary.FileWriterCache), until it is
-    closed."""
-    writer = cls(logdir)
-    with tf.summary.FileWriterCache._lock:  # pylint: disable=protected-access
-      tf.summary.FileWriterCache._cache[logdir] = writer  # pylint: disable=protected-access
-    return writer
-
-  def close(self):
-    with tf.summary.FileWriterCache._lock:  # pylint: disable=protected-access
-      cache = tf.summary.FileWriterCache._cache  # pylint: disable=protected-access
-      if cache.get(self.get_logdir()) is self:
-        del cache[self.get_logdir()]
-    if not self._closed:
-      self._closed = True
-      self.event_writer.close()
 
 
 def drop_partial_record(path):
@@ -282,22 +363,30 @@ def drop_partial_record(path):
 
 # Half-written files.
 
-# What TensorFlow leaves of a checkpoint (sharded: a folder), of the graph or
-# of the 'checkpoint' file, when writing them fails or the process dies.
+# What TensorFlow leaves of a checkpoint (its files under temporary names, or
+# a sharded one's folder), of the graph or of the 'checkpoint' file, when
+# writing them fails or the process dies.
 _HALF_WRITTEN = re.compile(r'(_temp|\.tmp[0-9a-f]{32}|\.tempstate\d+)$')
 
 
 def remove_half_written(train_dir):
   """Removes what was half-written in a training directory that this process
-  holds; returns the names removed."""
+  holds; returns the names removed (none where the folder is gone)."""
   removed = []
-  for name in sorted(os.listdir(train_dir)):
+  try:
+    names = sorted(os.listdir(train_dir))
+  except OSError:
+    return removed
+  for name in names:
     path = os.path.join(train_dir, name)
     if _HALF_WRITTEN.search(name):
       if os.path.isdir(path):
         shutil.rmtree(path, ignore_errors=True)
       else:
-        os.remove(path)
+        try:
+          os.remove(path)
+        except OSError:
+          continue  # Where it cannot be written, it cannot be removed.
       removed.append(name)
   return removed
 

@@ -17,7 +17,7 @@ for this tutorial, keeping every other warning:
 3. Lines TensorFlow's C++ runtime logs while the scripts run (_RUNTIME_NOISE):
    the cancelled enqueues of every stop of the queue-based input, and the
    end of an evaluation pass on a GPU; the aborted exchanges that end
-   distributed training's steps; oneDNN's wrong report of falling back to
+   distributed training's steps, and those of a lost connection; oneDNN's wrong report of falling back to
    Eigen; a traced step's missing GPU trace; and the errors the scripts say
    themselves, in one line (an unreadable image, a NaN or infinite loss, a
    port in use, no space left on device), or once (TensorFlow's warning, in
@@ -71,7 +71,9 @@ _USER_WANTS_TF_LOGS = os.environ.get('TF_CPP_MIN_LOG_LEVEL') == '0'
 
 # After a line matching `noise`: its indented details, TensorFlow's hint
 # (about memory, where it applies) and blank lines.
-_NOISE_DETAILS = r'^(\s|Hint: If you want to see a list of allocated tensors|$)'
+_NOISE_DETAILS = (r'^(\s|Hint: If you want to see a list of allocated tensors'
+                  r'|Additional GRPC error information from remote target'
+                  r'|:UNKNOWN:Error received from peer|$)')
 
 # The filter process: copies its stdin to its stdout, line by line, without
 # the lines matching argv[1] and the lines of details that follow them
@@ -246,9 +248,16 @@ _RUNTIME_NOISE = (
     r'|local_rendezvous\.cc:\d+\] Local rendezvous is aborting with status: '
     r'ABORTED: (Cleanup \d+|Stopping remaining executors\.'
     r'|Step \d+ cancelled\.)'
+    # A task's connection lost (a parameter server restarted): the step's
+    # exchanges fail, and the scripts say that the session is made again.
+    r'|local_rendezvous\.cc:\d+\] Local rendezvous is aborting with status: '
+    r'(UNAVAILABLE: |CANCELLED: RecvFromRemoteAsync is cancelled)'
+    r'|grpc_worker_service\.cc:\d+\] RecvTensor cancelled for \d+'
+    r'|master_session\.cc:\d+\] UNAVAILABLE: failed to connect to all '
+    r'addresses'
     # A NaN or infinite loss, which training reports itself.
     r'|local_rendezvous\.cc:\d+\] Local rendezvous is aborting with status: '
-    r'INVALID_ARGUMENT: (Nan|Infinity) in summary histogram'
+    r'INVALID_ARGUMENT: (Nan in summary histogram|Infinity in Histogram)'
     # A server that cannot listen, which cifar10_distributed_train.py reports.
     r'|add_port\.cc:\d+\] Failed to add port to server'
     r'|grpc_server_lib\.cc:\d+\] UNKNOWN: Could not start gRPC server'
@@ -256,11 +265,14 @@ _RUNTIME_NOISE = (
     r'AVX-512'
     # A traced step (benchmark.py --profile) on a machine without a GPU.
     r'|xplane_to_step_stats\.cc:\d+\] GPU trace was not collected'
-    # A checkpoint that cannot be written for want of space, which the
-    # scripts report themselves (cifar10_files.no_space_error).
+    # A checkpoint that cannot be written (no space, no permission, a
+    # read-only disk, the folder gone), which the scripts report themselves
+    # (cifar10_files.writes_said).
     r'|(op_kernel\.cc:\d+\] OP_REQUIRES failed at \w+\.cc:\d+ : |'
     r'local_rendezvous\.cc:\d+\] Local rendezvous is aborting with status: )'
-    r'RESOURCE_EXHAUSTED: \S+; (No space left on device|Disk quota exceeded)')
+    r'(RESOURCE_EXHAUSTED|PERMISSION_DENIED|NOT_FOUND): \S+; (No space left '
+    r'on device|Disk quota exceeded|Permission denied|Operation not permitted'
+    r'|Read-only file system|No such file or directory)')
 
 # Said once by the scripts (cifar10_devices.gpu_code_warning), then noise:
 # TensorFlow's warning, in every session, about GPUs it has no compiled code

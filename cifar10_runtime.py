@@ -4,17 +4,24 @@
 and cifar10_distributed_train.py: it resumes from the newest checkpoint,
 logs the loss and the speed, writes summaries and checkpoints as the one
 writer of the training directory, stops cleanly on Ctrl-C and at once when
-the loss is NaN or a write fails for want of space. The log lines it prints
-(and evaluation's), which the benchmark and the tests read back, are defined
-here: their formats and patterns, side by side.
+the loss is NaN or a write fails. Distributed, a worker (`Worker`) waits for
+the parameter servers and the chief, saying so, and carries on after a
+parameter server restarts; the chief reads and writes the checkpoints on
+its own disk. The log lines it prints (and evaluation's), which the
+benchmark and the tests read back, are defined here: their formats and
+patterns, side by side.
 """
 
+import dataclasses
 from datetime import datetime
 import math
+import os
 import re
+import socket
 import threading
 import time
 
+import cifar10
 import cifar10_checkpoint
 import cifar10_common
 import cifar10_devices
@@ -41,6 +48,9 @@ EVAL_LINE = re.compile(
     r'^' + _TIME + r': precision @ 1 = (\d\.\d{3}) \((\d+) of (\d+) images, '
     r'step (\d+); (\d+\.\d) images/sec\)$')
 
+# Seconds between two lines of a task that waits for another.
+WAIT_REPORT_SECS = 30
+
 
 class NanLossError(UserError):
   """The loss became NaN or infinite: training diverged."""
@@ -54,6 +64,35 @@ def nan_loss_message(step, train_dir, value=float('nan')):
            cifar10_checkpoint.kept_checkpoint(train_dir)))
 
 
+@dataclasses.dataclass(frozen=True)
+class Worker(object):
+  """A worker of a distributed training, as the training loop sees it.
+
+  Attributes:
+    index: Its index; worker 0 is the chief.
+    target: Its server's target (tf.train.Server.target).
+    device: Its device, '/job:worker/task:N'.
+    parameter_servers: (name, 'host:port') of each parameter server, e.g.
+      ('parameter server 0', 'ps0:2222'): what it waits for.
+    chief_address: The chief's 'host:port', named while it waits for it.
+    wait_secs: How long it waits for the others before it gives up.
+  """
+  index: int
+  target: str
+  device: str
+  parameter_servers: tuple
+  chief_address: str
+  wait_secs: float = 30 * 60
+
+  @property
+  def is_chief(self):
+    return self.index == 0
+
+  @property
+  def name(self):
+    return 'worker %d' % self.index
+
+
 class _LoggerHook(tf.train.SessionRunHook):
   """Logs loss and runtime, and stops training the moment the loss is NaN
   or infinite.
@@ -61,17 +100,20 @@ class _LoggerHook(tf.train.SessionRunHook):
   It logs every log_frequency of this process's own steps, with its speed
   and the global step, read then: the updates made (a float16 step whose
   gradients overflowed makes none), by every worker of a distributed
-  training (`worker_name` given).
+  training (`worker_name` given). The chief also writes the speed into the
+  summaries (`summary_writer`), and flushes them, so that TensorBoard sees
+  them as they come, and a summary that cannot be written stops training
+  within one log line.
   """
 
   def __init__(self, loss, batch_size, batches_per_step, log_frequency,
-               train_dir, summary_dir, worker_name=None):
+               train_dir, summary_writer=None, worker_name=None):
     self._loss = loss
     self._batch_size = batch_size
     self._batches_per_step = batches_per_step
     self._log_frequency = log_frequency
     self._train_dir = train_dir
-    self._summary_dir = summary_dir
+    self._summary_writer = summary_writer
     self._worker_name = worker_name
     self.own_steps = 0
     self.step = None  # Read from the session once it is created.
@@ -94,7 +136,7 @@ class _LoggerHook(tf.train.SessionRunHook):
     self.step += 1  # Until it is read again (the step of a failed run).
     loss_value = run_values.results
     if not math.isfinite(loss_value):
-      self._read_global_step(run_context.session)
+      self.step = run_context.session.run(self._global_step_tensor)
       raise NanLossError(nan_loss_message(self.step, self._train_dir,
                                           loss_value))
     now = time.time()
@@ -107,7 +149,7 @@ class _LoggerHook(tf.train.SessionRunHook):
       duration = now - self._last_log_time
       examples_per_sec = self._batch_size * batches / duration
       sec_per_batch = duration / batches
-      self._read_global_step(run_context.session)
+      self.step = run_context.session.run(self._global_step_tensor)
       if self._worker_name is None:
         line = LOG_LINE_FORMAT % (datetime.now(), self.step, loss_value,
                                   examples_per_sec, sec_per_batch)
@@ -116,21 +158,14 @@ class _LoggerHook(tf.train.SessionRunHook):
             datetime.now(), self._worker_name, self.step, loss_value,
             examples_per_sec, sec_per_batch)
       print(line, flush=True)
-      if self._summary_dir:
-        writer = tf.summary.FileWriterCache.get(self._summary_dir)
-        writer.add_summary(tf.Summary(value=[tf.Summary.Value(
+      if self._summary_writer:
+        self._summary_writer.add_summary(tf.Summary(value=[tf.Summary.Value(
             tag='examples_per_sec', simple_value=examples_per_sec)]),
-                           self.step)
-        # TensorBoard sees the summaries as they come, and a summary that
-        # cannot be written (a full disk) stops training within one line.
-        writer.flush()
+                                         self.step)
+        self._summary_writer.flush()
       self._last_log_step, self._last_log_time = self.own_steps, now
 
   def end(self, session):
-    self._read_global_step(session)
-
-  def _read_global_step(self, session):
-    """The global step, read in a run of its own."""
     self.step = session.run(self._global_step_tensor)
 
 
@@ -154,8 +189,8 @@ class _QueueWarmupHook(tf.train.SessionRunHook):
     self._filled = None
 
   def after_create_session(self, session, coord):
-    if not self._queued_images:
-      return
+    if not self._queued_images or self._filled is not None:
+      return  # None, or said for the first session (not again on recovery).
     self._filled = threading.Event()
     self._start_time = time.time()
     print('Filling the input queue with %d CIFAR images before starting to '
@@ -192,75 +227,433 @@ class _QueueWarmupHook(tf.train.SessionRunHook):
     self._stop_reporting()
 
 
-class _CheckpointSaverHook(tf.train.CheckpointSaverHook):
-  """tf.train.CheckpointSaverHook, which never writes again a checkpoint of
-  a step that the training directory holds already.
+class _CheckpointHook(tf.train.SessionRunHook):
+  """Saves a checkpoint every `save_secs` and at the end, as
+  tf.train.CheckpointSaverHook does, into a training directory that this
+  process holds.
 
-  TensorFlow's saves one as each session starts: a training resumed from a
-  checkpoint (or a session recreated after a parameter server's restart)
-  would write that checkpoint's files again, while evaluation may be
-  reading them.
+  Unlike it, it never writes again a checkpoint of a step that the folder
+  holds already: TensorFlow's saves one as each session starts, so a
+  training resumed from a checkpoint (or a session made again after a
+  parameter server's restart) would write that checkpoint's files again,
+  while evaluation may be reading them. Before each save, it checks that
+  the folder is still the one it held (TensorFlow would make a removed one
+  again, and write the checkpoint alone into it). The graph goes into the
+  training's event file.
+
+  Args:
+    train_dir: The training directory.
+    save_secs: Seconds between checkpoints.
+    saver: The tf.train.Saver that writes them.
+    summary_writer: The training's cifar10_files.EventFile.
   """
 
-  def __init__(self, checkpoint_dir, **kwargs):
-    super().__init__(checkpoint_dir, **kwargs)
-    self._directory = checkpoint_dir
+  def __init__(self, train_dir, save_secs, saver, summary_writer):
+    self._train_dir = train_dir
+    self._timer = tf.train.SecondOrStepTimer(every_secs=save_secs)
+    self._saver = saver
+    self._summary_writer = summary_writer
+    self._folder = os.stat(train_dir)
+    self._graph_written = False
+
+  def begin(self):
+    self._global_step_tensor = tf.train.get_global_step()
+
+  def after_create_session(self, session, coord):
+    if not self._graph_written:
+      graph = tf.get_default_graph()
+      tf.io.write_graph(graph.as_graph_def(add_shapes=True), self._train_dir,
+                        'graph.pbtxt')
+      self._summary_writer.add_graph(graph)
+      self._graph_written = True
+    step = session.run(self._global_step_tensor)
+    self._save(session, step)
+    self._timer.update_last_triggered_step(step)
+
+  def before_run(self, run_context):
+    return tf.train.SessionRunArgs(self._global_step_tensor)
+
+  def after_run(self, run_context, run_values):
+    if self._timer.should_trigger_for_step(run_values.results + 1):
+      step = run_context.session.run(self._global_step_tensor)
+      if self._timer.should_trigger_for_step(step):
+        self._timer.update_last_triggered_step(step)
+        self._save(run_context.session, step)
+
+  def end(self, session):
+    self._save(session, session.run(self._global_step_tensor))
 
   def _save(self, session, step):
-    latest = tf.train.latest_checkpoint(self._directory)
+    cifar10_files.check_still_there(self._train_dir, self._folder)
+    latest = tf.train.latest_checkpoint(self._train_dir)
     if latest and latest.endswith('-%d' % step):
-      return False  # Saved already; nothing asks to stop.
-    return super()._save(session, step)
+      return  # Saved already.
+    self._saver.save(session, os.path.join(self._train_dir, 'model.ckpt'),
+                     global_step=step)
 
 
-# The training loop.
+def unreachable(tasks, timeout_secs=5):
+  """The tasks whose servers do not accept connections now, each said as
+  'parameter server 0 at ps0:2222 (connection refused)'.
+
+  Args:
+    tasks: (name, 'host:port') of each task.
+    timeout_secs: How long a connection may take.
+  """
+  found = []
+  for name, address in tasks:
+    host, _, port = address.rpartition(':')
+    try:
+      socket.create_connection((host, int(port)),
+                               timeout=timeout_secs).close()
+    except OSError as e:
+      reason = ('its name does not resolve' if isinstance(e, socket.gaierror)
+                else (e.strerror or str(e)).lower())
+      found.append('%s at %s (%s)' % (name, address, reason))
+  return found
 
 
-class _WorkerSessionCreator(tf.train.SessionCreator):
-  """A worker's session: waits until the chief has set up the variables.
+def wait_for_tasks(who, tasks, wait_secs, report_secs=WAIT_REPORT_SECS):
+  """Waits until each task's server accepts connections, saying so.
 
-  tf.train.WorkerSessionCreator does this too, but looks every 30 s, and
-  silently; this looks every second, and says that it waits.
+  A worker whose parameter server is not up yet (or unreachable, or whose
+  name does not resolve yet) would wait inside TensorFlow, silently, for
+  ever. This says, within a second, which task it waits for, at which
+  address and why, and again every `report_secs`; and gives up after
+  `wait_secs`.
+
+  Args:
+    who: Who waits, e.g. 'Worker 1'.
+    tasks: (name, 'host:port') of each task, e.g. ('parameter server 0',
+      'ps0:2222').
+    wait_secs: How long to wait in all.
+    report_secs: Seconds between two lines.
+
+  Raises:
+    UserError: a task did not answer within wait_secs.
+  """
+  started = time.time()
+  last_report = None
+  while True:
+    waiting = unreachable(tasks)
+    if not waiting:
+      return
+    waited = time.time() - started
+    if waited > wait_secs:
+      raise UserError('%s waited %.0f s for %s; giving up (see '
+                      '--wait_secs).' % (who, waited, ', '.join(waiting)))
+    if last_report is None or time.time() - last_report >= report_secs:
+      last_report = time.time()
+      print('%s: waiting for %s.' % (who, ', '.join(waiting)), flush=True)
+    time.sleep(0.5)
+
+
+class _ChiefSessionCreator(tf.train.SessionCreator):
+  """The chief's session: the variables initialised, then restored from the
+  newest readable checkpoint of the training directory, read by this
+  process (on a parameter server, TensorFlow would read its own disk).
+
+  Made again after a parameter server's restart, it restores the newest
+  checkpoint again: the training carries on from there.
+
+  Args:
+    scaffold: The tf.train.Scaffold.
+    config: The session's tf.ConfigProto.
+    train_dir: The training directory.
+    restore: f(session, checkpoint) restoring a checkpoint.
+    worker: The Worker, if distributed (its target; what it waits for).
   """
 
-  def __init__(self, scaffold, master, config, worker_name,
-               max_wait_secs=30 * 60):
+  def __init__(self, scaffold, config, train_dir, restore, worker=None):
     self._scaffold = scaffold
-    self._master = master
     self._config = config
-    self._worker_name = worker_name
-    self._max_wait_secs = max_wait_secs
+    self._train_dir = train_dir
+    self._restore = restore
+    self._worker = worker
+    self.checkpoint = None  # Restored by the last session made.
+    self._sessions_made = 0
 
   def create_session(self):
     self._scaffold.finalize()
+    master = ''
+    if self._worker:
+      wait_for_tasks(self._worker.name.capitalize(),
+                     self._worker.parameter_servers, self._worker.wait_secs)
+      master = self._worker.target
+    self.checkpoint = cifar10_checkpoint.checkpoint_to_resume(
+        self._train_dir, self._restore.variables)
+    if self._sessions_made and self.checkpoint:
+      print('Session lost (a task restarted, or the network failed), made '
+            'again: resuming from %s, at step %d.' % (
+                self.checkpoint,
+                cifar10_checkpoint.checkpoint_step(self.checkpoint)),
+            flush=True)
+    session_manager = tf.train.SessionManager(
+        local_init_op=self._scaffold.local_init_op,
+        ready_op=self._scaffold.ready_op,
+        ready_for_local_init_op=self._scaffold.ready_for_local_init_op,
+        graph=tf.get_default_graph())
+    session = session_manager.prepare_session(
+        master, init_op=self._scaffold.init_op, config=self._config,
+        init_fn=lambda session: self._restore(session, self.checkpoint))
+    self._sessions_made += 1
+    return session
+
+
+class _WorkerSessionCreator(tf.train.SessionCreator):
+  """A worker's session: waits for the parameter servers, then until the
+  chief has set up the variables, saying so every WAIT_REPORT_SECS.
+
+  (tf.train.WorkerSessionCreator waits too, but silently, and ends in a
+  traceback after 30 minutes.)
+  """
+
+  def __init__(self, scaffold, config, worker):
+    self._scaffold = scaffold
+    self._config = config
+    self._worker = worker
+    self._sessions_made = 0
+
+  def create_session(self):
+    self._scaffold.finalize()
+    who = self._worker.name.capitalize()
+    if self._sessions_made:
+      print('%s: session lost (a task restarted, or the network failed); '
+            'making it again.' % who, flush=True)
+    wait_for_tasks(who, self._worker.parameter_servers,
+                   self._worker.wait_secs)
     session_manager = tf.train.SessionManager(
         local_init_op=self._scaffold.local_init_op,
         ready_op=self._scaffold.ready_op,
         ready_for_local_init_op=self._scaffold.ready_for_local_init_op,
         graph=tf.get_default_graph(), recovery_wait_secs=1)
-    try:  # One look: are the variables set up already?
-      return session_manager.wait_for_session(
-          self._master, config=self._config, max_wait_secs=0)
-    except tf.errors.DeadlineExceededError:
-      print('%s: waiting for the chief (worker 0) to initialise or restore '
-            'the variables.' % self._worker_name.capitalize(), flush=True)
-    return session_manager.wait_for_session(
-        self._master, config=self._config, max_wait_secs=self._max_wait_secs)
+    started = time.time()
+    wait_secs = 0  # One look first: are the variables set up already?
+    while True:
+      try:
+        session = session_manager.wait_for_session(
+            self._worker.target, config=self._config, max_wait_secs=wait_secs)
+        self._sessions_made += 1
+        return session
+      except tf.errors.DeadlineExceededError:
+        waited = time.time() - started
+        if waited > self._worker.wait_secs:
+          raise UserError(
+              '%s waited %.0f s for the chief (worker 0 at %s) to initialise '
+              'or restore the variables; giving up (see --wait_secs).' %
+              (who, waited, self._worker.chief_address)) from None
+        print('%s: waiting for the chief (worker 0 at %s) to initialise or '
+              'restore the variables.' % (who, self._worker.chief_address),
+              flush=True)
+        wait_secs = min(WAIT_REPORT_SECS, self._worker.wait_secs - waited)
+
+
+def _required_variables():
+  """{name: variable} of the variables that every checkpoint to resume from
+  must hold: all but those that earlier versions did not write
+  (cifar10.RESTORED_IF_PRESENT)."""
+  optional = tf.get_collection(cifar10.RESTORED_IF_PRESENT)
+  return {v.op.name: v for v in tf.global_variables() if v not in optional}
+
+
+class _Restore(object):
+  """Restores a checkpoint into the model being trained: every variable it
+  holds; those it lacks, that a checkpoint of an earlier version may lack
+  (cifar10.RESTORED_IF_PRESENT), get their initial values, made in the
+  session from those restored (the examples seen, from the global step).
+
+  Args:
+    saver: The Saver of every variable (the training's).
+    device: Where the checkpoint is read: this process's CPU.
+    first: The checkpoint to resume from, if any. (A later one, restored
+      after a parameter server's restart, is one of this training's.)
+  """
+
+  def __init__(self, saver, device, first):
+    self.variables = _required_variables()
+    self._optional = {v.op.name: v
+                      for v in tf.get_collection(cifar10.RESTORED_IF_PRESENT)}
+    self._savers = {tuple(sorted(self._optional)): saver}
+    present = self._present(first) if first else ()
+    if present not in self._savers:
+      restored = dict(self.variables)
+      restored.update((name, self._optional[name]) for name in present)
+      with tf.device(device):
+        self._savers[present] = tf.train.Saver(restored)
+
+  def _present(self, checkpoint):
+    """The optional variables that `checkpoint` holds, by name, sorted."""
+    stored = tf.train.load_checkpoint(checkpoint).get_variable_to_shape_map()
+    return tuple(name for name in sorted(self._optional) if name in stored)
+
+  def __call__(self, session, checkpoint):
+    if checkpoint is None:
+      return
+    present = self._present(checkpoint)
+    cifar10_checkpoint.restore(session, self._savers[present], checkpoint)
+    session.run([v.initializer for name, v in sorted(self._optional.items())
+                 if name not in present])
+
+
+class _Training(object):
+  """One process's training, from its start to its last line (run())."""
+
+  def __init__(self, train_op, loss, params, batches_per_step, config,
+               worker, hooks):
+    self._train_op = train_op
+    self._params = params
+    self._config = config
+    self._worker = worker
+    self._hooks = list(hooks)
+    self._is_chief = worker is None or worker.is_chief
+    self._loss = loss
+    self._batches_per_step = batches_per_step
+    # Checkpoints written and read by this process: on a chief's own disk.
+    self._device = (worker.device if worker else '') + '/cpu:0'
+    with tf.device(self._device):
+      self._saver = tf.train.Saver(save_relative_paths=True)
+    self._scaffold = tf.train.Scaffold(saver=self._saver)
+    self._logger = None
+
+  def run(self):
+    """Trains until params.max_steps, or until a signal or an error."""
+    params, worker = self._params, self._worker
+    if not self._is_chief:
+      self._logger = self._logger_hook(summary_writer=None)
+      self._loop(_WorkerSessionCreator(self._scaffold, self._config, worker),
+                 self._hooks + [self._logger])
+      return
+    train_dir = params.train_dir
+    # What can stop training before it starts only reads: a run that stops
+    # there leaves the folder as it was.
+    cifar10_files.ensure_writable_dir(train_dir, 'train_dir')
+    newest = tf.train.latest_checkpoint(train_dir)
+    variables = _required_variables()
+    resume_from = cifar10_checkpoint.checkpoint_to_resume(train_dir,
+                                                          variables)
+    # Alone, with nothing to train, nothing is done. (A distributed chief
+    # restores the variables, so that the other workers see it too.)
+    if worker is None and _at_max_steps(resume_from, params.max_steps):
+      return
+    with cifar10_files.hold_train_dir(train_dir):
+      removed = cifar10_files.remove_half_written(train_dir)
+      if removed:
+        print('Removed %s: half-written by a run that stopped while writing '
+              'it.' % ', '.join(removed), flush=True)
+      # The one writer now; another may have written a checkpoint meanwhile.
+      if tf.train.latest_checkpoint(train_dir) != newest:
+        resume_from = cifar10_checkpoint.checkpoint_to_resume(train_dir,
+                                                              variables)
+        if worker is None and _at_max_steps(resume_from, params.max_steps):
+          return
+      if resume_from:
+        print('Resuming from %s, at step %d.' % (
+            resume_from, cifar10_checkpoint.checkpoint_step(resume_from)),
+              flush=True)
+      with cifar10_files.writes_said('train_dir', train_dir,
+                                     self._what_a_failed_write_left):
+        # The class names go with the checkpoints, for cifar10_predict.py
+        # and cifar10_export.py.
+        cifar10_input.write_class_names(train_dir, params.class_names)
+        with cifar10_files.EventFile(train_dir) as summary_writer:
+          self._logger = self._logger_hook(summary_writer)
+          hooks = self._hooks + [
+              self._logger,
+              tf.train.SummarySaverHook(
+                  save_steps=params.save_summaries_steps,
+                  summary_writer=summary_writer, scaffold=self._scaffold),
+              # After the logger, so that a NaN step stops training before
+              # it is saved.
+              _CheckpointHook(train_dir, params.save_checkpoint_secs,
+                              self._saver, summary_writer)]
+          restore = _Restore(self._saver, self._device, resume_from)
+          self._loop(_ChiefSessionCreator(self._scaffold, self._config,
+                                          train_dir, restore, worker),
+                     hooks)
+
+  def _logger_hook(self, summary_writer):
+    params = self._params
+    return _LoggerHook(self._loss, params.batch_size, self._batches_per_step,
+                       params.log_frequency, params.train_dir,
+                       summary_writer, self._worker and self._worker.name)
+
+  def _what_a_failed_write_left(self, failure):
+    """What a user is told, after a write into train_dir failed."""
+    train_dir = self._params.train_dir
+    cifar10_files.remove_half_written(train_dir)
+    return ('Training stopped %s; %s, and what was half-written removed. %s, '
+            'and run it again to resume.' % (
+                'at step %d' % self._logger.step
+                if self._logger and self._logger.step is not None else
+                'before its first step',
+                cifar10_checkpoint.kept_checkpoint(train_dir),
+                failure.remedy))
+
+  def _loop(self, session_creator, hooks):
+    """The training loop, until its end or a signal; then the last line."""
+    params, worker = self._params, self._worker
+    train_dir = params.train_dir if self._is_chief else None
+    hooks = [tf.train.StopAtStepHook(last_step=params.max_steps),
+             _QueueWarmupHook()] + hooks
+
+    def kept_checkpoint():
+      return train_dir and cifar10_checkpoint.kept_checkpoint(train_dir)
+
+    global_step = tf.train.get_global_step()
+    with cifar10_common.StopSignals(kept_checkpoint) as stop:
+      with tf.train.MonitoredSession(session_creator=session_creator,
+                                     hooks=hooks) as mon_sess:
+        # A distributed training already at max_steps: no step (a step of a
+        # synchronous worker would wait for updates that never come).
+        step = mon_sess.run_step_fn(
+            lambda step_context: step_context.session.run(global_step))
+        if step >= params.max_steps and worker:
+          if self._is_chief:
+            print('%s is at step %d, --max_steps=%d: nothing to train.' % (
+                session_creator.checkpoint, step, params.max_steps),
+                  flush=True)
+        else:
+          while not mon_sess.should_stop() and not stop.received:
+            try:
+              mon_sess.run(self._train_op)
+            except tf.errors.InvalidArgumentError as e:
+              # A summary step runs the histograms before the logger sees
+              # the loss.
+              found = re.search('(Nan) in summary histogram|(Infinity) in '
+                                'Histogram', e.message)
+              if not found:
+                raise
+              raise NanLossError(nan_loss_message(
+                  self._logger.step + 1, train_dir,
+                  float('nan' if found.group(1) else 'inf'))) from None
+    if train_dir:
+      checkpoint = 'checkpoint %s' % tf.train.latest_checkpoint(train_dir)
+    else:
+      checkpoint = 'the chief writes the checkpoints'
+    if stop.received:
+      raise cifar10_common.Interrupted(
+          'Stopped by %s at step %d; %s%s.' % (
+              stop.received, self._logger.step, checkpoint,
+              ' saved' if train_dir else ''), stop.signum)
+    print('Done training: %sstep %d; %s.' % (
+        worker.name + ', global ' if worker else '', self._logger.step,
+        checkpoint), flush=True)
 
 
 def run_training(train_op, loss, params, batches_per_step=1, config=None,
-                 master='', is_chief=True, hooks=(), worker_name=None):
+                 worker=None, hooks=()):
   """Runs `train_op` until params.max_steps: logs, summaries, checkpoints.
 
   The chief (the one process of a training, or worker 0 of a distributed
   one) holds params.train_dir from start to end: it is its one writer (see
   cifar10_files.hold_train_dir). It resumes from the newest readable
-  checkpoint there, if any. Checkpoints are written every
-  params.save_checkpoint_secs and at the end, but never once the loss has
-  turned NaN: the last good one is kept. SIGINT (Ctrl-C) or SIGTERM stops
-  training cleanly, with a checkpoint of the current step; a second one
-  stops it at once. If a checkpoint or the summaries cannot be written for
-  want of space, training stops at once and removes what was half-written.
+  checkpoint there, if any, and reads and writes every checkpoint itself.
+  Checkpoints are written every params.save_checkpoint_secs and at the end,
+  but never once the loss has turned NaN: the last good one is kept.
+  SIGINT (Ctrl-C) or SIGTERM stops training cleanly, with a checkpoint of
+  the current step; a second one stops it at once. If a checkpoint or the
+  summaries cannot be written (no space, no permission, the folder gone),
+  training stops at once and removes what was half-written.
 
   Args:
     train_op: The op of one training step.
@@ -272,79 +665,21 @@ def run_training(train_op, loss, params, batches_per_step=1, config=None,
       step: one per tower.
     config: tf.ConfigProto of the session; cifar10_devices.session_config()
       by default.
-    master: The TensorFlow server to run on (a distributed worker's); in
-      this process by default.
-    is_chief: Whether this process initialises or restores the variables and
-      writes the checkpoints and summaries: the only one, unless distributed.
+    worker: A Worker, for a worker of a distributed training; None for a
+      training in this process alone.
     hooks: More tf.train.SessionRunHooks.
-    worker_name: For a distributed worker, its name in the log lines.
 
   Raises:
     TrainDirInUse: another process trains in params.train_dir.
-    NanLossError: the loss became NaN.
-    NoSpaceError: a checkpoint or the summaries could not be written.
+    NanLossError: the loss became NaN or infinite.
+    WriteError: a checkpoint or the summaries could not be written.
     CheckpointError: train_dir holds checkpoints that cannot be resumed.
+    UserError: a worker waited too long for the others.
     Interrupted: SIGINT or SIGTERM stopped training (after the checkpoint).
   """
-  train_dir = params.train_dir
-  logger = _LoggerHook(loss, params.batch_size, batches_per_step,
-                       params.log_frequency, train_dir,
-                       train_dir if is_chief else None, worker_name)
-  hooks = [tf.train.StopAtStepHook(last_step=params.max_steps), logger,
-           _QueueWarmupHook()] + list(hooks)
-  config = config or cifar10_devices.session_config(params)
-  # Relative paths in the 'checkpoint' file: the train dir can be moved.
-  scaffold = tf.train.Scaffold(
-      saver=tf.train.Saver(sharded=True, save_relative_paths=True))
-  if not is_chief:
-    _train_until_done(train_op, logger, hooks, _WorkerSessionCreator(
-        scaffold, master, config, worker_name), None, worker_name)
-  else:
-    _train_as_chief(train_op, logger, hooks, scaffold, params, master, config,
-                    worker_name)
-
-
-def _train_as_chief(train_op, logger, hooks, scaffold, params, master, config,
-                    worker_name):
-  """The chief's training: resumes; holds the train dir, its one writer."""
-  train_dir = params.train_dir
-  # What can stop training before it starts only reads: a run that stops
-  # there leaves the folder as it was.
-  cifar10_files.ensure_writable_dir(train_dir, 'train_dir')
-  variables = {v.op.name: v for v in tf.global_variables()}
-  newest = tf.train.latest_checkpoint(train_dir)
-  resume_from = cifar10_checkpoint.checkpoint_to_resume(train_dir, variables)
-  if _at_max_steps(resume_from, params.max_steps):
-    return
-  with cifar10_files.hold_train_dir(train_dir):
-    removed = cifar10_files.remove_half_written(train_dir)
-    if removed:
-      print('Removed %s: half-written by a run that stopped while writing '
-            'it.' % ', '.join(removed), flush=True)
-    # The one writer now; another may have written a checkpoint meanwhile.
-    if tf.train.latest_checkpoint(train_dir) != newest:
-      resume_from = cifar10_checkpoint.checkpoint_to_resume(train_dir,
-                                                            variables)
-      if _at_max_steps(resume_from, params.max_steps):
-        return
-    if resume_from:
-      print('Resuming from %s, at step %d.' % (
-          resume_from, cifar10_checkpoint.checkpoint_step(resume_from)),
-            flush=True)
-    try:
-      _write_as_chief(train_op, logger, hooks, scaffold, resume_from, params,
-                      master, config, worker_name)
-    except Exception as error:  # pylint: disable=broad-except
-      if not cifar10_files.out_of_space(error):
-        raise
-      cifar10_files.remove_half_written(train_dir)
-      raise cifar10_files.no_space_error(
-          'train_dir', train_dir, error,
-          'Training stopped %s; %s, and what was half-written removed. Free '
-          'some space, and run it again to resume.' % (
-              'at step %d' % logger.step if logger.step is not None else
-              'before its first step',
-              cifar10_checkpoint.kept_checkpoint(train_dir))) from None
+  _Training(train_op, loss, params, batches_per_step,
+            config or cifar10_devices.session_config(params), worker,
+            hooks).run()
 
 
 def _at_max_steps(checkpoint, max_steps):
@@ -357,63 +692,3 @@ def _at_max_steps(checkpoint, max_steps):
   print('%s is at step %d, --max_steps=%d: nothing to train.' %
         (checkpoint, step, max_steps), flush=True)
   return True
-
-
-def _write_as_chief(train_op, logger, hooks, scaffold, resume_from, params,
-                    master, config, worker_name):
-  """The chief's training, from `resume_from`: checkpoints and summaries."""
-  train_dir = params.train_dir
-  # The class names go with the checkpoints, for cifar10_predict.py and
-  # cifar10_export.py.
-  cifar10_input.write_class_names(train_dir, params.class_names)
-  hooks = hooks + [
-      tf.train.SummarySaverHook(save_steps=params.save_summaries_steps,
-                                output_dir=train_dir, scaffold=scaffold),
-      # After the logger, so that a NaN step stops training before it is
-      # saved.
-      _CheckpointSaverHook(train_dir, save_secs=params.save_checkpoint_secs,
-                           scaffold=scaffold),
-  ]
-  summary_writer = cifar10_files.SummaryWriter.for_hooks(train_dir)
-  try:
-    _train_until_done(train_op, logger, hooks, tf.train.ChiefSessionCreator(
-        scaffold=scaffold, master=master, checkpoint_filename_with_path=(
-            resume_from), config=config), train_dir, worker_name)
-  finally:
-    summary_writer.close()
-
-
-def _train_until_done(train_op, logger, hooks, session_creator, train_dir,
-                      worker_name):
-  """The training loop, until its end or a signal; then the last line.
-
-  Args:
-    train_dir: The chief's training directory; None on other workers.
-  """
-  def kept_checkpoint():
-    return train_dir and cifar10_checkpoint.kept_checkpoint(train_dir)
-  with cifar10_common.StopSignals(kept_checkpoint) as stop:
-    with tf.train.MonitoredSession(session_creator=session_creator,
-                                   hooks=hooks) as mon_sess:
-      while not mon_sess.should_stop() and not stop.received:
-        try:
-          mon_sess.run(train_op)
-        except tf.errors.InvalidArgumentError as e:
-          # A summary step runs the histograms before the logger sees the
-          # loss.
-          if re.search('(Nan|Infinity) in summary histogram', e.message):
-            raise NanLossError(nan_loss_message(logger.step + 1,
-                                                train_dir)) from None
-          raise
-  if train_dir:
-    checkpoint = 'checkpoint %s' % tf.train.latest_checkpoint(train_dir)
-  else:
-    checkpoint = 'the chief writes the checkpoints'
-  if stop.received:
-    raise cifar10_common.Interrupted(
-        'Stopped by %s at step %d; %s%s.' % (
-            stop.received, logger.step, checkpoint,
-            ' saved' if train_dir else ''), stop.signum)
-  print('Done training: %sstep %d; %s.' % (
-      worker_name + ', global ' if worker_name else '', logger.step,
-      checkpoint), flush=True)

@@ -169,23 +169,23 @@ def _write_data_set(output_dir, batches_dir, files):
   """Writes the data set's files, all or none.
 
   Raises:
-    NoSpaceError: for want of space; nothing half-written is left, and the
-      files there before are as they were.
-    UserError: the folder cannot be written.
+    WriteError: nothing half-written is left, and the files there before are
+      as they were.
+    UserError: the folder cannot be made.
   """
   made = [d for d in (output_dir, batches_dir) if not os.path.isdir(d)]
   try:
-    os.makedirs(batches_dir, exist_ok=True)
-    cifar10_files.write_files_whole(files)
-  except OSError as e:
+    with cifar10_files.writes_said(
+        'output_dir', output_dir, 'The data set was not written: nothing '
+        'half-written is left, and what was there before is as it was.'):
+      os.makedirs(batches_dir, exist_ok=True)
+      cifar10_files.write_files_whole(files)
+  except (OSError, UserError) as e:
     for folder in reversed(made):  # The folders made for it, if empty.
       if os.path.isdir(folder) and not os.listdir(folder):
         os.rmdir(folder)
-    if cifar10_files.out_of_space(e):
-      raise cifar10_files.no_space_error(
-          'output_dir', output_dir, e, 'The data set was not written: nothing '
-          'half-written is left, and what was there before is as it '
-          'was.') from None
+    if isinstance(e, UserError):
+      raise
     raise UserError('cannot write the data set into --output_dir=%s: %s' %
                     (output_dir, e)) from None
 

@@ -41,6 +41,10 @@ import cifar_data  # pylint: disable=g-import-not-at-top
 
 REPO_DIR = os.path.dirname(_TESTS_DIR)
 
+# The variables of a training that count (steps, examples): integers, whatever
+# the model's float type.
+COUNTS = ('global_step', 'examples_seen')
+
 # Training in the tests waits for few images: 200 of the 320 of an epoch of
 # the small data.
 SMALL_QUEUE_FRACTION = 0.625
@@ -60,6 +64,22 @@ def pytest_collection_modifyitems(items):
     return (LONGEST_FIRST.index(name) if name in LONGEST_FIRST else
             len(LONGEST_FIRST))
   items.sort(key=rank)  # Stable: each file's tests keep their order.
+
+
+# Set by .ci/run: a test that cannot run here for want of a capability of the
+# machine (to mount a small filesystem, to make a machine of its own) fails
+# rather than skips, so that CI cannot pass without checking it. A
+# contributor's plain `pytest` skips it, saying why.
+STRICT = os.environ.get('CIFAR10_TESTS_STRICT') == '1'
+
+
+def require(capable, reason):
+  """Skips the test unless `capable`, saying `reason`; fails under STRICT."""
+  if capable:
+    return
+  if STRICT:
+    pytest.fail('CIFAR10_TESTS_STRICT=1, and ' + reason, pytrace=False)
+  pytest.skip(reason)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ A tmpfs of a few MB, mounted at a folder of the test's:
 import os
 import subprocess
 
-import pytest
+import conftest
 
 _MAX_SIZE = 64 << 20  # Never fill a filesystem larger than this.
 
@@ -59,8 +59,8 @@ class SmallFilesystem(object):
       except OSError as e:
         reasons.append('unshare: %s' % e)
       if not self._holder:
-        pytest.skip('no small filesystem can be made here, to fill: %s' %
-                    '; '.join(reasons))
+        conftest.require(False, 'no small filesystem can be made here, to '
+                         'fill: %s' % '; '.join(reasons))
       self.how = 'namespace'
     # What is filled must be the small filesystem, never the disk.
     stat = os.statvfs(self.view(self.path))

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 
+import cifar10
 import cifar10_checkpoint
 import cifar10_common
 import cifar10_eval
@@ -210,7 +211,7 @@ def test_unreadable_newest_checkpoint_is_skipped_not_trusted(
   params = quick_params.replace(
       data_dir=trained[0], train_dir=_copy_trained(trained, tmp_path))
   newest = os.path.join(params.train_dir, 'model.ckpt-%d' % TRAINED_STEPS)
-  data_file = newest + '.data-00000-of-00002'
+  data_file = newest + '.data-00000-of-00001'
   with open(data_file, 'r+b') as f:
     f.truncate(os.path.getsize(data_file) // 2)
   damaged = _snapshot(params.train_dir)[os.path.basename(data_file)]
@@ -253,6 +254,27 @@ def test_nan_loss_in_multi_device_training(quick_params, capsys):
       params.train_dir, 'model.ckpt-0') in str(error.value)
   assert tf.train.latest_checkpoint(params.train_dir) == os.path.join(
       params.train_dir, 'model.ckpt-0')
+
+
+def test_an_infinite_loss_stops_training_as_a_nan_does(quick_params):
+  # A loss that overflows to inf (float16 computation, a huge logit) stops
+  # training at once, as a NaN does: nothing saved after it.
+  with tf.Graph().as_default():
+    with tf.device('/cpu:0'):
+      global_step = tf.train.get_or_create_global_step()
+    weights = tf.get_variable('w', initializer=tf.ones([4]))
+    loss = tf.reduce_sum(weights) * float('inf')
+    train_op = cifar10.train(loss, global_step, examples_per_step=4,
+                             examples_per_epoch=4)
+    with pytest.raises(cifar10_runtime.NanLossError) as error:
+      cifar10_runtime.run_training(train_op, loss,
+                                   quick_params.replace(max_steps=10))
+  kept = os.path.join(quick_params.train_dir, 'model.ckpt-0')
+  assert str(error.value) == (
+      'loss is infinite at step 1: training diverged and was stopped; the '
+      'last checkpoint, %s, is kept. Lower the learning rate, or check the '
+      'input data.' % kept)
+  assert tf.train.latest_checkpoint(quick_params.train_dir) == kept
 
 
 # Bad data.

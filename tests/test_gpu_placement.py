@@ -16,7 +16,6 @@ import re
 import pytest
 from tensorflow.python.framework import kernels
 
-import cifar10
 import cifar10_checkpoint
 import cifar10_devices
 import cifar10_multi_gpu_train
@@ -317,18 +316,7 @@ def test_evaluation_prediction_and_export_prepare_images_on_the_cpu(
   params = cifar10_params.Params(
       data_dir=data_dir, checkpoint_dir=train_dir, batch_size=16,
       eval_dir=str(tmp_path / 'eval'), run_once=True, **PRECISIONS[precision])
-  graphs = {}
-
-  class Captured(Exception):
-    pass
-
-  def capture(*args, **kwargs):
-    graphs['evaluation'] = tf.get_default_graph()
-    raise Captured()
-
-  monkeypatch.setattr(cifar10_eval, '_evaluate_checkpoints', capture)
-  with pytest.raises(Captured):
-    cifar10_eval.evaluate(params)
+  graphs = {'evaluation': cifar10_eval.Evaluation(params).graph}
   # A classifier restores the checkpoint: float32 weights, or float16 ones.
   if precision == 'use_fp16':
     monkeypatch.setattr(cifar10_checkpoint, 'restore', lambda *args: None)
@@ -348,3 +336,32 @@ def test_evaluation_prediction_and_export_prepare_images_on_the_cpu(
     convolution, = [op for op in model_input.consumers()
                     if op.type == 'Conv2D']
     assert not _on_cpu(convolution, graph), what
+
+
+def test_workers_sharing_a_machine_each_take_their_own_gpu(data_dir):
+  # Workers listed on the same host take a GPU each, in their order (a and
+  # b each a machine of 2 GPUs); TensorFlow would put all on GPU 0.
+  import cifar10_distributed_train  # pylint: disable=g-import-not-at-top
+  cluster = tf.train.ClusterSpec({
+      'ps': ['p:1'], 'worker': ['a:1', 'a:2', 'b:1', 'a:3']})
+  assert [cifar10_distributed_train.worker_gpu(cluster, i, 2)
+          for i in range(4)] == [0, 1, 0, 0]
+  assert cifar10_distributed_train.worker_gpu(cluster, 1, 0) is None
+  # The graph of worker 1: its model on its GPU (1), its input pipeline on
+  # its CPU, the variables on the parameter server.
+  params = cifar10_params.Params(data_dir=data_dir, batch_size=16)
+  with tf.Graph().as_default() as graph:
+    cifar10_distributed_train.build_worker_graph(params, cluster, 1, gpu=1)
+  convolutions = [op for op in graph.get_operations()
+                  if op.type.startswith('Conv2D')]
+  assert len(convolutions) >= 6  # Forward, and the gradients.
+  assert {_device(op).to_string() for op in convolutions} == {
+      '/job:worker/task:1/device:GPU:1'}
+  pipeline = _input_pipeline(graph, _first_convolution_input(graph))
+  assert {_device(op).to_string() for op in pipeline} == {
+      '/job:worker/task:1/device:CPU:0'}
+  model = [op for op in graph.get_operations() if op.type == 'VarHandleOp' and
+           op.name in MODEL_VARIABLES]
+  assert len(model) == 10
+  assert {_device(op).to_string() for op in model} == {
+      '/job:ps/task:0/device:CPU:0'}

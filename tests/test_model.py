@@ -171,12 +171,14 @@ def test_initial_loss_is_near_4_6():
     (0, 0.1), (DECAY_STEPS - 1, 0.1), (DECAY_STEPS, 0.01),
     (2 * DECAY_STEPS - 1, 0.01), (2 * DECAY_STEPS, 0.001)])
 def test_learning_rate_decays_tenfold_every_350_epochs(step, rate):
+  # By the examples trained on, in steps of a batch (128): for a training of
+  # batches of 128 throughout, its steps.
   with tf.Graph().as_default():
-    global_step = tf.train.get_or_create_global_step()
-    lr = cifar10.learning_rate(global_step)
+    examples = tf.placeholder(tf.int64, [])
+    lr = cifar10.learning_rate(examples)
     with tf.Session() as sess:
-      sess.run(global_step.assign(step))
-      assert sess.run(lr) == pytest.approx(rate, rel=1e-6)
+      assert sess.run(lr, {examples: step * 128}) == pytest.approx(rate,
+                                                                rel=1e-6)
 
 
 def test_train_op_is_gradient_descent_then_moving_averages():
@@ -337,12 +339,13 @@ def test_learning_rate_decays_with_the_epochs_of_the_data_used(
   graph = _training_graph(kind, params, monkeypatch)
   with graph.as_default():
     lr = learning_rate_of(graph)
-    global_step = tf.train.get_global_step()
+    examples, = [v for v in tf.global_variables()
+                 if v.op.name == 'examples_seen']
     with tf.Session() as sess:
       rates = []
       for step in [0, decay_steps - 1, decay_steps, 2 * decay_steps]:
-        sess.run(global_step.initializer)
-        sess.run(global_step.assign(step))
+        sess.run(examples.initializer)
+        sess.run(examples.assign(step * examples_per_step))
         rates.append(sess.run(lr))
   assert rates == pytest.approx([0.1, 0.1, 0.01, 0.001], rel=1e-6)
 

@@ -252,3 +252,65 @@ def test_num_gpus_below_one_is_refused():
   assert result.returncode == 2
   assert result.stderr == ('Error: flag --num_gpus=0: 0 is not a positive '
                            'integer (see --helpshort)\n')
+
+
+def _rewritten(checkpoint, train_dir, changes, dropped=()):
+  """A copy of `checkpoint` into train_dir, some values changed, some
+  variables dropped (as a checkpoint of an earlier version lacks them);
+  returns its path."""
+  reader = tf.train.load_checkpoint(checkpoint)
+  with tf.Graph().as_default():
+    variables = [tf.Variable(changes.get(name, reader.get_tensor(name)),
+                             name=name)
+                 for name in sorted(reader.get_variable_to_shape_map())
+                 if name not in dropped]
+    with tf.Session() as sess:
+      sess.run(tf.global_variables_initializer())
+      return tf.train.Saver(variables).save(
+          sess, os.path.join(train_dir, 'model.ckpt'),
+          global_step=changes['global_step'])
+
+
+def _learning_rates(train_dir):
+  """{step: the learning rate summarised at it}."""
+  rates = {}
+  for name in os.listdir(train_dir):
+    if '.tfevents.' in name:
+      for event in tf.train.summary_iterator(os.path.join(train_dir, name)):
+        for value in event.summary.value:
+          if value.tag == 'learning_rate':
+            rates[event.step] = value.simple_value
+  return rates
+
+
+@pytest.mark.parametrize('counted', [True, False])
+def test_resumed_with_more_examples_per_step_the_schedule_keeps_to_the_epochs(
+    counted, trained, quick_params):
+  # A checkpoint of 1,800 steps of 64 images (cifar10_train.py's, at
+  # TRAINED_BATCH_SIZE): 115,200 images, 360 epochs of the small data, past
+  # the first tenfold decay (at 350). Resumed by two towers of 64 (128 an
+  # update), the rate is where the epochs say: decayed once, not twice (as
+  # 1,800 steps of 128, 720 epochs, would say). A checkpoint of an earlier
+  # version counted no examples: its steps are taken as the resumed
+  # training's, as that version did.
+  data_dir, single_device_dir, _ = trained
+  assert TRAINED_BATCH_SIZE == 64
+  params = quick_params.replace(
+      data_dir=data_dir, batch_size=64, max_steps=1801,
+      save_summaries_steps=1, initial_learning_rate=LEARNING_RATE)
+  os.makedirs(params.train_dir)
+  shutil.copy(os.path.join(single_device_dir, 'batches.meta.txt'),
+              params.train_dir)
+  _rewritten(tf.train.latest_checkpoint(single_device_dir), params.train_dir,
+             {'global_step': np.int64(1800),
+              'examples_seen': np.int64(1800 * 64)},
+             dropped=() if counted else ('examples_seen',))
+  cifar10_multi_gpu_train.train(
+      params, TWO_CPUS, _two_cpu_config(allow_soft_placement=True))
+  decays = 1 if counted else 2
+  assert _learning_rates(params.train_dir)[1801] == pytest.approx(
+      LEARNING_RATE * 0.1 ** decays, rel=1e-5)
+  # Counted on from there: 128 examples the update.
+  assert tf.train.load_variable(
+      tf.train.latest_checkpoint(params.train_dir), 'examples_seen') == (
+          1800 * (64 if counted else 128) + 128)

@@ -5,7 +5,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
+from absl import flags
+from absl.testing import flagsaver
 import numpy as np
 import pytest
 
@@ -15,14 +18,15 @@ import cifar10_devices
 import cifar10_eval
 import cifar10_params
 import cifar10_quiet
+import cifar10_runtime
 import cifar10_train
 from cifar10_quiet import tf
+from conftest import COUNTS
 from conftest import LEARNING_RATE
 from conftest import REPO_DIR
 from helpers import cross_entropy_on_test_set
 from helpers import EVAL_LINE
 from helpers import run_main
-from helpers import run_script
 
 
 def test_mixed_precision_is_float32_variables_and_low_precision_compute():
@@ -40,10 +44,11 @@ def test_mixed_precision_is_float32_variables_and_low_precision_compute():
       loss_value = sess.run(loss)
       sess.run(train_op)
       assert sess.run(global_step) == 1
-  # Every variable float32 (weights, averages, the loss averages); the
-  # convolutions in bfloat16; the logits bfloat16, the loss float32.
+  # Every variable float32 (weights, averages, the loss averages; not the
+  # counts of steps and examples); the convolutions in bfloat16; the logits
+  # bfloat16, the loss float32.
   assert {v.dtype.base_dtype for v in variables
-          if v.op.name != 'global_step'} == {tf.float32}
+          if v.op.name not in COUNTS} == {tf.float32}
   assert {op.get_attr('T') for op in convolutions} == {tf.bfloat16}
   assert logits.dtype == tf.bfloat16 and loss.dtype == tf.float32
   assert loss_value == pytest.approx(4.6, abs=0.2)
@@ -145,6 +150,43 @@ def test_a_float16_step_whose_gradients_overflow_is_skipped():
       assert (step, current, good) == (1, 2.0 ** 14, 1)
 
 
+def _train_float16(params):
+  """Trains _float16_step's computation (its gradients overflow at a loss
+  scale of 2**15) to params.max_steps; returns the checkpoint's (global
+  step, loss scale, good steps)."""
+  with tf.Graph().as_default():
+    train_op, weights, *_ = _float16_step([3.0, 3.0, 3.0, 3.0])
+    loss = tf.reduce_sum(weights)
+    cifar10_runtime.run_training(train_op, loss, params)
+  latest = tf.train.latest_checkpoint(params.train_dir)
+  return tuple(tf.train.load_variable(latest, name) for name in (
+      'global_step', 'loss_scale/current_loss_scale', 'loss_scale/good_steps'))
+
+
+def test_the_float16_loss_scale_goes_with_the_checkpoints(quick_params):
+  params = quick_params.replace(max_steps=1)
+  # The first step overflows (skipped, the scale halved), the second makes
+  # the update of step 1.
+  assert _train_float16(params) == (1, 2.0 ** 14, 1)
+  # Resumed, it keeps its scale: no step overflows again.
+  assert _train_float16(params.replace(max_steps=2)) == (2, 2.0 ** 14, 2)
+  # A checkpoint without one (of float32 training) starts at 2**15.
+  fresh = quick_params.replace(train_dir=quick_params.train_dir + '_float32',
+                               max_steps=1)
+  with tf.Graph().as_default():
+    with tf.device('/cpu:0'):
+      global_step = tf.train.get_or_create_global_step()
+    weights = tf.get_variable('w', initializer=tf.ones([4]))
+    loss = tf.reduce_sum(weights * 3.0)
+    cifar10_runtime.run_training(
+        cifar10.train(loss, global_step, examples_per_step=4,
+                      examples_per_epoch=4), loss, fresh)
+  assert 'loss_scale/current_loss_scale' not in (
+      tf.train.load_checkpoint(tf.train.latest_checkpoint(
+          fresh.train_dir)).get_variable_to_shape_map())
+  assert _train_float16(fresh.replace(max_steps=2)) == (2, 2.0 ** 14, 1)
+
+
 def test_mixed_precision_training_writes_float32_checkpoints(data_dir,
                                                             tmp_path):
   # Trained with --mixed_precision (bfloat16 on this CPU), the checkpoints
@@ -165,7 +207,7 @@ def test_mixed_precision_training_writes_float32_checkpoints(data_dir,
   assert checkpoint.endswith('model.ckpt-150')
   stored = tf.train.load_checkpoint(checkpoint).get_variable_to_dtype_map()
   assert {dtype for name, dtype in stored.items()
-          if name != 'global_step'} == {tf.float32}
+          if name not in COUNTS} == {tf.float32}
   initial = cross_entropy_on_test_set(os.path.join(train_dir, 'model.ckpt-0'),
                                       data_dir)
   assert cross_entropy_on_test_set(checkpoint, data_dir) < 0.5 * initial
@@ -192,34 +234,104 @@ def test_session_configuration_of_the_options():
       tf.OptimizerOptions.ON_1)
 
 
-def test_every_session_takes_the_configuration(trained, tmp_path,
-                                               monkeypatch):
-  # Training, evaluation and prediction each open their sessions with the
-  # scripts' configuration (GPU memory growth, XLA), none with TensorFlow's
-  # default, which maps every GPU's memory at once.
-  data_dir, train_dir, _ = trained
+def _recorded_configs(monkeypatch):
+  """Records the configuration of every session and server made: a list of
+  (what, config)."""
   seen = []
   session_init = tf.Session.__init__
+  server_init = tf.train.Server.__init__
 
-  def recording_init(self, target='', graph=None, config=None):
-    seen.append(config)
+  def recording_session_init(self, target='', graph=None, config=None):
+    seen.append(('session', config))
     session_init(self, target, graph, config)
 
-  monkeypatch.setattr(tf.Session, '__init__', recording_init)
+  def recording_server_init(self, server_or_cluster_def, job_name=None,
+                            task_index=None, protocol=None, config=None,
+                            start=True):
+    seen.append(('server', config))
+    server_init(self, server_or_cluster_def, job_name, task_index, protocol,
+                config, start)
+
+  monkeypatch.setattr(tf.Session, '__init__', recording_session_init)
+  monkeypatch.setattr(tf.train.Server, '__init__', recording_server_init)
+  return seen
+
+
+def _takes_the_gpus_as_set(config, gpu_memory_growth, xla):
+  """Whether a session's configuration is the scripts', with these options,
+  or one that leaves the GPUs alone."""
+  assert config is not None  # TensorFlow's default maps every GPU's memory.
+  if config.device_count.get('GPU') == 0:
+    return True
+  jit = config.graph_options.optimizer_options.global_jit_level
+  return (config.gpu_options.allow_growth == gpu_memory_growth and
+          (jit == tf.OptimizerOptions.ON_1) == xla)
+
+
+def test_every_session_of_the_scripts_takes_their_configuration(
+    trained, tmp_path, monkeypatch):
+  # Training (on one device, in towers, a distributed worker and its
+  # parameter server), evaluation, prediction and export open their sessions
+  # and servers with the scripts' configuration (GPU memory growth, XLA), or
+  # one that leaves the GPUs alone, none with TensorFlow's default, which
+  # maps every GPU's memory at once.
+  import cifar10_distributed_train  # pylint: disable=g-import-not-at-top
+  import cifar10_multi_gpu_train  # pylint: disable=g-import-not-at-top
+  import cifar10_images  # pylint: disable=g-import-not-at-top
+  from test_distributed import free_ports  # pylint: disable=g-import-not-at-top
+  data_dir, train_dir, _ = trained
+  seen = _recorded_configs(monkeypatch)
   params = cifar10_params.Params(
       data_dir=data_dir, checkpoint_dir=train_dir, run_once=True,
       eval_dir=str(tmp_path / 'eval'), gpu_memory_growth=False, xla=True,
       train_dir=str(tmp_path / 'train'), max_steps=1, batch_size=16,
       min_fraction_of_examples_in_queue=0.1)
   cifar10_train.train(params)
+  cifar10_multi_gpu_train.train(params.replace(
+      train_dir=str(tmp_path / 'towers')), ['/cpu:0', '/cpu:0'])
   cifar10_eval.evaluate(params)
   cifar10_classifier.Classifier(train_dir, params=params).close()
-  assert len(seen) >= 3
-  for config in seen:
-    assert config is not None
-    assert not config.gpu_options.allow_growth
-    assert config.graph_options.optimizer_options.global_jit_level == (
-        tf.OptimizerOptions.ON_1)
+  cifar10_images.ImageDecoder().close()
+  # A cluster of one parameter server (serving in a thread) and one worker.
+  cluster = tf.train.ClusterSpec({
+      'ps': ['127.0.0.1:%d' % free_ports(1)[0]],
+      'worker': ['127.0.0.1:%d' % free_ports(1)[0]]})
+  distributed = params.replace(train_dir=str(tmp_path / 'distributed'))
+  ps = cifar10_distributed_train.start_server(cluster, 'ps', 0, distributed)
+  served = threading.Thread(target=cifar10_distributed_train.serve,
+                            args=(ps, cluster, 0), daemon=True)
+  served.start()
+  cifar10_distributed_train.train(distributed, cifar10_distributed_train.
+                                  start_server(cluster, 'worker', 0,
+                                               distributed), cluster, 0)
+  served.join(30)
+  assert not served.is_alive()  # The worker said it was done.
+  kinds = [kind for kind, _ in seen]
+  assert kinds.count('server') == 2 and kinds.count('session') >= 8
+  for kind, config in seen:
+    assert _takes_the_gpus_as_set(config, gpu_memory_growth=False,
+                                  xla=True), (kind, config)
+
+
+def test_every_session_of_the_tools_takes_memory_as_needed(data_dir,
+                                                           monkeypatch):
+  # The benchmark's and the GPU check's sessions, beside a training on the
+  # same GPU, must not take all its memory either.
+  import benchmark  # pylint: disable=g-import-not-at-top
+  import gpu_check  # pylint: disable=g-import-not-at-top
+  seen = _recorded_configs(monkeypatch)
+  with flagsaver.flagsaver():
+    flags.FLAGS(['benchmark.py', '--data_dir=' + data_dir, '--batch_size=8'])
+    session, _, coord = benchmark._start('step_with_input')  # pylint: disable=protected-access
+    coord.request_stop()
+    session.close()
+  benchmark._convolutions_gflops(batch=2, runs=1, repeats=1)  # pylint: disable=protected-access
+  gpu_check.towers_equal_one(['/cpu:0', '/cpu:0'], images_per_step=4)
+  gpu_check.placement_of_a_step(data_dir, '/cpu:0', batch_size=8)
+  assert len(seen) >= 5
+  for kind, config in seen:
+    assert _takes_the_gpus_as_set(config, gpu_memory_growth=True,
+                                  xla=False), (kind, config)
 
 
 @pytest.mark.parametrize('gpu_device_files, cuda_visible_devices, noise', [

@@ -13,6 +13,7 @@ import cifar10_runtime
 import cifar10_train
 import cifar_data
 from cifar10_quiet import tf
+from conftest import COUNTS
 from conftest import TRAINED_STEPS
 from helpers import cross_entropy_on_test_set
 from helpers import EVAL_LINE
@@ -212,7 +213,7 @@ SCRIPT_FLAGS = {
     'cifar10_multi_gpu_train.py': _TRAINING_FLAGS | {'num_gpus'},
     'cifar10_distributed_train.py': _TRAINING_FLAGS | {
         'ps_hosts', 'worker_hosts', 'job_name', 'task_index', 'sync_replicas',
-        'replicas_to_aggregate'},
+        'replicas_to_aggregate', 'wait_secs'},
     'cifar10_eval.py': {
         'data_dir', 'data_url', 'data_md5', 'batch_size', 'use_fp16',
         'mixed_precision', 'top_layers', 'gpu_memory_growth', 'checkpoint_dir',
@@ -333,7 +334,7 @@ def test_use_fp16_trains_and_its_checkpoint_evaluates(tmp_path):
       'Done training: step 3; checkpoint %s.' % last)
   stored = tf.train.load_checkpoint(last).get_variable_to_dtype_map()
   assert {dtype for name, dtype in stored.items()
-          if name != 'global_step'} == {tf.float16}
+          if name not in COUNTS} == {tf.float16}
 
   evaluation = run_main('cifar10_eval.py', '--run_once',
                         '--checkpoint_dir=' + train_dir,
@@ -393,7 +394,7 @@ def test_examples_per_sec_leaves_out_the_queue_warm_up(capsys):
     step = tf.group(batch, global_step.assign_add(1))
     logger = cifar10_runtime._LoggerHook(  # pylint: disable=protected-access
         tf.constant(2.5), batch_size=1, batches_per_step=1, log_frequency=10,
-        train_dir=None, summary_dir=None)
+        train_dir=None)
     with tf.train.MonitoredSession(hooks=[logger]) as sess:
       for _ in range(10):
         sess.run(step)

@@ -122,8 +122,8 @@ def test_training_on_a_full_disk_stops_and_keeps_its_last_checkpoint(
   for name, training in trainings.items():
     train_dir = os.path.join(filesystems[name].path, 'train')
     assert training.finish(timeout=120) == 1, training.stderr()
-    written = (r'model\.ckpt-\d+_temp/part-\S+' if name == 'checkpoints'
-               else r'events\.out\.tfevents\.\S+')
+    written = (r'model\.ckpt-\d+\.(data-00000-of-00001|index|meta)'
+               if name == 'checkpoints' else r'events\.out\.tfevents\.\S+')
     assert re.match(_no_space_line(
         'train_dir', train_dir, written,
         r'Training stopped at step \d+; the last checkpoint, %s, is kept, '
@@ -230,18 +230,45 @@ def test_evaluation_export_prepare_and_download_on_a_full_disk(
      '--output_dir=/d: no space left within the disk quota, writing '
      'data_batch_1.bin. Not written.'),
     (tf.errors.ResourceExhaustedError(
-        None, None, '/d/model.ckpt-9_temp/part-00000-of-00001.data-00000-of'
-        '-00001.tempstate123; Disk quota exceeded'),
+        None, None, '/d/model.ckpt-9.data-00000-of-00001.tempstate123; Disk '
+        'quota exceeded'),
      '--output_dir=/d: no space left within the disk quota, writing '
-     'model.ckpt-9_temp/part-00000-of-00001.data-00000-of-00001. Not '
+     'model.ckpt-9.data-00000-of-00001. Not written.'),
+    # Not only space: what TensorFlow says of a read-only disk, of an
+    # immutable folder; what Python says of permissions; a folder gone.
+    (tf.errors.PermissionDeniedError(
+        None, None, '/d/events.out.tfevents.1.h.2; Read-only file system'),
+     '--output_dir=/d: read-only file system, writing '
+     'events.out.tfevents.1.h.2. Not written.'),
+    (tf.errors.PermissionDeniedError(
+        None, None, '/d/graph.pbtxt.tmp0123456789abcdef0123456789abcdef; '
+        'Operation not permitted'),
+     '--output_dir=/d: operation not permitted, writing '
+     'graph.pbtxt.tmp0123456789abcdef0123456789abcdef. Not written.'),
+    (OSError(errno.EACCES, 'Permission denied', '/d/sub/batches.meta.txt'),
+     '--output_dir=/d: permission denied, writing sub/batches.meta.txt. Not '
      'written.'),
+    (OSError(errno.ENOENT, 'No such file or directory', '/d'),
+     '--output_dir=/d: the folder is gone. Not written.'),
 ])
-def test_a_full_quota_is_said_as_a_full_disk_is(error, expected):
-  # A quota (EDQUOT) fails a write as a full disk (ENOSPC) does, in Python
-  # or in TensorFlow; both are said, in their words.
-  assert cifar10_files.out_of_space(error)
-  assert str(cifar10_files.no_space_error('output_dir', '/d', error,
-                                          'Not written.')) == expected
-  assert not cifar10_files.out_of_space(OSError(errno.EACCES, 'Denied'))
-  assert not cifar10_files.out_of_space(tf.errors.ResourceExhaustedError(
-      None, None, 'OOM when allocating tensor'))
+def test_a_failed_write_is_said_in_one_line(error, expected):
+  # A quota (EDQUOT) fails a write as a full disk (ENOSPC) does, and any
+  # other reason the system gives, in Python or in TensorFlow: each said,
+  # in its words, naming the file written in the folder.
+  failure = cifar10_files.write_failure(error, '/d')
+  assert str(cifar10_files.write_error('output_dir', '/d', failure,
+                                       'Not written.')) == expected
+
+
+@pytest.mark.parametrize('error', [
+    OSError(errno.EACCES, 'Denied'),  # No file named.
+    OSError(errno.ENOSPC, 'No space left on device', '/elsewhere/f'),
+    OSError(errno.EIO, 'Input/output error', '/d/f'),
+    tf.errors.ResourceExhaustedError(None, None, 'OOM when allocating tensor'),
+    ValueError('/d/f; No space left on device'),
+])
+def test_what_is_not_a_failed_write_into_the_folder_passes_through(error):
+  assert cifar10_files.write_failure(error, '/d') is None
+  with pytest.raises(type(error)):
+    with cifar10_files.writes_said('output_dir', '/d', 'Not written.'):
+      raise error
