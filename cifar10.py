@@ -17,9 +17,12 @@
 
 Summary of available functions:
 
+ # The data set, downloaded and unpacked on first use, checked.
+ data = maybe_download_and_extract(data_dir)
+
  # Compute input images and labels for training. If you would like to run
  # evaluations, use inputs() instead.
- inputs, labels = distorted_inputs(data_dir, batch_size)
+ inputs, labels = distorted_inputs(data, batch_size)
 
  # Compute inference on the model inputs: the logits of each class.
  logits = inference(inputs)
@@ -33,49 +36,49 @@ Summary of available functions:
  # The probability of each class.
  probabilities = predictions(logits)
 
+ # The trained model as a function of images (prediction, export).
+ probabilities, to_restore = classify(uint8_images, num_classes)
+
 Every function takes its settings as arguments (defaults: the tutorial's
 values) and reads no flag: the module serves a program or a notebook too.
 """
 
-import os
+import functools
 import re
 
-import cifar10_download
 import cifar10_input
-import cifar10_lrn
-from cifar10_common import UserError
-from cifar10_quiet import tf
+from cifar10_support import checkpoints
+from cifar10_support import download
+from cifar10_support import lrn
+from cifar10_support import params
+from cifar10_support.quiet import tf
 
 # Global constants describing the CIFAR-10 data set. Data of your own (see
-# prepare_data.py) brings its classes and sizes (see cifar10_params.Params).
+# prepare_data.py) brings its classes and sizes (its DataSet).
 IMAGE_SIZE = cifar10_input.IMAGE_SIZE
 NUM_CLASSES = cifar10_input.NUM_CLASSES
 NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN = cifar10_input.NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN
 NUM_EXAMPLES_PER_EPOCH_FOR_EVAL = cifar10_input.NUM_EXAMPLES_PER_EPOCH_FOR_EVAL
 
-# The tutorial's settings: the defaults of the functions below and flags.
-DATA_DIR = '/tmp/cifar10_data'  # Holds cifar-10-batches-bin/.
-BATCH_SIZE = 128                # Images per batch (per tower).
-INITIAL_LEARNING_RATE = 0.1     # Learning rate at step 0.
-# The fraction of an epoch of training images queued before training starts.
-MIN_FRACTION_OF_EXAMPLES_IN_QUEUE = 0.4
-# local3 and local4: fully connected (the tutorial's), or locally connected.
-TOP_LAYERS = ('fully_connected', 'locally_connected')
+# The tutorial's settings: the defaults of the functions below, and of the
+# scripts' flags, which keep them (cifar10_support.params): the data folder,
+# 128 images a batch (per tower), a learning rate of 0.1 at step 0, 40% of an
+# epoch queued before training starts, fully connected local3 and local4.
+DATA_DIR = params.DATA_DIR
+BATCH_SIZE = params.BATCH_SIZE
+INITIAL_LEARNING_RATE = params.INITIAL_LEARNING_RATE
+MIN_FRACTION_OF_EXAMPLES_IN_QUEUE = params.MIN_FRACTION_OF_EXAMPLES_IN_QUEUE
+TOP_LAYERS = params.TOP_LAYERS
 
 # Where the data set comes from, and the MD5 of the official archive.
-DATA_URL = cifar10_download.DATA_URL
-DATA_MD5 = cifar10_download.DATA_MD5
+DATA_URL = download.DATA_URL
+DATA_MD5 = download.DATA_MD5
 
 # Constants describing the training process.
 MOVING_AVERAGE_DECAY = 0.9999     # The decay to use for the moving average.
 NUM_EPOCHS_PER_DECAY = 350.0      # Epochs after which learning rate decays.
 LEARNING_RATE_DECAY_FACTOR = 0.1  # Learning rate decay factor.
 LOSS_AVERAGE_DECAY = 0.9          # The decay of the losses' moving averages.
-
-# The collection of the variables that checkpoints written before them lack
-# (the examples seen, the float16 loss scale): a training resumed from one
-# restores the others and gives these their initial values.
-RESTORED_IF_PRESENT = 'restored_if_present'
 
 # If a model is trained with multiple GPUs, prefix all Op names with tower_name
 # to differentiate the operations. Note that this prefix is removed from the
@@ -188,15 +191,7 @@ def _variable_with_weight_decay(name, shape, stddev, wd):
   return var
 
 
-def data_batches_dir(data_dir):
-  """The folder of the binary batch files inside a data directory."""
-  if not data_dir:
-    raise UserError('--data_dir is empty: give the CIFAR-10 data directory.')
-  return os.path.join(data_dir, cifar10_input.BATCHES_DIR_NAME)
-
-
-def distorted_inputs(data_dir=DATA_DIR, batch_size=BATCH_SIZE,
-                     dtype=tf.float32,
+def distorted_inputs(data, batch_size=BATCH_SIZE, dtype=tf.float32,
                      min_fraction_of_examples_in_queue=(
                          MIN_FRACTION_OF_EXAMPLES_IN_QUEUE)):
   """Construct distorted input for CIFAR training using the Reader ops.
@@ -206,7 +201,7 @@ def distorted_inputs(data_dir=DATA_DIR, batch_size=BATCH_SIZE,
   image would cross to the GPU and back in the reader threads.
 
   Args:
-    data_dir: Path to the CIFAR-10 data directory.
+    data: The data set (maybe_download_and_extract()).
     batch_size: Number of images per batch.
     dtype: The images' type, the model's computation's: float32, float16 or
       bfloat16.
@@ -216,19 +211,14 @@ def distorted_inputs(data_dir=DATA_DIR, batch_size=BATCH_SIZE,
   Returns:
     images: Images. 4D tensor of [batch_size, IMAGE_SIZE, IMAGE_SIZE, 3] size.
     labels: Labels. 1D tensor of [batch_size] size.
-
-  Raises:
-    UserError: no data_dir, or its data files are missing or malformed.
   """
   with tf.device('/cpu:0'):
     images, labels = cifar10_input.distorted_inputs(
-        data_dir=data_batches_dir(data_dir), batch_size=batch_size,
-        min_fraction_of_examples_in_queue=min_fraction_of_examples_in_queue)
+        data, batch_size, min_fraction_of_examples_in_queue)
     return tf.cast(images, dtype), labels
 
 
-def inputs(eval_data, data_dir=DATA_DIR, batch_size=BATCH_SIZE,
-           dtype=tf.float32):
+def inputs(eval_data, data, batch_size=BATCH_SIZE, dtype=tf.float32):
   """Construct input for CIFAR evaluation using the Reader ops.
 
   Each image of the chosen set is read once; then the pipeline raises
@@ -236,7 +226,7 @@ def inputs(eval_data, data_dir=DATA_DIR, batch_size=BATCH_SIZE,
 
   Args:
     eval_data: bool, indicating if one should use the train or eval data set.
-    data_dir: Path to the CIFAR-10 data directory.
+    data: The data set (maybe_download_and_extract()).
     batch_size: Number of images per batch.
     dtype: The images' type (see distorted_inputs).
 
@@ -244,9 +234,7 @@ def inputs(eval_data, data_dir=DATA_DIR, batch_size=BATCH_SIZE,
     images, labels: as distorted_inputs, the last batch maybe smaller.
   """
   with tf.device('/cpu:0'):
-    images, labels = cifar10_input.inputs(eval_data=eval_data,
-                                          data_dir=data_batches_dir(data_dir),
-                                          batch_size=batch_size)
+    images, labels = cifar10_input.inputs(eval_data, data, batch_size)
     return tf.cast(images, dtype), labels
 
 
@@ -265,6 +253,10 @@ def inference(images, num_classes=NUM_CLASSES, top_layers='fully_connected',
 
   Returns:
     Logits, of the images' type.
+
+  Raises:
+    ValueError: images or variables of an unsupported type, or an unknown
+      top_layers.
   """
   dtype, variable_dtype = _model_types(images, variable_dtype, top_layers)
   # All variables by tf.get_variable(), shared by the towers of several GPUs.
@@ -284,7 +276,7 @@ def inference(images, num_classes=NUM_CLASSES, top_layers='fully_connected',
     pool1 = tf.nn.max_pool(conv1, ksize=[1, 3, 3, 1], strides=[1, 2, 2, 1],
                            padding='SAME', name='pool1')
     # norm1
-    norm1 = cifar10_lrn.local_response_normalization(
+    norm1 = lrn.local_response_normalization(
         pool1, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75, name='norm1')
 
     # conv2
@@ -298,7 +290,7 @@ def inference(images, num_classes=NUM_CLASSES, top_layers='fully_connected',
       _activation_summary(conv2)
 
     # norm2
-    norm2 = cifar10_lrn.local_response_normalization(
+    norm2 = lrn.local_response_normalization(
         conv2, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75, name='norm2')
     # pool2
     pool2 = tf.nn.max_pool(norm2, ksize=[1, 3, 3, 1],
@@ -492,7 +484,8 @@ def examples_seen(global_step, examples_per_step=BATCH_SIZE):
   examples per step (towers, synchronous workers) carries the schedule on
   where the epochs say. A checkpoint written before it was counted has none:
   restored from one, it starts at the checkpoint's global step times
-  `examples_per_step` (its initial value, see RESTORED_IF_PRESENT).
+  `examples_per_step` (its initial value: see
+  cifar10_support.checkpoints.RESTORED_IF_PRESENT).
 
   Args:
     global_step: The global step variable.
@@ -509,7 +502,7 @@ def examples_seen(global_step, examples_per_step=BATCH_SIZE):
     variable = tf.get_variable(
         'examples_seen', dtype=tf.int64, trainable=False,
         initializer=tf.cast(steps, tf.int64) * examples_per_step)
-  tf.add_to_collection(RESTORED_IF_PRESENT, variable)
+  tf.add_to_collection(checkpoints.RESTORED_IF_PRESENT, variable)
   return variable
 
 
@@ -592,7 +585,7 @@ def float16_loss_scale():
   with tf.device('/cpu:0'), tf.name_scope('loss_scale'):
     loss_scale = tf.mixed_precision.DynamicLossScale()
   for variable in set(tf.global_variables()) - before:
-    tf.add_to_collection(RESTORED_IF_PRESENT, variable)
+    tf.add_to_collection(checkpoints.RESTORED_IF_PRESENT, variable)
   scalar_summary('loss_scale', loss_scale())
   return loss_scale
 
@@ -703,9 +696,64 @@ def train(total_loss, global_step, examples_per_step=BATCH_SIZE,
   return tf.group(apply_gradient_op, loss_averages_op, name='train_op')
 
 
+def classify(images, num_classes=NUM_CLASSES, top_layers='fully_connected',
+             precision=params.Precision(), moving_average=True):
+  """The trained model as a function of images, as prediction and export
+  serve it (cifar10_support.classifier).
+
+  The images are cropped and standardised on the CPU, as evaluation's are.
+
+  Args:
+    images: uint8 Tensor [n, 32, 32, 3].
+    num_classes: The model's classes.
+    top_layers: The model's top layers (see inference()).
+    precision: The types the model computes and keeps its variables in (a
+      cifar10_support.params.Precision): those of its training.
+    moving_average: Restore the moving averages of the weights, as
+      evaluation does (or the weights themselves).
+
+  Returns:
+    probabilities: float32 Tensor [n, num_classes], whatever the model's
+      type (predictions()).
+    to_restore: {name in a checkpoint: variable} (variables_to_restore()).
+  """
+  with tf.device('/cpu:0'):
+    standardised = tf.cast(cifar10_input.preprocess_for_eval(images),
+                           precision.compute_dtype)
+  logits = inference(standardised, num_classes, top_layers,
+                     precision.variable_dtype)
+  return (predictions(tf.cast(logits, tf.float32)),
+          variables_to_restore(moving_average))
+
+
+def model_as_trained(settings, precision):
+  """classify() as a training made it: what a Classifier of its checkpoints
+  builds (cifar10_support.classifier).
+
+  Args:
+    settings: A cifar10_support.params.Params: the training's top_layers,
+      and moving_average (restore the moving averages, or the weights).
+    precision: The training's cifar10_support.params.Precision.
+
+  Returns:
+    f(uint8 images, number of classes) -> (probabilities, to_restore).
+  """
+  return functools.partial(classify, top_layers=settings.top_layers,
+                           precision=precision,
+                           moving_average=settings.moving_average)
+
+
 def maybe_download_and_extract(data_dir=DATA_DIR, data_url=DATA_URL,
                                expected_md5=DATA_MD5):
   """Download and extract the tarball from Alex's website, unless there
-  already (see cifar10_download); returns the folder of batch files."""
-  return cifar10_download.maybe_download_and_extract(data_dir, data_url,
-                                                     expected_md5)
+  already (see cifar10_support.download).
+
+  Returns:
+    The data set, checked: a cifar10_support.data.DataSet, what
+    distorted_inputs() and inputs() read.
+
+  Raises:
+    UserError: the data could not be fetched, or is not what it should be.
+  """
+  return download.maybe_download_and_extract(data_dir, data_url,
+                                             expected_md5)

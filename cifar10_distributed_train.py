@@ -45,15 +45,15 @@ import os
 from absl import flags
 
 import cifar10
-import cifar10_common
-import cifar10_devices
-import cifar10_flags
-import cifar10_runtime
-from cifar10_quiet import tf
-from cifar10_common import UserError
+from cifar10_support import command_line
+from cifar10_support import devices
+from cifar10_support import runtime
+from cifar10_support import scripts
+from cifar10_support.quiet import tf
+from cifar10_support.scripts import UserError
 
 FLAGS = flags.FLAGS
-cifar10_flags.define(*cifar10_flags.TRAINING)
+command_line.define(*command_line.TRAINING)
 
 flags.DEFINE_list('ps_hosts', None,
                   'Parameter servers, host:port,host:port,...')
@@ -128,7 +128,7 @@ def _parse_tf_config(text):
     job_name, task_index = task['type'], int(task['index'])
   except (ValueError, KeyError, TypeError, AttributeError) as e:
     raise UserError('%s; it has %s (%s).' % (
-        expected, text.strip()[:200], cifar10_common.first_line(e))) from None
+        expected, text.strip()[:200], scripts.first_line(e))) from None
   if job_name == 'chief' and task_index == 0:
     job_name = 'worker'
   elif job_name == 'worker':
@@ -167,8 +167,8 @@ def serve(server, cluster, task_index):
     queue = done_queues(cluster)[task_index]
     queued, dequeue = queue.size(), queue.dequeue()
     # Signals are taken in before the line below says it serves.
-    with cifar10_common.StopSignals() as stop, tf.Session(
-        server.target, config=cifar10_devices.cpu_only_config(
+    with scripts.StopSignals() as stop, tf.Session(
+        server.target, config=devices.cpu_only_config(
             device_filters=['/job:ps/task:%d' % task_index])) as sess:
       print('Parameter server %d serving at %s, until the %d worker%s done.' %
             (task_index, cluster.task_address('ps', task_index), num_workers,
@@ -183,7 +183,7 @@ def serve(server, cluster, task_index):
                 flush=True)
           return
         stop.wait(0.5)
-  raise cifar10_common.Interrupted(
+  raise scripts.Interrupted(
       'Parameter server %d stopped by %s.' % (task_index, stop.received),
       stop.signum)
 
@@ -199,7 +199,7 @@ def worker_gpu(cluster, task_index, num_gpus):
   Args:
     cluster: The tf.train.ClusterSpec.
     task_index: The worker's index.
-    num_gpus: The GPUs of this machine (cifar10_devices.gpus()).
+    num_gpus: The GPUs of this machine (devices.gpus()).
   """
   if not num_gpus:
     return None
@@ -208,12 +208,14 @@ def worker_gpu(cluster, task_index, num_gpus):
   return hosts[:task_index].count(hosts[task_index]) % num_gpus
 
 
-def build_worker_graph(params, cluster, task_index, gpu=None,
+def build_worker_graph(params, data, precision, cluster, task_index, gpu=None,
                        replicas_to_aggregate=None):
   """A worker's training graph, in the default graph.
 
   Args:
-    params: cifar10_params.Params.
+    params: cifar10_support.params.Params: the settings.
+    data: cifar10_support.data.DataSet: this worker's copy of the data.
+    precision: cifar10_support.params.Precision: the model's types.
     cluster: The tf.train.ClusterSpec.
     task_index: This worker's index; worker 0 is the chief.
     gpu: The GPU the model runs on (worker_gpu()), or None for the CPU.
@@ -232,23 +234,24 @@ def build_worker_graph(params, cluster, task_index, gpu=None,
       cluster=cluster)):
     global_step = tf.train.get_or_create_global_step()
     images, labels = cifar10.distorted_inputs(
-        params.data_dir, params.batch_size, params.compute_dtype,
+        data, params.batch_size, precision.compute_dtype,
         params.min_fraction_of_examples_in_queue)
-    logits = cifar10.inference(images, params.num_classes,
-                               params.top_layers, params.variable_dtype)
+    logits = cifar10.inference(images, data.num_classes, params.top_layers,
+                               precision.variable_dtype)
     loss = cifar10.loss(logits, labels)
     train_op, hooks = build_train_op(
-        loss, global_step, params, task_index == 0,
-        cluster.num_tasks('worker'), replicas_to_aggregate)
+        loss, global_step, params, data.num_train_examples, precision,
+        task_index == 0, cluster.num_tasks('worker'), replicas_to_aggregate)
   return train_op, loss, hooks
 
 
-def train(params, server, cluster, task_index, sync_replicas=False,
+def train(params, data, server, cluster, task_index, sync_replicas=False,
           replicas_to_aggregate=None, wait_secs=30 * 60):
   """A worker's life: train until params.max_steps, then tell the servers.
 
   Args:
-    params: cifar10_params.Params.
+    params: cifar10_support.params.Params: the settings.
+    data: cifar10_support.data.DataSet: this worker's copy of the data.
     server: This worker's tf.train.Server.
     cluster: The tf.train.ClusterSpec.
     task_index: This worker's index; worker 0 is the chief.
@@ -261,7 +264,9 @@ def train(params, server, cluster, task_index, sync_replicas=False,
   num_workers = cluster.num_tasks('worker')
   is_chief = task_index == 0
   replicas_to_aggregate = replicas_to_aggregate or num_workers
-  gpu = worker_gpu(cluster, task_index, len(cifar10_devices.gpus()))
+  gpus = devices.gpus()
+  precision = params.precision(on_gpu=bool(gpus))
+  gpu = worker_gpu(cluster, task_index, len(gpus))
   on_gpu = '' if gpu is None else '; on GPU %d' % gpu
   if sync_replicas:
     print('Worker %d of %d%s: synchronous, each update averages the '
@@ -276,25 +281,25 @@ def train(params, server, cluster, task_index, sync_replicas=False,
 
   with tf.Graph().as_default():
     train_op, loss, hooks = build_worker_graph(
-        params, cluster, task_index, gpu,
+        params, data, precision, cluster, task_index, gpu,
         replicas_to_aggregate if sync_replicas else None)
     say_done = [queue.enqueue(task_index) for queue in done_queues(cluster)]
     worker_device = '/job:worker/task:%d' % task_index
     # Talk to the servers and to this worker only: other workers may be
     # down. Soft placement: ops without a GPU kernel run on its CPU.
-    config = cifar10_devices.session_config(
+    config = devices.session_config(
         params, device_filters=['/job:ps', worker_device],
         allow_soft_placement=True)
-    worker = cifar10_runtime.Worker(
+    worker = runtime.Worker(
         index=task_index, target=server.target, device=worker_device,
         parameter_servers=tuple(
             ('parameter server %d' % i, address)
             for i, address in enumerate(cluster.job_tasks('ps'))),
         chief_address=cluster.task_address('worker', 0), wait_secs=wait_secs)
     try:
-      cifar10_runtime.run_training(train_op, loss, params, config=config,
-                                   worker=worker, hooks=hooks)
-    except cifar10_common.Interrupted:
+      runtime.run_training(train_op, loss, params, data.class_names,
+                           config=config, worker=worker, hooks=hooks)
+    except scripts.Interrupted:
       raise  # Stopped by the user, to be started again, maybe: not done.
     except Exception:
       _say_done(server, worker, config, say_done)  # Done, if not well.
@@ -305,7 +310,7 @@ def train(params, server, cluster, task_index, sync_replicas=False,
 def _say_done(server, worker, config, say_done):
   """Tells the parameter servers that this worker is done, where they are
   up (they may be gone already, or never came)."""
-  if cifar10_runtime.unreachable(worker.parameter_servers, timeout_secs=2):
+  if runtime.unreachable(worker.parameter_servers, timeout_secs=2):
     return
   config.operation_timeout_in_ms = 10000
   try:
@@ -315,14 +320,17 @@ def _say_done(server, worker, config, say_done):
     pass
 
 
-def build_train_op(loss, global_step, params, is_chief, num_workers,
-                   replicas_to_aggregate=None):
+def build_train_op(loss, global_step, params, examples_per_epoch, precision,
+                   is_chief, num_workers, replicas_to_aggregate=None):
   """cifar10.train()'s step, each update from one worker or several.
 
   Args:
     loss: This worker's total loss.
     global_step: The global step variable.
-    params: cifar10_params.Params.
+    params: cifar10_support.params.Params: batch_size,
+      initial_learning_rate.
+    examples_per_epoch: The images of the data's training files.
+    precision: cifar10_support.params.Precision: the model's types.
     is_chief: Whether this is worker 0.
     num_workers: The number of workers.
     replicas_to_aggregate: None for asynchronous updates; otherwise the
@@ -347,10 +355,10 @@ def build_train_op(loss, global_step, params, is_chief, num_workers,
   train_op = cifar10.train(
       loss, global_step,
       examples_per_step=params.batch_size * (replicas_to_aggregate or 1),
-      examples_per_epoch=params.num_examples(),
+      examples_per_epoch=examples_per_epoch,
       initial_learning_rate=params.initial_learning_rate,
       wrap_optimizer=synchronous if replicas_to_aggregate else None,
-      loss_scale=(cifar10.float16_loss_scale() if params.loss_scaling
+      loss_scale=(cifar10.float16_loss_scale() if precision.loss_scaled
                   else None))
   return train_op, hooks
 
@@ -399,14 +407,17 @@ def main(argv):
       (FLAGS.replicas_to_aggregate or num_workers) > num_workers):
     raise UserError('--replicas_to_aggregate=%d, but the cluster has %d '
                     'worker(s).' % (FLAGS.replicas_to_aggregate, num_workers))
-  # Each worker reads its own copy of the data; a parameter server none.
-  params = cifar10_flags.params(fetch_data=job_name == 'worker')
-  server = start_server(cluster, job_name, task_index, params)
+  params = command_line.params()
   if job_name == 'ps':
-    serve(server, cluster, task_index)
-  else:
-    train(params, server, cluster, task_index, FLAGS.sync_replicas,
-          FLAGS.replicas_to_aggregate, FLAGS.wait_secs)
+    serve(start_server(cluster, job_name, task_index, params), cluster,
+          task_index)
+    return
+  # Each worker reads its own copy of the data; a parameter server none.
+  data = cifar10.maybe_download_and_extract(params.data_dir, params.data_url,
+                                            params.data_md5)
+  train(params, data, start_server(cluster, job_name, task_index, params),
+        cluster, task_index, FLAGS.sync_replicas, FLAGS.replicas_to_aggregate,
+        FLAGS.wait_secs)
 
 
 def start_server(cluster, job_name, task_index, params):
@@ -417,8 +428,8 @@ def start_server(cluster, job_name, task_index, params):
   """
   # A parameter server keeps the variables on its CPU: it leaves the GPUs
   # alone.
-  config = (cifar10_devices.cpu_only_config() if job_name == 'ps'
-            else cifar10_devices.session_config(params))
+  config = (devices.cpu_only_config() if job_name == 'ps'
+            else devices.session_config(params))
   try:
     return tf.train.Server(cluster, job_name=job_name, task_index=task_index,
                            config=config)
@@ -427,8 +438,8 @@ def start_server(cluster, job_name, task_index, params):
         'cannot start the %s %d server at %s (%s): is the port in use (a task '
         'of an earlier run still up?), or the host not this machine?' %
         (job_name, task_index, cluster.task_address(job_name, task_index),
-         cifar10_common.first_line(e))) from None
+         scripts.first_line(e))) from None
 
 
 if __name__ == '__main__':
-  cifar10_common.run(main)
+  scripts.run(main)

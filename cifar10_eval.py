@@ -34,15 +34,15 @@ import time
 import numpy as np
 
 import cifar10
-import cifar10_checkpoint
-import cifar10_common
-import cifar10_devices
-import cifar10_files
-import cifar10_flags
-import cifar10_runtime
-from cifar10_quiet import tf
+from cifar10_support import checkpoints
+from cifar10_support import command_line
+from cifar10_support import devices
+from cifar10_support import files
+from cifar10_support import runtime
+from cifar10_support import scripts
+from cifar10_support.quiet import tf
 
-cifar10_flags.define(
+command_line.define(
     'data_dir', 'data_url', 'data_md5', 'batch_size', 'use_fp16',
     'mixed_precision', 'top_layers', 'gpu_memory_growth', 'checkpoint_dir',
     'moving_average', 'eval_dir', 'eval_data', 'eval_interval_secs',
@@ -54,26 +54,28 @@ class Evaluation(object):
   graph, built once, and a pass over the data for each checkpoint.
 
   Args:
-    params: cifar10_params.Params: the data (data_dir, eval_data,
-      batch_size), the model (top_layers, precision) and what to restore
-      (moving_average).
+    params: cifar10_support.params.Params: which images (eval_data), in
+      batches of batch_size, the model's top_layers, what to restore
+      (moving_average), the sessions' settings.
+    data: cifar10_support.data.DataSet: the data set.
+    precision: cifar10_support.params.Precision: the model's types.
   """
 
-  def __init__(self, params):
+  def __init__(self, params, data, precision):
     eval_data = params.eval_data == 'test'
-    self.num_examples = params.num_examples(eval_data)
-    self.class_names = params.class_names
+    self.num_examples = data.num_examples(eval_data)
+    self.class_names = data.class_names
     self.graph = tf.Graph()
     with self.graph.as_default():
       # Get images and labels for CIFAR-10.
-      images, self._labels = cifar10.inputs(eval_data, params.data_dir,
+      images, self._labels = cifar10.inputs(eval_data, data,
                                             params.batch_size,
-                                            params.compute_dtype)
+                                            precision.compute_dtype)
 
       # Build a Graph that computes the logits predictions from the
       # inference model.
-      logits = cifar10.inference(images, len(self.class_names),
-                                 params.top_layers, params.variable_dtype)
+      logits = cifar10.inference(images, data.num_classes, params.top_layers,
+                                 precision.variable_dtype)
 
       # Calculate predictions: is the likeliest class the label? Of classes
       # tied for first place, argmax takes the lowest label. (Not
@@ -92,7 +94,7 @@ class Evaluation(object):
       self._summary = tf.summary.merge_all()
       # The input's epoch counter.
       self._local_init = tf.local_variables_initializer()
-    self._config = cifar10_devices.session_config(params)
+    self._config = devices.session_config(params)
 
   def evaluate(self, checkpoint_path, stop, summary_writer):
     """Evaluates one checkpoint: one pass over every image of the data.
@@ -102,8 +104,8 @@ class Evaluation(object):
 
     Args:
       checkpoint_path: The checkpoint to evaluate.
-      stop: cifar10_common.StopSignals; a signal abandons the pass.
-      summary_writer: A cifar10_files.EventFile of --eval_dir.
+      stop: scripts.StopSignals; a signal abandons the pass.
+      summary_writer: A files.EventFile of --eval_dir.
 
     Returns:
       The precision @ 1, a float; None if a signal stopped the pass.
@@ -112,12 +114,12 @@ class Evaluation(object):
       CheckpointUnreadable: the checkpoint's files are missing or damaged.
       CheckpointError: it cannot be restored into this model.
     """
-    cifar10_checkpoint.check_checkpoint(checkpoint_path, self._to_restore)
+    checkpoints.check_checkpoint(checkpoint_path, self._to_restore)
     correct_by_class = np.zeros(len(self.class_names), dtype=np.int64)
     total_by_class = np.zeros(len(self.class_names), dtype=np.int64)
     summary_str = None
     with tf.Session(graph=self.graph, config=self._config) as sess:
-      cifar10_checkpoint.restore(sess, self._saver, checkpoint_path)
+      checkpoints.restore(sess, self._saver, checkpoint_path)
       sess.run(self._local_init)
 
       # Start the queue runners.
@@ -150,11 +152,11 @@ class Evaluation(object):
 
     true_count = correct_by_class.sum()  # The number of correct predictions.
     total_sample_count = total_by_class.sum()
-    global_step = cifar10_checkpoint.checkpoint_step(checkpoint_path)
+    global_step = checkpoints.checkpoint_step(checkpoint_path)
     # Compute precision @ 1.
     precision = true_count / total_sample_count
     precision_by_class = correct_by_class / np.maximum(total_by_class, 1)
-    print(cifar10_runtime.EVAL_LINE_FORMAT % (
+    print(runtime.EVAL_LINE_FORMAT % (
         datetime.now(), precision, true_count, total_sample_count, global_step,
         total_sample_count / duration), flush=True)
     print('  by class: ' + ', '.join(
@@ -174,14 +176,16 @@ class Evaluation(object):
     return precision
 
 
-def evaluate(params):
+def evaluate(params, data, precision):
   """Evaluates the checkpoints of params.checkpoint_dir, as they come.
 
   Each new checkpoint once, as training writes them, checking every
   params.eval_interval_secs; or, with params.run_once, the newest.
 
   Args:
-    params: cifar10_params.Params.
+    params: cifar10_support.params.Params: the settings.
+    data: cifar10_support.data.DataSet: the data set.
+    precision: cifar10_support.params.Precision: the model's types.
 
   Raises:
     CheckpointError: no checkpoint (with run_once), or one that cannot be
@@ -189,19 +193,19 @@ def evaluate(params):
     WriteError: the summaries could not be written into params.eval_dir.
     Interrupted: SIGINT or SIGTERM stopped the evaluation.
   """
-  cifar10_files.ensure_writable_dir(params.eval_dir, 'eval_dir')
-  evaluation = Evaluation(params)
+  files.ensure_writable_dir(params.eval_dir, 'eval_dir')
+  evaluation = Evaluation(params, data, precision)
   evaluated = set()  # Checkpoints evaluated, or found unreadable.
-  with cifar10_files.writes_said(
+  with files.writes_said(
       'eval_dir', params.eval_dir,
       'Evaluation stopped; its summaries written whole are kept.'), (
-          cifar10_files.EventFile(params.eval_dir, evaluation.graph)) as (
-              summary_writer), cifar10_common.StopSignals() as stop:
+          files.EventFile(params.eval_dir, evaluation.graph)) as (
+              summary_writer), scripts.StopSignals() as stop:
     while not stop.received:
       try:
-        checkpoint_path = cifar10_checkpoint.latest_checkpoint(
+        checkpoint_path = checkpoints.latest_checkpoint(
             params.checkpoint_dir)
-      except cifar10_checkpoint.CheckpointError as e:
+      except checkpoints.CheckpointError as e:
         if params.run_once:
           raise
         print('%s: %s Waiting.' % (datetime.now(), e), flush=True)
@@ -211,7 +215,7 @@ def evaluate(params):
           if evaluation.evaluate(checkpoint_path, stop,
                                  summary_writer) is not None:
             evaluated.add(checkpoint_path)
-        except cifar10_checkpoint.CheckpointUnreadable as e:
+        except checkpoints.CheckpointUnreadable as e:
           if params.run_once:
             raise
           # Training keeps its last 5 checkpoints: an old one can vanish
@@ -223,14 +227,17 @@ def evaluate(params):
         break
       stop.wait(params.eval_interval_secs)
   if stop.received:
-    raise cifar10_common.Interrupted(
+    raise scripts.Interrupted(
         'Evaluation stopped by %s.' % stop.received, stop.signum)
 
 
 def main(argv):
   del argv  # The settings are the flags'.
-  evaluate(cifar10_flags.params(fetch_data=True))
+  params = command_line.params()
+  data = cifar10.maybe_download_and_extract(params.data_dir, params.data_url,
+                                            params.data_md5)
+  evaluate(params, data, devices.precision(params))
 
 
 if __name__ == '__main__':
-  cifar10_common.run(main)
+  scripts.run(main)

@@ -24,17 +24,18 @@ import shutil
 
 from absl import flags
 
-import cifar10_classifier
-import cifar10_common
-import cifar10_files
-import cifar10_flags
-import cifar10_params
-from cifar10_quiet import tf
-from cifar10_common import UserError
+import cifar10
+from cifar10_support import classifier as classifier_lib
+from cifar10_support import command_line
+from cifar10_support import devices
+from cifar10_support import files
+from cifar10_support import scripts
+from cifar10_support.quiet import tf
+from cifar10_support.scripts import UserError
 
 FLAGS = flags.FLAGS
-cifar10_flags.define('checkpoint_dir', 'moving_average', 'top_layers',
-                     'use_fp16', 'mixed_precision', 'gpu_memory_growth')
+command_line.define('checkpoint_dir', 'moving_average', 'top_layers',
+                    'use_fp16', 'mixed_precision', 'gpu_memory_growth')
 
 flags.DEFINE_string('export_dir', None,
                     'Where to write the SavedModel: a folder that does not '
@@ -43,15 +44,15 @@ flags.DEFINE_string('export_dir', None,
 SIGNATURE = 'serving_default'
 
 
-def export(checkpoint_dir, export_dir, moving_average=True,
-           params=cifar10_params.Params()):
+def export(checkpoint_dir, export_dir, model, config=None):
   """Writes the SavedModel of the latest checkpoint of `checkpoint_dir`.
 
   Args:
     checkpoint_dir: A training directory.
     export_dir: The SavedModel's folder; must not exist.
-    moving_average: Export the moving averages of the weights.
-    params: cifar10_params.Params: the model's top_layers and use_fp16.
+    model: The model as its training made it (see classifier.Classifier):
+      cifar10.model_as_trained().
+    config: The session's tf.ConfigProto.
 
   Returns:
     The checkpoint exported.
@@ -64,10 +65,10 @@ def export(checkpoint_dir, export_dir, moving_average=True,
   if os.path.exists(export_dir):
     raise UserError('--export_dir=%s exists: give a new folder (nothing is '
                     'overwritten).' % export_dir)
-  classifier = cifar10_classifier.Classifier(checkpoint_dir, moving_average,
-                                             any_size=True, params=params)
+  classifier = classifier_lib.Classifier(checkpoint_dir, model, any_size=True,
+                                         config=config)
   try:
-    with cifar10_files.writes_said(
+    with files.writes_said(
         'export_dir', export_dir,
         'Nothing was exported: the partial SavedModel was removed.'):
       try:
@@ -101,11 +102,13 @@ def main(argv):
   del argv
   if not FLAGS.export_dir:
     raise UserError('--export_dir is required.')
-  params = cifar10_flags.params()
-  checkpoint = export(params.checkpoint_dir, FLAGS.export_dir,
-                      params.moving_average, params)
+  params = command_line.params()
+  # The model as its training made it (the flags say how).
+  model = cifar10.model_as_trained(params, devices.precision(params))
+  checkpoint = export(params.checkpoint_dir, FLAGS.export_dir, model,
+                      devices.session_config(params))
   print('Exported %s to %s.' % (checkpoint, FLAGS.export_dir))
 
 
 if __name__ == '__main__':
-  cifar10_common.run(main)
+  scripts.run(main)

@@ -19,144 +19,37 @@ The binary version of CIFAR-10 is a set of files of fixed-length records: one
 label byte (0-9 for CIFAR-10; up to 255 for data of your own, see
 prepare_data.py), then 3072 pixel bytes, the 1024 red values of the 32x32
 image, then the 1024 green, then the 1024 blue, each plane stored row by row.
+(cifar10_support.data holds that layout, and checks a data set's files once:
+a DataSet, which the functions below read.)
+
+Summary of available functions:
+
+ # Distorted training batches, read for ever from a data set's files.
+ images, labels = distorted_inputs(data, batch_size)
+
+ # Evaluation batches: every image of the test (or training) files once.
+ images, labels = inputs(eval_data, data, batch_size)
 """
 
-import os
-
-import numpy as np
-
-from cifar10_quiet import tf
-from cifar10_common import UserError
+from cifar10_support import data as data_lib
+from cifar10_support.quiet import tf
 
 # Process images of this size. Note that this differs from the original CIFAR
 # image size of 32 x 32. If one alters this number, then the entire model
 # architecture will change and any model would need to be retrained.
 IMAGE_SIZE = 24
 
-# Global constants describing the CIFAR-10 data set.
-CLASS_NAMES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog',
-               'horse', 'ship', 'truck')
-NUM_CLASSES = len(CLASS_NAMES)
-NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN = 50000
-NUM_EXAMPLES_PER_EPOCH_FOR_EVAL = 10000
-
-# The binary layout of one record.
-LABEL_BYTES = 1
-SOURCE_HEIGHT = 32
-SOURCE_WIDTH = 32
-SOURCE_DEPTH = 3
-IMAGE_BYTES = SOURCE_HEIGHT * SOURCE_WIDTH * SOURCE_DEPTH
-RECORD_BYTES = LABEL_BYTES + IMAGE_BYTES
-
-# Where the records are: the folder the binary archive unpacks to, its files,
-# and the file of class names, one per line, in label order (CIFAR-10's when
-# there is none; prepare_data.py writes it for other images).
-BATCHES_DIR_NAME = 'cifar-10-batches-bin'
-TRAIN_FILENAMES = tuple('data_batch_%d.bin' % i for i in range(1, 6))
-EVAL_FILENAMES = ('test_batch.bin',)
-META_FILENAME = 'batches.meta.txt'
-MAX_CLASSES = 256  # A label is one byte.
+# Global constants describing the CIFAR-10 data set. A data set of your own
+# brings its classes and sizes (its DataSet).
+NUM_CLASSES = len(data_lib.CLASS_NAMES)
+NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN = data_lib.NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN
+NUM_EXAMPLES_PER_EPOCH_FOR_EVAL = data_lib.NUM_EXAMPLES_PER_EPOCH_FOR_EVAL
 
 # Threads that read and preprocess images into the batching queue, and how
-# many records each reads and preprocesses at once (one at a time, the
-# pipeline's CPU cost per image was five times as high).
+# many records each reads and preprocesses at once: one read and one decode
+# of many records cost far less per image than one of each.
 NUM_PREPROCESS_THREADS = 16
 RECORDS_PER_READ = 128
-
-
-class DataError(UserError):
-  """The CIFAR-10 data files are missing or are not what they should be."""
-
-
-def read_class_names(data_dir):
-  """The class names of a data set, in label order: those of
-  `data_dir`/batches.meta.txt, one per line, or CIFAR-10's if there is none.
-
-  `data_dir` is a folder of batch files (`cifar-10-batches-bin`), or a
-  training directory, which keeps a copy of them. A file of no name, or of
-  more than MAX_CLASSES, is a DataError.
-  """
-  path = os.path.join(data_dir, META_FILENAME)
-  if not os.path.isfile(path):
-    return CLASS_NAMES
-  with open(path, encoding='utf-8') as f:
-    names = tuple(line.strip() for line in f if line.strip())
-  if not 1 <= len(names) <= MAX_CLASSES:
-    raise DataError('%s lists %d class names; a data set has 1 to %d, one per '
-                    'line.' % (path, len(names), MAX_CLASSES))
-  return names
-
-
-def encode_class_names(class_names):
-  """The contents of a META_FILENAME: the names, one per line, in UTF-8."""
-  return ''.join(name + '\n' for name in class_names).encode('utf-8')
-
-
-def write_class_names(directory, class_names):
-  """Writes the class names, one per line, as read_class_names reads them."""
-  with open(os.path.join(directory, META_FILENAME), 'wb') as f:
-    f.write(encode_class_names(class_names))
-
-
-def data_filenames(data_dir, eval_data):
-  """The paths of the training (or, with eval_data, test) batch files in a
-  folder of batch files (`cifar-10-batches-bin`)."""
-  names = EVAL_FILENAMES if eval_data else TRAIN_FILENAMES
-  return [os.path.join(data_dir, name) for name in names]
-
-
-def holds_whole_records(filename):
-  """True if `filename` is a non-empty file of whole CIFAR-10 records."""
-  if not os.path.isfile(filename):
-    return False
-  size = os.path.getsize(filename)
-  return size > 0 and size % RECORD_BYTES == 0
-
-
-def count_records(filenames):
-  """The number of whole records in the given batch files."""
-  return sum(os.path.getsize(f) // RECORD_BYTES for f in filenames)
-
-
-def check_data_files(filenames, num_classes=NUM_CLASSES):
-  """Checks that batch files exist and hold whole, well-labelled records;
-  returns how many they hold.
-
-  This runs before any graph is built, so that bad data stops a run at once,
-  with the file named, rather than an hour into training: a DataError for a
-  file missing, empty, not a whole number of records, or with a label
-  outside 0..num_classes-1.
-  """
-  missing = [f for f in filenames if not os.path.isfile(f)]
-  if missing:
-    data_dir = os.path.dirname(missing[0])
-    raise DataError(
-        'missing CIFAR-10 data file%s in %s: %s. To get them, run '
-        'cifar10_train.py with network access (it downloads CIFAR-10 on '
-        'first use), or unpack cifar-10-binary.tar.gz into the parent of '
-        'that folder.' % ('s' if len(missing) > 1 else '', data_dir,
-                          ', '.join(os.path.basename(f) for f in missing)))
-  total_records = 0
-  for filename in filenames:
-    if not holds_whole_records(filename):
-      raise DataError(
-          '%s is %d bytes, not a whole number of %d-byte CIFAR-10 records '
-          '(1 label byte + %dx%dx%d pixel bytes): the file is truncated or '
-          'not CIFAR-10 binary data. Unpack the archive again.' %
-          (filename, os.path.getsize(filename), RECORD_BYTES, SOURCE_HEIGHT,
-           SOURCE_WIDTH, SOURCE_DEPTH))
-    records = np.memmap(filename, dtype=np.uint8, mode='r').reshape(
-        -1, RECORD_BYTES)
-    labels = np.asarray(records[:, 0])
-    bad_records = np.flatnonzero(labels >= num_classes)
-    if bad_records.size:
-      raise DataError(
-          '%s: record %d has label %d, but labels must be 0-%d; %d of its %d '
-          'records are out of range. The file is corrupt or not CIFAR-10 '
-          'binary data.' % (filename, bad_records[0], labels[bad_records[0]],
-                            num_classes - 1, bad_records.size, len(labels)))
-    total_records += len(labels)
-  return total_records
 
 
 def _decode_records(values):
@@ -171,27 +64,18 @@ def _decode_records(values):
   """
   # Convert from strings to rows of uint8 that are RECORD_BYTES long.
   record_bytes = tf.reshape(tf.decode_raw(values, tf.uint8),
-                            [-1, RECORD_BYTES])
+                            [-1, data_lib.RECORD_BYTES])
 
   # The first bytes represent the label, which we convert from uint8->int32.
   labels = tf.cast(record_bytes[:, 0], tf.int32)
 
   # The remaining bytes after the label represent the image, which we reshape
   # from [depth * height * width] to [depth, height, width].
-  depth_major = tf.reshape(record_bytes[:, LABEL_BYTES:],
-                           [-1, SOURCE_DEPTH, SOURCE_HEIGHT, SOURCE_WIDTH])
+  depth_major = tf.reshape(record_bytes[:, data_lib.LABEL_BYTES:],
+                           [-1, data_lib.SOURCE_DEPTH, data_lib.SOURCE_HEIGHT,
+                            data_lib.SOURCE_WIDTH])
   # Convert from [depth, height, width] to [height, width, depth].
   return labels, tf.transpose(depth_major, [0, 2, 3, 1])
-
-
-def encode_records(labels, images):
-  """CIFAR-10 records of labels ([n], 0-255) and uint8 images ([n, 32, 32,
-  3]): for each image, its label byte, then its red, green and blue planes,
-  each row by row (what _decode_records reads back)."""
-  labels = np.asarray(labels, dtype=np.uint8).reshape(-1, LABEL_BYTES)
-  depth_major = np.asarray(images, dtype=np.uint8).transpose(0, 3, 1, 2)
-  return np.concatenate(
-      [labels, depth_major.reshape(len(labels), IMAGE_BYTES)], axis=1).tobytes()
 
 
 def read_cifar10(filename_queue):
@@ -220,14 +104,14 @@ def read_cifar10(filename_queue):
     pass
 
   result = CIFAR10Record()
-  result.height = SOURCE_HEIGHT
-  result.width = SOURCE_WIDTH
-  result.depth = SOURCE_DEPTH
+  result.height = data_lib.SOURCE_HEIGHT
+  result.width = data_lib.SOURCE_WIDTH
+  result.depth = data_lib.SOURCE_DEPTH
 
   # Read a record, getting filenames from the filename_queue. No header or
   # footer in the CIFAR-10 format, so we leave header_bytes and footer_bytes
   # at their default of 0.
-  reader = tf.FixedLengthRecordReader(record_bytes=RECORD_BYTES)
+  reader = tf.FixedLengthRecordReader(record_bytes=data_lib.RECORD_BYTES)
   result.key, value = reader.read(filename_queue)
   labels, uint8images = _decode_records(tf.reshape(value, [1]))
   result.label = labels  # Of shape [1].
@@ -246,7 +130,7 @@ def read_cifar10_records(filename_queue, max_records):
     labels: int32 Tensor [n], the labels (0..9 for CIFAR-10).
     uint8images: uint8 Tensor [n, height, width, depth].
   """
-  reader = tf.FixedLengthRecordReader(record_bytes=RECORD_BYTES)
+  reader = tf.FixedLengthRecordReader(record_bytes=data_lib.RECORD_BYTES)
   keys, values = reader.read_up_to(filename_queue, max_records)
   labels, uint8images = _decode_records(values)
   return keys, labels, uint8images
@@ -259,9 +143,9 @@ def random_crops_and_flips(count):
   positions of a 24x24 window in 32x32; 'flips': bool [count], a fair coin}.
   """
   return {
-      'offsets': tf.random_uniform([count, 2],
-                                   maxval=SOURCE_HEIGHT - IMAGE_SIZE + 1,
-                                   dtype=tf.int32),
+      'offsets': tf.random_uniform(
+          [count, 2], maxval=data_lib.SOURCE_HEIGHT - IMAGE_SIZE + 1,
+          dtype=tf.int32),
       'flips': tf.random_uniform([count]) < 0.5,
   }
 
@@ -300,7 +184,13 @@ def adjust_and_standardize(images, brightness_deltas, contrast_factors):
 
   What tf.image.adjust_brightness, tf.image.adjust_contrast (about each
   channel's mean) and tf.image.per_image_standardization do for one image,
-  done for a whole batch at once.
+  done for a whole batch at once, in the tutorial's order.
+
+  NOTE: as in the tutorial, the brightness change has no effect: adding the
+  same delta to every pixel moves the image's mean by it, and the
+  standardisation subtracts the mean (the contrast change, about each
+  channel's mean, keeps the shift too). Only the contrast changes what the
+  network sees.
   """
   # Because these operations are not commutative, consider randomizing
   # the order their operation.
@@ -310,26 +200,28 @@ def adjust_and_standardize(images, brightness_deltas, contrast_factors):
   # (x - mean) * contrast + mean, in two operations instead of three.
   adjusted = adjusted * contrast + channel_means * (1.0 - contrast)
 
-  # Subtract off the mean and divide by the variance of the pixels.
+  # Subtract off the mean and divide by the standard deviation of the pixels.
   return tf.image.per_image_standardization(adjusted)
 
 
 def _generate_image_and_label_batch(images, labels, min_queue_examples,
-                                    batch_size, shuffle, num_epochs=None):
+                                    batch_size, shuffle,
+                                    allow_smaller_final_batch=False):
   """Construct a queued batch of images and labels.
 
   Args:
     images: 4-D Tensor of [n, height, width, 3] of type.uint8: a bunch of
-      images to queue. They are queued as bytes, a quarter of the memory of
-      the float images the classic tutorial queued (20,000 of them by
-      default).
+      images to queue. They are queued as bytes: a quarter of the memory of
+      float images (20,000 of them wait in the shuffling queue by default).
     labels: 1-D Tensor of [n] of type.int32
     min_queue_examples: int32, minimum number of samples to retain
       in the queue that provides of batches of examples.
     batch_size: Number of images per batch.
     shuffle: boolean indicating whether to use a shuffling queue.
-    num_epochs: None to cycle forever, or the number of passes, in which case
-      the last batch may be smaller than `batch_size`.
+    allow_smaller_final_batch: For images that come a fixed number of times
+      (their filename queue's num_epochs): the last batch holds what is
+      left, rather than wait for images that will not come. (The filename
+      queue decides how often they come.)
 
   Returns:
     images: Images. 4D tensor of [batch_size, height, width, 3] size, uint8.
@@ -354,12 +246,11 @@ def _generate_image_and_label_batch(images, labels, min_queue_examples,
         num_threads=NUM_PREPROCESS_THREADS,
         capacity=capacity,
         enqueue_many=True,
-        allow_smaller_final_batch=num_epochs is not None)
+        allow_smaller_final_batch=allow_smaller_final_batch)
   return images, tf.reshape(label_batch, [-1])
 
 
-def distorted_inputs(data_dir, batch_size,
-                     min_fraction_of_examples_in_queue=0.4):
+def distorted_inputs(data, batch_size, min_fraction_of_examples_in_queue=0.4):
   """Construct distorted input for CIFAR training using the Reader ops.
 
   The training files are read for ever, in a shuffled order of files. Each
@@ -368,7 +259,7 @@ def distorted_inputs(data_dir, batch_size,
   each batch as it leaves the queue.
 
   Args:
-    data_dir: Path to the CIFAR-10 data directory.
+    data: The data set (cifar10_support.data.DataSet).
     batch_size: Number of images per batch.
     min_fraction_of_examples_in_queue: The fraction of an epoch that must be
       in the shuffling queue before training starts: more gives better
@@ -377,16 +268,9 @@ def distorted_inputs(data_dir, batch_size,
   Returns:
     images: Images. 4D tensor of [batch_size, IMAGE_SIZE, IMAGE_SIZE, 3] size.
     labels: Labels. 1D tensor of [batch_size] size.
-
-  Raises:
-    DataError: the training files are missing or malformed.
   """
-  filenames = data_filenames(data_dir, eval_data=False)
-  num_examples_per_epoch = check_data_files(
-      filenames, len(read_class_names(data_dir)))
-
   # Create a queue that produces the filenames to read.
-  filename_queue = tf.train.string_input_producer(filenames)
+  filename_queue = tf.train.string_input_producer(data.filenames())
 
   with tf.name_scope('data_augmentation'):
     # Read examples from files in the filename queue, many at a time.
@@ -399,7 +283,7 @@ def distorted_inputs(data_dir, batch_size,
                             **random_crops_and_flips(tf.shape(labels)[0]))
 
     # Ensure that the random shuffling has good mixing properties.
-    min_queue_examples = int(num_examples_per_epoch *
+    min_queue_examples = int(data.num_train_examples *
                              min_fraction_of_examples_in_queue)
 
   # Generate a batch of images and labels by building up a queue of examples.
@@ -417,35 +301,27 @@ def distorted_inputs(data_dir, batch_size,
   return images, label_batch
 
 
-def inputs(eval_data, data_dir, batch_size):
+def inputs(eval_data, data, batch_size):
   """Construct input for CIFAR evaluation using the Reader ops.
 
-  Unlike the classic tutorial, this reads the files exactly once, in order:
-  the last batch holds what is left (it may be smaller than `batch_size`),
-  then the pipeline raises `tf.errors.OutOfRangeError`. So an evaluation sees
-  each image once. The sessions running it must initialise local variables
-  (the epoch counter).
+  The files are read exactly once, in order: the last batch holds what is
+  left (it may be smaller than `batch_size`), then the pipeline raises
+  `tf.errors.OutOfRangeError`. So an evaluation sees each image once. The
+  sessions running it must initialise local variables (the epoch counter).
 
   Args:
     eval_data: bool, indicating if one should use the train or eval data set.
-    data_dir: Path to the CIFAR-10 data directory.
+    data: The data set (cifar10_support.data.DataSet).
     batch_size: Number of images per batch.
 
   Returns:
     images: Images. 4D tensor of [batch_size, IMAGE_SIZE, IMAGE_SIZE, 3] size,
       the first dimension unknown (the last batch may be smaller).
     labels: Labels. 1D tensor of [batch_size] size, as above.
-
-  Raises:
-    DataError: the files are missing or malformed.
   """
-  filenames = data_filenames(data_dir, eval_data)
-  num_examples_per_epoch = check_data_files(
-      filenames, len(read_class_names(data_dir)))
-
   # Create a queue that produces the filenames to read, once each, in order.
   filename_queue = tf.train.string_input_producer(
-      filenames, num_epochs=1, shuffle=False)
+      data.filenames(eval_data), num_epochs=1, shuffle=False)
 
   with tf.name_scope('input'):
     # Read examples from files in the filename queue, many at a time.
@@ -453,12 +329,12 @@ def inputs(eval_data, data_dir, batch_size):
                                                   RECORDS_PER_READ)
 
     # A batching queue need not hold more than a few batches for evaluation.
-    min_queue_examples = min(num_examples_per_epoch, batch_size)
+    min_queue_examples = min(data.num_examples(eval_data), batch_size)
 
   # Generate a batch of images and labels by building up a queue of examples.
   uint8_batch, label_batch = _generate_image_and_label_batch(
       uint8images, labels, min_queue_examples, batch_size, shuffle=False,
-      num_epochs=1)
+      allow_smaller_final_batch=True)
   images = preprocess_for_eval(uint8_batch)
 
   # Display the images in the visualizer.
@@ -479,7 +355,7 @@ def preprocess_for_eval(uint8_images):
   # Crop the central [height, width] of the image.
   cropped = tf.image.resize_image_with_crop_or_pad(uint8_images, IMAGE_SIZE,
                                                    IMAGE_SIZE)
-  # Subtract off the mean and divide by the variance of the pixels.
+  # Subtract off the mean and divide by the standard deviation of the pixels.
   return tf.image.per_image_standardization(tf.cast(cropped, tf.float32))
 
 

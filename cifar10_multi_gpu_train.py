@@ -34,15 +34,15 @@ import re
 from absl import flags
 
 import cifar10
-import cifar10_common
-import cifar10_devices
-import cifar10_flags
 import cifar10_input
-import cifar10_runtime
-from cifar10_quiet import tf
+from cifar10_support import command_line
+from cifar10_support import devices as devices_lib
+from cifar10_support import runtime
+from cifar10_support import scripts
+from cifar10_support.quiet import tf
 
 FLAGS = flags.FLAGS
-cifar10_flags.define(*cifar10_flags.TRAINING)
+command_line.define(*command_line.TRAINING)
 flags.DEFINE_integer('num_gpus', 1, 'How many GPUs to use: one tower each.',
                      lower_bound=1)
 
@@ -130,7 +130,7 @@ def tower_devices(num_gpus):
   Where there are fewer GPUs, soft placement puts the towers that have none
   on the CPU; this is said once.
   """
-  found = len(cifar10_devices.gpus())
+  found = len(devices_lib.gpus())
   if found < num_gpus:
     if found == 0:
       on_cpu = 'the tower runs' if num_gpus == 1 else (
@@ -144,7 +144,8 @@ def tower_devices(num_gpus):
   return ['/gpu:%d' % i for i in range(num_gpus)]
 
 
-def build_training_graph(get_batch, devices, global_step, params):
+def build_training_graph(get_batch, devices, global_step, params, data,
+                         precision):
   """Builds one tower per device and the synchronous update of them all.
 
   Args:
@@ -152,7 +153,11 @@ def build_training_graph(get_batch, devices, global_step, params):
       returns (images, labels) of that tower's batch.
     devices: One device name per tower.
     global_step: The global step variable.
-    params: cifar10_params.Params: the model's and the update's settings.
+    params: cifar10_support.params.Params: the model's and the update's
+      settings.
+    data: cifar10_support.data.DataSet: the data trained on (its classes,
+      its epoch).
+    precision: cifar10_support.params.Precision: the model's types.
 
   Returns:
     train_op: One update with the averaged gradients, then the moving
@@ -160,7 +165,7 @@ def build_training_graph(get_batch, devices, global_step, params):
     total_loss: The total loss averaged over the towers.
     grads: The averaged (gradient, variable) pairs.
   """
-  loss_scale = cifar10.float16_loss_scale() if params.loss_scaling else None
+  loss_scale = cifar10.float16_loss_scale() if precision.loss_scaled else None
   # Calculate the gradients for each model tower.
   tower_grads = []
   tower_losses = []
@@ -172,8 +177,9 @@ def build_training_graph(get_batch, devices, global_step, params):
           # Calculate the loss for one tower of the CIFAR model. This function
           # constructs the entire CIFAR model but shares the variables across
           # all towers.
-          loss, losses = tower_loss(scope, images, labels, params.num_classes,
-                                    params.top_layers, params.variable_dtype)
+          loss, losses = tower_loss(scope, images, labels, data.num_classes,
+                                    params.top_layers,
+                                    precision.variable_dtype)
 
           # Reuse variables for the next tower.
           tf.get_variable_scope().reuse_variables()
@@ -201,7 +207,7 @@ def build_training_graph(get_batch, devices, global_step, params):
   train_op = cifar10.train(
       total_loss, global_step,
       examples_per_step=params.batch_size * len(devices),
-      examples_per_epoch=params.num_examples(),
+      examples_per_epoch=data.num_train_examples,
       initial_learning_rate=params.initial_learning_rate, grads=grads,
       losses=loss_terms, loss_scale=loss_scale)
   return train_op, total_loss, grads
@@ -220,11 +226,13 @@ def _keep_the_first_towers_summaries():
       tf.add_to_collection(tf.GraphKeys.SUMMARIES, summary)
 
 
-def train(params, devices, config=None):
+def train(params, data, precision, devices, config=None):
   """Train CIFAR-10 for a number of steps.
 
   Args:
-    params: cifar10_params.Params.
+    params: cifar10_support.params.Params: the settings.
+    data: cifar10_support.data.DataSet: the data to train on.
+    precision: cifar10_support.params.Precision: the model's types.
     devices: The towers' devices (tower_devices()).
     config: The session's tf.ConfigProto; soft placement by default.
   """
@@ -233,7 +241,7 @@ def train(params, devices, config=None):
 
     # One input pipeline for all towers, and a queue of whole batches.
     images, labels = cifar10.distorted_inputs(
-        params.data_dir, params.batch_size, params.compute_dtype,
+        data, params.batch_size, precision.compute_dtype,
         params.min_fraction_of_examples_in_queue)
     batch_queue = cifar10_input.prefetch_batches([images, labels],
                                                  capacity=2 * len(devices))
@@ -246,18 +254,23 @@ def train(params, devices, config=None):
         return batch_queue.dequeue()
 
     train_op, total_loss, _ = build_training_graph(
-        dequeue_batch, devices, global_step, params)
+        dequeue_batch, devices, global_step, params, data, precision)
 
-    cifar10_runtime.run_training(
-        train_op, total_loss, params, batches_per_step=len(devices),
-        config=config or cifar10_devices.session_config(
+    runtime.run_training(
+        train_op, total_loss, params, data.class_names,
+        batches_per_step=len(devices),
+        config=config or devices_lib.session_config(
             params, allow_soft_placement=True))
 
 
 def main(argv):
   del argv  # The settings are the flags'.
-  train(cifar10_flags.params(fetch_data=True), tower_devices(FLAGS.num_gpus))
+  params = command_line.params()
+  data = cifar10.maybe_download_and_extract(params.data_dir, params.data_url,
+                                            params.data_md5)
+  train(params, data, devices_lib.precision(params),
+        tower_devices(FLAGS.num_gpus))
 
 
 if __name__ == '__main__':
-  cifar10_common.run(main)
+  scripts.run(main)

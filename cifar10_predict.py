@@ -21,15 +21,17 @@ import sys
 from absl import flags
 import numpy as np
 
-import cifar10_classifier
-import cifar10_common
-import cifar10_flags
-import cifar10_images
-from cifar10_common import UserError
+import cifar10
+from cifar10_support import classifier as classifier_lib
+from cifar10_support import command_line
+from cifar10_support import devices
+from cifar10_support import images
+from cifar10_support import scripts
+from cifar10_support.scripts import UserError
 
 FLAGS = flags.FLAGS
-cifar10_flags.define('checkpoint_dir', 'moving_average', 'top_layers',
-                     'use_fp16', 'mixed_precision', 'gpu_memory_growth')
+command_line.define('checkpoint_dir', 'moving_average', 'top_layers',
+                    'use_fp16', 'mixed_precision', 'gpu_memory_growth')
 flags.DEFINE_integer('top_k', 3, 'How many classes to print per image.',
                      lower_bound=1)
 
@@ -45,10 +47,12 @@ def main(argv):
   if not files:
     raise UserError('give the image files to classify, e.g. '
                     'cifar10_predict.py cat.jpg ship.png')
-  params = cifar10_flags.params()
-  classifier = cifar10_classifier.Classifier(
-      params.checkpoint_dir, params.moving_average, params=params)
-  decoder = cifar10_images.ImageDecoder()
+  params = command_line.params()
+  # The model as its training made it (the flags say how).
+  model = cifar10.model_as_trained(params, devices.precision(params))
+  classifier = classifier_lib.Classifier(
+      params.checkpoint_dir, model, config=devices.session_config(params))
+  decoder = images.ImageDecoder()
   failures = 0
   try:
     for path in files:
@@ -72,4 +76,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cifar10_common.run(main)
+  scripts.run(main)

@@ -21,26 +21,30 @@ Usage:
     python cifar10_train.py --train_dir=/tmp/cifar10_train \
         --data_dir=/tmp/cifar10_data
 
-It downloads CIFAR-10 into --data_dir on first use. Unlike the classic
-script, it never deletes --train_dir: run it again and it resumes from the
-latest checkpoint there, at its global step. It holds --train_dir while it
-trains: a second training there is refused (cifar10_files.hold_train_dir).
+It downloads CIFAR-10 into --data_dir on first use. It never deletes
+--train_dir: run it again and it resumes from the latest checkpoint there, at
+its global step. It holds --train_dir while it trains: a second training
+there is refused (cifar10_support.files.hold_train_dir).
 """
 
 import cifar10
-import cifar10_common
-import cifar10_flags
-import cifar10_runtime
-from cifar10_quiet import tf
+from cifar10_support import command_line
+from cifar10_support import devices
+from cifar10_support import runtime
+from cifar10_support import scripts
+from cifar10_support.quiet import tf
 
-cifar10_flags.define(*cifar10_flags.TRAINING)
+command_line.define(*command_line.TRAINING)
 
 
-def train(params):
+def train(params, data, precision):
   """Train CIFAR-10 for a number of steps.
 
   Args:
-    params: cifar10_params.Params.
+    params: cifar10_support.params.Params: the settings.
+    data: cifar10_support.data.DataSet: the data to train on.
+    precision: cifar10_support.params.Precision: the types the model
+      computes and keeps its variables in.
   """
   with tf.Graph().as_default():
     # The global step on the CPU, with the variables: the update and the
@@ -51,13 +55,13 @@ def train(params):
     # Get images and labels for CIFAR-10 (the input pipeline runs on the
     # CPU, whatever device the model is on).
     images, labels = cifar10.distorted_inputs(
-        params.data_dir, params.batch_size, params.compute_dtype,
+        data, params.batch_size, precision.compute_dtype,
         params.min_fraction_of_examples_in_queue)
 
     # Build a Graph that computes the logits predictions from the
     # inference model.
-    logits = cifar10.inference(images, params.num_classes, params.top_layers,
-                               params.variable_dtype)
+    logits = cifar10.inference(images, data.num_classes, params.top_layers,
+                               precision.variable_dtype)
 
     # Calculate loss.
     loss = cifar10.loss(logits, labels)
@@ -66,18 +70,21 @@ def train(params):
     # updates the model parameters.
     train_op = cifar10.train(
         loss, global_step, examples_per_step=params.batch_size,
-        examples_per_epoch=params.num_examples(),
+        examples_per_epoch=data.num_train_examples,
         initial_learning_rate=params.initial_learning_rate,
-        loss_scale=(cifar10.float16_loss_scale() if params.loss_scaling
+        loss_scale=(cifar10.float16_loss_scale() if precision.loss_scaled
                     else None))
 
-    cifar10_runtime.run_training(train_op, loss, params)
+    runtime.run_training(train_op, loss, params, data.class_names)
 
 
 def main(argv):
   del argv  # The settings are the flags'.
-  train(cifar10_flags.params(fetch_data=True))
+  params = command_line.params()
+  data = cifar10.maybe_download_and_extract(params.data_dir, params.data_url,
+                                            params.data_md5)
+  train(params, data, devices.precision(params))
 
 
 if __name__ == '__main__':
-  cifar10_common.run(main)
+  scripts.run(main)

@@ -23,11 +23,11 @@ import sys
 from absl import flags
 import numpy as np
 
-import cifar10_common
-from cifar10_common import UserError
-import cifar10_files
-import cifar10_images
-import cifar10_input
+from cifar10_support import data
+from cifar10_support import files
+from cifar10_support import images as images_lib
+from cifar10_support import scripts
+from cifar10_support.scripts import UserError
 
 flags.DEFINE_string('image_dir', None,
                     'Folder of images, one sub-folder per class.')
@@ -52,7 +52,7 @@ def list_images(image_dir):
 
   Returns:
     class_names: sorted sub-folder names.
-    files: list of (path, label).
+    image_files: list of (path, label).
     ignored: paths of files that are not PNG or JPEG.
 
   Raises:
@@ -67,21 +67,21 @@ def list_images(image_dir):
   if not class_names:
     raise UserError('--image_dir=%s has no sub-folders: it needs one per '
                     'class, holding that class\'s images.' % image_dir)
-  if len(class_names) > cifar10_input.MAX_CLASSES:
+  if len(class_names) > data.MAX_CLASSES:
     raise UserError('--image_dir=%s has %d class folders; at most %d fit in '
                     'the one label byte of a record.' %
-                    (image_dir, len(class_names), cifar10_input.MAX_CLASSES))
-  files, ignored = [], []
+                    (image_dir, len(class_names), data.MAX_CLASSES))
+  image_files, ignored = [], []
   for label, name in enumerate(class_names):
     class_dir = os.path.join(image_dir, name)
     for root, _, names in os.walk(class_dir):
       for file_name in sorted(names):
         path = os.path.join(root, file_name)
         if file_name.lower().endswith(IMAGE_EXTENSIONS):
-          files.append((path, label))
+          image_files.append((path, label))
         elif not file_name.startswith('.'):
           ignored.append(path)
-  return class_names, sorted(files), sorted(ignored)
+  return class_names, sorted(image_files), sorted(ignored)
 
 
 def prepare(image_dir, output_dir, test_fraction, seed, out=None):
@@ -93,11 +93,11 @@ def prepare(image_dir, output_dir, test_fraction, seed, out=None):
     UserError: too few images, or the output cannot be written.
   """
   out = out or sys.stdout
-  class_names, files, ignored = list_images(image_dir)
-  decoder = cifar10_images.ImageDecoder()
+  class_names, image_files, ignored = list_images(image_dir)
+  decoder = images_lib.ImageDecoder()
   images, labels, unreadable = [], [], []
   try:
-    for path, label in files:
+    for path, label in image_files:
       try:
         images.append(decoder.decode_file(path))
         labels.append(label)
@@ -108,23 +108,23 @@ def prepare(image_dir, output_dir, test_fraction, seed, out=None):
   labels = np.array(labels, dtype=np.int64)
   train_indices, test_indices, counts = _split(labels, class_names,
                                                test_fraction, seed)
-  num_train_files = len(cifar10_input.TRAIN_FILENAMES)
+  num_train_files = len(data.TRAIN_FILENAMES)
   if len(train_indices) < num_train_files or not len(test_indices):
     raise UserError(
         'too few readable images in %s: %d for training and %d for '
         'evaluation; at least %d and 1 are needed (see --test_fraction).' %
         (image_dir, len(train_indices), len(test_indices), num_train_files))
 
-  batches_dir = os.path.join(output_dir, cifar10_input.BATCHES_DIR_NAME)
-  files = {os.path.join(batches_dir, name): _records(images, labels, part)
+  batches_dir = os.path.join(output_dir, data.BATCHES_DIR_NAME)
+  contents = {os.path.join(batches_dir, name): _records(images, labels, part)
            for name, part in zip(
-               cifar10_input.TRAIN_FILENAMES,
+               data.TRAIN_FILENAMES,
                np.array_split(train_indices, num_train_files))}
-  files[os.path.join(batches_dir, cifar10_input.EVAL_FILENAMES[0])] = (
+  contents[os.path.join(batches_dir, data.EVAL_FILENAMES[0])] = (
       _records(images, labels, test_indices))
-  files[os.path.join(batches_dir, cifar10_input.META_FILENAME)] = (
-      cifar10_input.encode_class_names(class_names))
-  _write_data_set(output_dir, batches_dir, files)
+  contents[os.path.join(batches_dir, data.META_FILENAME)] = (
+      data.encode_class_names(class_names))
+  _write_data_set(output_dir, batches_dir, contents)
 
   width = max(len(name) for name in class_names + ['class'])
   out.write('%-*s %8s %8s\n' % (width, 'class', 'train', 'test'))
@@ -161,11 +161,11 @@ def _split(labels, class_names, test_fraction, seed):
 
 def _records(images, labels, indices):
   """The binary records of the images of `indices`."""
-  return cifar10_input.encode_records(
+  return data.encode_records(
       labels[indices], np.stack([images[i] for i in indices]))
 
 
-def _write_data_set(output_dir, batches_dir, files):
+def _write_data_set(output_dir, batches_dir, contents):
   """Writes the data set's files, all or none.
 
   Raises:
@@ -175,11 +175,11 @@ def _write_data_set(output_dir, batches_dir, files):
   """
   made = [d for d in (output_dir, batches_dir) if not os.path.isdir(d)]
   try:
-    with cifar10_files.writes_said(
+    with files.writes_said(
         'output_dir', output_dir, 'The data set was not written: nothing '
         'half-written is left, and what was there before is as it was.'):
       os.makedirs(batches_dir, exist_ok=True)
-      cifar10_files.write_files_whole(files)
+      files.write_files_whole(contents)
   except (OSError, UserError) as e:
     for folder in reversed(made):  # The folders made for it, if empty.
       if os.path.isdir(folder) and not os.listdir(folder):
@@ -201,4 +201,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cifar10_common.run(main)
+  scripts.run(main)

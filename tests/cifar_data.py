@@ -11,7 +11,7 @@ import tarfile
 
 import numpy as np
 
-import cifar10_input
+from cifar10_support import data as data_lib
 
 # One colour per class, 36 degrees of hue apart: the model can learn them
 # through every distortion (which keeps the ratios of the channel means).
@@ -65,7 +65,7 @@ def write_batch_file(path, labels, images_hwc):
 def read_labels(path):
   """The label of every record of a binary batch file."""
   records = np.fromfile(path, dtype=np.uint8)
-  return records.reshape(-1, cifar10_input.RECORD_BYTES)[:, 0]
+  return records.reshape(-1, data_lib.RECORD_BYTES)[:, 0]
 
 
 def make_data_dir(root, records_per_train_file=64, test_records=250, seed=0,
@@ -82,12 +82,12 @@ def make_data_dir(root, records_per_train_file=64, test_records=250, seed=0,
   Returns:
     The path of the batches folder.
   """
-  batches_dir = os.path.join(root, cifar10_input.BATCHES_DIR_NAME)
+  batches_dir = os.path.join(root, data_lib.BATCHES_DIR_NAME)
   os.makedirs(batches_dir, exist_ok=True)
   rng = np.random.default_rng(seed)
-  names = cifar10_input.TRAIN_FILENAMES + cifar10_input.EVAL_FILENAMES
+  names = data_lib.TRAIN_FILENAMES + data_lib.EVAL_FILENAMES
   for i, name in enumerate(names):
-    count = test_records if name in cifar10_input.EVAL_FILENAMES else (
+    count = test_records if name in data_lib.EVAL_FILENAMES else (
         records_per_train_file)
     labels = rng.integers(0, num_classes, size=count)
     write_batch_file(os.path.join(batches_dir, name), labels,
@@ -98,8 +98,8 @@ def make_data_dir(root, records_per_train_file=64, test_records=250, seed=0,
 def make_archive(path, skip=(), records=3):
   """Writes a small CIFAR-10 binary archive; returns its MD5."""
   with tarfile.open(path, 'w:gz') as archive:
-    names = (cifar10_input.TRAIN_FILENAMES + cifar10_input.EVAL_FILENAMES +
-             (cifar10_input.META_FILENAME,))
+    names = (data_lib.TRAIN_FILENAMES + data_lib.EVAL_FILENAMES +
+             (data_lib.META_FILENAME,))
     for i, name in enumerate(names):
       if name in skip:
         continue
@@ -107,7 +107,7 @@ def make_archive(path, skip=(), records=3):
         labels = (np.arange(records) + i) % 10
         data = encode_records(labels, learnable_images(labels, seed=i))
       else:
-        data = ''.join(n + '\n' for n in cifar10_input.CLASS_NAMES).encode()
+        data = ''.join(n + '\n' for n in data_lib.CLASS_NAMES).encode()
       info = tarfile.TarInfo('cifar-10-batches-bin/' + name)
       info.size = len(data)
       archive.addfile(info, io.BytesIO(data))

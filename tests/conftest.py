@@ -1,7 +1,7 @@
 """Shared fixtures: small data sets, their Params, and quick training runs.
 
 The library reads no flags: the tests give each function its settings, as
-a cifar10_params.Params, and run the scripts (with flags) as a user does.
+a params_lib.Params, and run the scripts (with flags) as a user does.
 
 The tests check the CPU path on every machine: this process and every
 script it starts see no GPU, whatever the machine has (how the graphs are
@@ -33,13 +33,15 @@ import json  # pylint: disable=g-import-not-at-top
 
 import pytest  # pylint: disable=g-import-not-at-top
 
-import cifar10_params  # pylint: disable=g-import-not-at-top
+from cifar10_support import params as params_lib  # pylint: disable=g-import-not-at-top
 import cifar10_train  # pylint: disable=g-import-not-at-top
 
 sys.path.insert(0, _TESTS_DIR)
 import cifar_data  # pylint: disable=g-import-not-at-top
 
 REPO_DIR = os.path.dirname(_TESTS_DIR)
+# The tools (benchmark.py, gpu_check.py), which the tests import too.
+sys.path.insert(0, os.path.join(REPO_DIR, 'tools'))
 
 # The variables of a training that count (steps, examples): integers, whatever
 # the model's float type.
@@ -105,7 +107,7 @@ def data_dir(tmp_path):
 def quick_params_for(data_dir, work_dir):
   """Params for a quick training and evaluation on the small data."""
   train_dir = os.path.join(work_dir, 'train')
-  return cifar10_params.Params(
+  return params_lib.Params(
       data_dir=data_dir, train_dir=train_dir, checkpoint_dir=train_dir,
       eval_dir=os.path.join(work_dir, 'eval'), batch_size=32,
       min_fraction_of_examples_in_queue=SMALL_QUEUE_FRACTION,
@@ -167,6 +169,7 @@ def trained(tmp_path_factory):
     (data_dir, train_dir, the lines the training printed). Tests copy the
     train dir before they change anything in it.
   """
+  from helpers import resolved  # pylint: disable=g-import-not-at-top  (it imports us)
   work_dir = shared_dir(tmp_path_factory, 'trained')
   data_dir = os.path.join(work_dir, 'data')
   printed_path = os.path.join(work_dir, 'printed.json')
@@ -174,10 +177,11 @@ def trained(tmp_path_factory):
     if must_make:
       cifar_data.make_data_dir(data_dir)
       printed = io.StringIO()
+      params = quick_params_for(data_dir, work_dir).replace(
+          max_steps=TRAINED_STEPS, batch_size=TRAINED_BATCH_SIZE,
+          initial_learning_rate=LEARNING_RATE)
       with contextlib.redirect_stdout(printed):
-        cifar10_train.train(quick_params_for(data_dir, work_dir).replace(
-            max_steps=TRAINED_STEPS, batch_size=TRAINED_BATCH_SIZE,
-            initial_learning_rate=LEARNING_RATE))
+        cifar10_train.train(*resolved(params))
       with open(printed_path, 'w') as f:
         json.dump(printed.getvalue().splitlines(), f)
   with open(printed_path) as f:

@@ -3,6 +3,7 @@
 import contextlib
 import importlib
 import io
+import os
 import re
 import subprocess
 import sys
@@ -13,15 +14,17 @@ from absl.testing import flagsaver
 import numpy as np
 
 import cifar10
-import cifar10_common
-from cifar10_quiet import tf
-import cifar10_runtime
+from cifar10_support import data as data_lib
+from cifar10_support import devices
+from cifar10_support import runtime
+from cifar10_support import scripts
+from cifar10_support.quiet import tf
 from conftest import REPO_DIR
 from conftest import SMALL_QUEUE_FRACTION
 
-# What the scripts print, as they print it (see cifar10_runtime).
-LOG_LINE = cifar10_runtime.LOG_LINE
-EVAL_LINE = cifar10_runtime.EVAL_LINE
+# What the scripts print, as they print it (see runtime).
+LOG_LINE = runtime.LOG_LINE
+EVAL_LINE = runtime.EVAL_LINE
 # A trainer refused a training directory that another holds. Groups: the
 # folder, the holder's script, pid and host.
 TRAIN_DIR_IN_USE = (
@@ -31,11 +34,18 @@ TRAIN_DIR_IN_USE = (
     r'another --train_dir\.\n$')
 
 
+def resolved(params):
+  """What a script's main resolves from its settings and hands down:
+  (params, the data set of params.data_dir, the precision here)."""
+  return params, data_lib.read(params.data_dir), devices.precision(params)
+
+
 def cross_entropy_on_test_set(checkpoint_path, data_dir, use_fp16=False):
   """Mean cross entropy on the test records, with a checkpoint's weights."""
   with tf.Graph().as_default():
     images, labels = cifar10.inputs(
-        True, data_dir, dtype=tf.float16 if use_fp16 else tf.float32)
+        True, data_lib.read(data_dir),
+        dtype=tf.float16 if use_fp16 else tf.float32)
     logits = cifar10.inference(images)
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=tf.cast(labels, tf.int64), logits=logits)
@@ -93,27 +103,28 @@ def run_main(script, *args):
   """Runs a script's main in this process, as a user's command would run.
 
   The same flag parsing, settings and error reporting as the script's own
-  process (cifar10_common.parse_flags and run_main), without what only a
+  process (scripts.parse_flags and run_main), without what only a
   process of its own shows: TensorFlow's start-up, the filter of its stderr,
   signals. So its flags are those of every script this process imported: a
   flag of another script is not refused here, as it would be there. The
   flags are restored afterwards.
 
   Args:
-    script: The script's file name, e.g. 'cifar10_eval.py'.
+    script: The script's path in the checkout, e.g. 'cifar10_eval.py' or
+      'tools/gpu_check.py'.
     *args: Its command line.
 
   Returns:
     A CompletedProcess: returncode (the exit status), stdout and stderr
     (what the script printed to sys.stdout and sys.stderr).
   """
-  module = importlib.import_module(script[:-len('.py')])
+  module = importlib.import_module(os.path.basename(script)[:-len('.py')])
   stdout, stderr = io.StringIO(), io.StringIO()
   with flagsaver.flagsaver(), contextlib.redirect_stdout(stdout), (
       contextlib.redirect_stderr(stderr)):
     try:
-      argv = cifar10_common.parse_flags([script] + list(args))
-      cifar10_common.run_main(module.main, argv)
+      argv = scripts.parse_flags([script] + list(args))
+      scripts.run_main(module.main, argv)
       returncode = 0
     except SystemExit as exit_status:
       returncode = exit_status.code

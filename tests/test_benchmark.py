@@ -1,4 +1,4 @@
-"""benchmark.py's parts that print what the README cites (not its speeds:
+"""tools/benchmark.py's parts that print what the README cites (not its speeds:
 figures are measured by running it, never asserted by a test)."""
 
 import json
@@ -11,8 +11,9 @@ from helpers import run_scripts
 
 def test_profile_prints_the_ops_of_a_traced_step_by_type():
   for result in run_scripts(
-      ('benchmark.py', '--profile', '--batch_size=16'),
-      ('benchmark.py', '--profile', '--batch_size=16', '--mixed_precision')):
+      ('tools/benchmark.py', '--profile', '--batch_size=16'),
+      ('tools/benchmark.py', '--profile', '--batch_size=16',
+       '--mixed_precision')):
     assert result.returncode == 0, result.stderr
     assert result.stderr == ''
     lines = result.stdout.splitlines()
@@ -56,8 +57,8 @@ def test_a_run_prints_its_table_and_writes_its_figures(data_dir, tmp_path):
   # The whole benchmark, as the README runs it, made small: the tests' data
   # (250 test images), batches of 16, 60 steps a training run.
   json_path = str(tmp_path / 'figures.json')
-  result = run_script('benchmark.py', '--data_dir=' + data_dir, '--steps=60',
-                      '--warmup_steps=10', '--batch_size=16',
+  result = run_script('tools/benchmark.py', '--data_dir=' + data_dir,
+                      '--steps=60', '--warmup_steps=10', '--batch_size=16',
                       '--json=' + json_path)
   assert result.returncode == 0, result.stderr
   assert result.stderr == ''

@@ -22,12 +22,13 @@ import numpy as np
 import pytest
 
 import cifar10
-import cifar10_checkpoint
-import cifar10_common
 import cifar10_distributed_train
-import cifar10_params
-import cifar10_runtime
-from cifar10_quiet import tf
+from cifar10_support import checkpoints
+from cifar10_support import data as data_lib
+from cifar10_support import params as params_lib
+from cifar10_support import runtime
+from cifar10_support import scripts
+from cifar10_support.quiet import tf
 import cifar_data
 from conftest import LEARNING_RATE
 from conftest import REPO_DIR
@@ -36,9 +37,9 @@ from conftest import TRAINED_STEPS
 import helpers
 from helpers import cross_entropy_on_test_set
 from helpers import EVAL_LINE
-from helpers import TRAIN_DIR_IN_USE
 from helpers import run_main
 from helpers import run_scripts
+from helpers import TRAIN_DIR_IN_USE
 from machines import Machines
 
 SCRIPT = 'cifar10_distributed_train.py'
@@ -139,7 +140,7 @@ class Cluster(object):
   def latest_step(self):
     """The step of the chief's newest checkpoint, or -1."""
     latest = tf.train.latest_checkpoint(self.disk('worker0', self.train_dir))
-    return cifar10_checkpoint.checkpoint_step(latest) if latest else -1
+    return checkpoints.checkpoint_step(latest) if latest else -1
 
 
 @pytest.fixture
@@ -464,13 +465,43 @@ def test_a_worker_that_can_never_start_ends_with_one_line(data_dir, processes):
   assert ps.process.poll() is None
 
 
+@pytest.mark.parametrize('waiting_for', ['ps', 'chief'])
+def test_a_signal_ends_a_workers_wait_at_once(waiting_for, data_dir,
+                                              processes):
+  # Ctrl-C or SIGTERM while a worker waits for its parameter server, or for
+  # the chief: it stops at once, saying for what it waited, not after
+  # --wait_secs.
+  ps_port, chief_port, worker_port = free_ports(3)
+  hosts = ['--ps_hosts=127.0.0.1:%d' % ps_port,
+           '--worker_hosts=127.0.0.1:%d,127.0.0.1:%d' % (chief_port,
+                                                         worker_port)]
+  if waiting_for == 'ps':
+    waited_for = 'parameter server 0 at 127.0.0.1:%d (connection refused)' % (
+        ps_port)
+  else:
+    ps = processes(SCRIPT, *hosts, '--job_name=ps', '--task_index=0')
+    ps.wait_for_line(r'^Parameter server 0 serving', timeout=TIMEOUT)
+    waited_for = 'the chief (worker 0 at 127.0.0.1:%d)' % chief_port
+  worker = processes(SCRIPT, *hosts, '--job_name=worker', '--task_index=1',
+                     '--wait_secs=600', '--data_dir=' + data_dir,
+                     '--batch_size=16')
+  worker.wait_for_line(r'^Worker 1: waiting for %s' % re.escape(waited_for),
+                       timeout=TIMEOUT)
+  worker.process.send_signal(signal.SIGTERM)
+  assert worker.finish(timeout=60) == 128 + signal.SIGTERM
+  assert worker.lines[-2:] == [
+      'Caught SIGTERM: stopping cleanly (send it again to stop at once).',
+      'Stopped by SIGTERM while waiting for %s.' % waited_for]
+  assert worker.stderr() == ''
+
+
 def test_waiting_is_said_again_while_it_lasts(capsys):
   closed_port, = free_ports(1)
   tasks = [('parameter server 0', '127.0.0.1:%d' % closed_port)]
   # Said at once, then every second here (every 30 s in the scripts), for
   # 3.5 s: so at least twice, however slow the machine.
-  with pytest.raises(cifar10_common.UserError) as error:
-    cifar10_runtime.wait_for_tasks('Worker 3', tasks, wait_secs=3.5,
+  with pytest.raises(scripts.UserError) as error:
+    runtime.wait_for_tasks('Worker 3', tasks, wait_secs=3.5,
                                    report_secs=1)
   lines = capsys.readouterr().out.splitlines()
   assert len(lines) >= 2
@@ -606,7 +637,8 @@ class _Worker(object):
         loss = cifar10.loss(cifar10.inference(tf.constant(images)),
                             tf.constant(labels))
         self.train_op, hooks = cifar10_distributed_train.build_train_op(
-            loss, self.global_step, cifar10_params.Params(batch_size=8),
+            loss, self.global_step, params_lib.Params(batch_size=8),
+            data_lib.NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN, params_lib.Precision(),
             is_chief, 2, replicas_to_aggregate)
         self.variables = tf.trainable_variables()
         self.gradients = tf.gradients(loss, self.variables)
@@ -752,7 +784,9 @@ def test_an_asynchronous_step_moves_the_weights_and_their_gradients_only():
       loss = cifar10.loss(cifar10.inference(tf.constant(images)),
                           tf.constant(labels))
       train_op, _ = cifar10_distributed_train.build_train_op(
-          loss, global_step, cifar10_params.Params(batch_size=8), True, 2)
+          loss, global_step, params_lib.Params(batch_size=8),
+          data_lib.NUM_EXAMPLES_PER_EPOCH_FOR_TRAIN, params_lib.Precision(),
+          True, 2)
     with tf.Session(servers[0].target) as sess:
       sess.run(tf.global_variables_initializer())
       sess.run(train_op)

@@ -9,15 +9,15 @@ import threading
 import pytest
 
 import cifar10
-import cifar10_input
-import cifar10_params
-from cifar10_common import UserError
+from cifar10_support import data as data_lib
+from cifar10_support import params as params_lib
+from cifar10_support.scripts import UserError
 import cifar_data
 from helpers import EVAL_LINE
 from helpers import run_main
 
 ARCHIVE_NAME = 'cifar-10-binary.tar.gz'
-ALL_FILES = cifar10_input.TRAIN_FILENAMES + cifar10_input.EVAL_FILENAMES
+ALL_FILES = data_lib.TRAIN_FILENAMES + data_lib.EVAL_FILENAMES
 
 
 @pytest.fixture
@@ -68,9 +68,8 @@ def _listing(data_dir):
 
 
 def _extracted_ok(data_dir):
-  batches_dir = os.path.join(data_dir, cifar10_input.BATCHES_DIR_NAME)
-  return cifar10_input.check_data_files(
-      [os.path.join(batches_dir, name) for name in ALL_FILES]) == 6 * 3
+  data = data_lib.read(data_dir)
+  return (data.num_train_examples, data.num_eval_examples) == (5 * 3, 3)
 
 
 EXTRACTED = sorted(['cifar-10-batches-bin/' + name
@@ -78,7 +77,7 @@ EXTRACTED = sorted(['cifar-10-batches-bin/' + name
 
 
 def test_defaults_are_the_official_archive():
-  params = cifar10_params.Params()
+  params = params_lib.Params()
   assert params.data_url == cifar10.DATA_URL == (
       'https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz')
   assert params.data_md5 == cifar10.DATA_MD5 == (
@@ -88,9 +87,12 @@ def test_defaults_are_the_official_archive():
 
 def test_file_url_download_and_extract(tmp_path, archive, capsys):
   data_dir = str(tmp_path / 'data')
-  batches_dir = cifar10.maybe_download_and_extract(
+  data = cifar10.maybe_download_and_extract(
       data_dir, 'file://' + archive[0], archive[1])
-  assert batches_dir == os.path.join(data_dir, 'cifar-10-batches-bin')
+  # The data set, read and checked: its folder, classes and counts.
+  assert data == data_lib.DataSet(
+      os.path.join(data_dir, 'cifar-10-batches-bin'), data_lib.CLASS_NAMES,
+      5 * 3, 3)
   assert _listing(data_dir) == sorted([ARCHIVE_NAME] + EXTRACTED)
   assert _extracted_ok(data_dir)
   out = capsys.readouterr().out
@@ -199,12 +201,13 @@ def test_truncated_archive_is_reported(tmp_path):
   listing = _listing(str(data_dir))
   assert ARCHIVE_NAME in listing
   assert not [f for f in listing if f.endswith('.part')]
-  # The batch files extracted before the damage are whole; the missing ones
-  # make the next run try again.
+  # The batch files extracted before the damage are whole (all 300 records
+  # of each); the missing ones make the next run try again.
   extracted = [f for f in listing if f.endswith('.bin')]
   assert len(extracted) < len(ALL_FILES)
   for name in extracted:
-    assert cifar10_input.holds_whole_records(os.path.join(str(data_dir), name))
+    assert os.path.getsize(os.path.join(str(data_dir), name)) == (
+        300 * data_lib.RECORD_BYTES)
 
 
 def test_downloaded_corrupt_archive_is_not_kept(tmp_path):

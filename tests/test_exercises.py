@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 
 import cifar10
-import cifar10_params
+from cifar10_support import data as data_lib
+from cifar10_support.quiet import tf
 import cifar10_train
 import cifar_data
-from cifar10_quiet import tf
 from conftest import TRAINED_STEPS
 from helpers import EVAL_LINE
 from helpers import LOG_LINE
 from helpers import quick_args
+from helpers import resolved
 from helpers import run_main
 from test_train_eval import TRAINABLE
 
@@ -165,8 +166,7 @@ def test_locally_connected_trains_evaluates_and_refuses_the_other(
   assert prediction.returncode == 0, prediction.stderr
   printed = prediction.stdout.splitlines()[0].split(': ')[1].split(', ')
   assert len(printed) == 3
-  assert printed[0].split(' ')[0] in cifar10_params.Params(
-      data_dir=data_dir).class_names
+  assert printed[0].split(' ')[0] in data_lib.CLASS_NAMES
   export_dir = str(tmp_path / 'export_local')
   exported = run_main('cifar10_export.py', '--checkpoint_dir=' + train_dir,
                       '--export_dir=' + export_dir, *local_top)
@@ -276,8 +276,8 @@ def test_data_of_other_classes_is_refused_with_the_reason(trained, tmp_path):
 @pytest.mark.parametrize('fraction, expected', [(0.625, 200), (0.1, 32)])
 def test_queue_warm_up_is_a_fraction_of_the_records(
     quick_params, capsys, fraction, expected):
-  cifar10_train.train(quick_params.replace(
-      min_fraction_of_examples_in_queue=fraction, max_steps=1))
+  cifar10_train.train(*resolved(quick_params.replace(
+      min_fraction_of_examples_in_queue=fraction, max_steps=1)))
   assert capsys.readouterr().out.splitlines()[0] == (
       'Filling the input queue with %d CIFAR images before starting to '
       'train.' % expected)

@@ -15,17 +15,18 @@ import numpy as np
 import pytest
 
 import cifar10
-import cifar10_checkpoint
-import cifar10_common
 import cifar10_eval
-import cifar10_files
 import cifar10_multi_gpu_train
+from cifar10_support import checkpoints
+from cifar10_support import files
+from cifar10_support import runtime
+from cifar10_support import scripts
+from cifar10_support.quiet import tf
 import cifar10_train
-import cifar10_runtime
-from cifar10_quiet import tf
 from conftest import TRAINED_STEPS
 import helpers
 from helpers import quick_args
+from helpers import resolved
 from helpers import run_main
 
 STOP_LINE = r'^Stopped by (SIG\w+) at step (\d+); checkpoint (\S+) saved\.$'
@@ -34,8 +35,8 @@ STOP_LINE = r'^Stopped by (SIG\w+) at step (\d+); checkpoint (\S+) saved\.$'
 def _snapshot(directory):
   """{file: (size, mtime)} of every file under `directory`."""
   found = {}
-  for root, _, files in os.walk(directory):
-    for name in files:
+  for root, _, names in os.walk(directory):
+    for name in names:
       path = os.path.join(root, name)
       found[os.path.relpath(path, directory)] = (os.path.getsize(path),
                                                  os.path.getmtime(path))
@@ -190,8 +191,8 @@ def test_evaluation_skips_a_checkpoint_deleted_before_it_is_read(
     return looks[-1]
 
   monkeypatch.setattr(tf.train, 'latest_checkpoint', racing_training)
-  with pytest.raises(cifar10_common.Interrupted) as stop:
-    cifar10_eval.evaluate(params)
+  with pytest.raises(scripts.Interrupted) as stop:
+    cifar10_eval.evaluate(*resolved(params))
   assert str(stop.value) == 'Evaluation stopped by SIGINT.'
   assert stop.value.signum == signal.SIGINT
   lines = capsys.readouterr().out.splitlines()
@@ -216,7 +217,7 @@ def test_unreadable_newest_checkpoint_is_skipped_not_trusted(
     f.truncate(os.path.getsize(data_file) // 2)
   damaged = _snapshot(params.train_dir)[os.path.basename(data_file)]
   params = params.replace(max_steps=5)
-  cifar10_train.train(params)
+  cifar10_train.train(*resolved(params))
   lines = capsys.readouterr().out.splitlines()
   assert lines[0].startswith('Skipping checkpoint %s cannot be read: ' % newest)
   assert lines[1] == 'Resuming from %s, at step 0.' % os.path.join(
@@ -233,8 +234,8 @@ def test_no_readable_checkpoint_stops_before_touching_them(
   for path in _checkpoints(params.train_dir):
     os.remove(path + '.index')
   before = _snapshot(params.train_dir)
-  with pytest.raises(cifar10_checkpoint.CheckpointError) as error:
-    cifar10_train.train(params)
+  with pytest.raises(checkpoints.CheckpointError) as error:
+    cifar10_train.train(*resolved(params))
   assert str(error.value) == (
       'none of the checkpoints in --train_dir=%s can be read (see above). '
       'They were kept: move them away to train from scratch there.' %
@@ -244,9 +245,9 @@ def test_no_readable_checkpoint_stops_before_touching_them(
 
 def test_nan_loss_in_multi_device_training(quick_params, capsys):
   params = quick_params.replace(initial_learning_rate=1e9, max_steps=1000)
-  with pytest.raises(cifar10_runtime.NanLossError) as error:
+  with pytest.raises(runtime.NanLossError) as error:
     cifar10_multi_gpu_train.train(
-        params, devices=['/cpu:0', '/cpu:1'],
+        *resolved(params), devices=['/cpu:0', '/cpu:1'],
         config=tf.ConfigProto(device_count={'CPU': 2},
                               allow_soft_placement=True))
   assert str(error.value).startswith('loss is NaN at step ')
@@ -266,9 +267,9 @@ def test_an_infinite_loss_stops_training_as_a_nan_does(quick_params):
     loss = tf.reduce_sum(weights) * float('inf')
     train_op = cifar10.train(loss, global_step, examples_per_step=4,
                              examples_per_epoch=4)
-    with pytest.raises(cifar10_runtime.NanLossError) as error:
-      cifar10_runtime.run_training(train_op, loss,
-                                   quick_params.replace(max_steps=10))
+    with pytest.raises(runtime.NanLossError) as error:
+      runtime.run_training(train_op, loss,
+                           quick_params.replace(max_steps=10))
   kept = os.path.join(quick_params.train_dir, 'model.ckpt-0')
   assert str(error.value) == (
       'loss is infinite at step 1: training diverged and was stopped; the '
@@ -368,8 +369,8 @@ def test_a_directory_that_exists_but_cannot_be_written(tmp_path):
   else:
     read_only = str(tmp_path / 'read_only')
     os.makedirs(read_only, mode=0o555)
-  with pytest.raises(cifar10_common.UserError) as error:
-    cifar10_files.ensure_writable_dir(read_only, 'eval_dir')
+  with pytest.raises(scripts.UserError) as error:
+    files.ensure_writable_dir(read_only, 'eval_dir')
   assert str(error.value) == (
       '--eval_dir=%s is not writable: Permission denied.' % read_only)
 
@@ -414,8 +415,8 @@ def test_training_on_another_models_checkpoint(quick_params, tmp_path):
   params = quick_params
   other = _save_other_model(params.train_dir)
   before = _snapshot(params.train_dir)
-  with pytest.raises(cifar10_checkpoint.CheckpointError) as error:
-    cifar10_train.train(params)
+  with pytest.raises(checkpoints.CheckpointError) as error:
+    cifar10_train.train(*resolved(params))
   assert str(error.value) == (
       '--train_dir=%s holds checkpoints of another model: checkpoint %s is '
       'not one of this model: it has no conv1/biases (nor 29 other '
@@ -468,7 +469,7 @@ def test_a_signal_during_an_evaluation_pass_writes_nothing(
   batches = []
   stop_signals = []
 
-  class SeenStopSignals(cifar10_common.StopSignals):
+  class SeenStopSignals(scripts.StopSignals):
 
     def __enter__(self):
       stop_signals.append(self)
@@ -488,10 +489,10 @@ def test_a_signal_during_an_evaluation_pass_writes_nothing(
         assert stop_signals[0].wait(60)
       return np.bincount(*args, **kwargs)
 
-  monkeypatch.setattr(cifar10_common, 'StopSignals', SeenStopSignals)
+  monkeypatch.setattr(scripts, 'StopSignals', SeenStopSignals)
   monkeypatch.setattr(cifar10_eval, 'np', SignalAfterTheFirstBatch())
-  with pytest.raises(cifar10_common.Interrupted) as stop:
-    cifar10_eval.evaluate(params)
+  with pytest.raises(scripts.Interrupted) as stop:
+    cifar10_eval.evaluate(*resolved(params))
   assert str(stop.value) == 'Evaluation stopped by %s.' % stop_signal.name
   assert stop.value.signum == stop_signal
   assert capsys.readouterr().out.splitlines() == [
@@ -509,10 +510,10 @@ def test_a_signal_during_an_evaluation_pass_writes_nothing(
 
 
 BLOCKED_IN_TENSORFLOW = """
-import cifar10_common
-from cifar10_quiet import tf
+from cifar10_support import scripts
+from cifar10_support.quiet import tf
 queue = tf.FIFOQueue(1, tf.int32)
-with tf.Session() as session, cifar10_common.StopSignals(
+with tf.Session() as session, scripts.StopSignals(
     lambda: 'the last checkpoint, model.ckpt-7, is kept'):
   print('Waiting for a batch that never comes.', flush=True)
   session.run(queue.dequeue())
@@ -538,8 +539,8 @@ def test_a_second_signal_stops_at_once_while_tensorflow_waits(processes):
 
 
 TWO_THREADS_PRINTING = """
+from cifar10_support import scripts
 import threading
-import cifar10_common
 
 def print_lines(text):
   for count in range(5000):
@@ -553,7 +554,7 @@ def main(argv):
   print_lines('b')
   thread.join()
 
-cifar10_common.run(main)
+scripts.run(main)
 """
 
 
@@ -570,6 +571,34 @@ def test_lines_printed_by_two_threads_are_whole():
   assert len(lines) == 10000
   assert [line for line in lines
           if line.strip('a') and line.strip('b')] == []
+
+
+PRINTING_ON = """
+from cifar10_support import scripts
+
+def main(argv):
+  count = 0
+  while True:
+    print('line %d' % count)
+    count += 1
+
+if __name__ == '__main__':
+  scripts.run(main)
+"""
+
+
+def test_a_script_whose_reader_has_gone_stops_without_a_traceback():
+  # `cifar10_predict.py *.png | head -1`: once head has its line and ends,
+  # the script stops, as a shell's tools do (status 141, SIGPIPE's), with no
+  # traceback and no complaint.
+  process = subprocess.Popen(
+      [sys.executable, '-c', PRINTING_ON], cwd=helpers.REPO_DIR,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  assert process.stdout.readline() == 'line 0\n'
+  process.stdout.close()
+  stderr = process.stderr.read()
+  assert process.wait(timeout=60) == 128 + signal.SIGPIPE
+  assert stderr == ''
 
 
 def test_a_second_signal_during_training_keeps_the_last_checkpoint(
@@ -613,7 +642,7 @@ def test_what_a_killed_training_half_wrote_is_removed(trained, quick_params,
     with open(os.path.join(params.train_dir, name), 'w') as f:
       f.write('half')
   os.makedirs(os.path.join(params.train_dir, half_written[2]))
-  cifar10_train.train(params)
+  cifar10_train.train(*resolved(params))
   lines = capsys.readouterr().out.splitlines()
   assert lines[0] == ('Removed %s: half-written by a run that stopped while '
                       'writing it.' % ', '.join(sorted(half_written)))

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-import cifar10_devices
-from cifar10_quiet import tf
+from cifar10_support import devices
+from cifar10_support.quiet import tf
 import gpu_check
 from helpers import run_main
 from helpers import run_script
@@ -62,16 +62,16 @@ def test_a_gpu_step_is_counted_from_its_trace_each_op_once():
   # and would have died on its first traced step.
   with pytest.raises(ValueError, match='stream'):
     tf.DeviceSpec.from_string('/device:GPU:0/stream:all')
-  assert cifar10_devices.trace_device('/device:GPU:0/stream:12<MemcpyH2D>') == (
+  assert devices.trace_device('/device:GPU:0/stream:12<MemcpyH2D>') == (
       'GPU', 0, 'stream:12<MemcpyH2D>')
-  assert cifar10_devices.trace_device(
+  assert devices.trace_device(
       '/job:localhost/replica:0/task:0/device:CPU:0') == ('CPU', 0, None)
   assert gpu_check.count_placement(trace) == {
       'ops': {'CPU': 3, 'GPU': 2}, 'gpu_kernels': 3, 'gpu_copies': 1}
   # The profile (benchmark.py --profile): the CPU's ops as its executor
   # timed them, the GPU's kernels once each, by the op that launched them,
   # and its copies; not the launches, nor the kernels' second entries.
-  assert cifar10_devices.op_times_by_type(trace) == {
+  assert devices.op_times_by_type(trace) == {
       'QueueDequeueManyV2': [100, 1], 'ReadVariableOp': [5, 1],
       'ResourceApplyGradientDescent': [50, 1], 'Conv2D': [500, 2],
       'Relu': [20, 1], 'MemcpyH2D': [30, 1]}
@@ -105,7 +105,7 @@ def test_gpu_memory_is_read_per_gpu_from_nvidia_smi(tmp_path):
 
 
 def test_gpu_check_without_a_gpu_says_so_and_succeeds():
-  result = run_script('gpu_check.py')
+  result = run_script('tools/gpu_check.py')
   assert result.returncode == 0, result.stderr
   assert result.stderr == ''
   assert result.stdout == (
@@ -118,11 +118,11 @@ def test_gpu_check_walks_every_step_on_a_cpu(tmp_path, monkeypatch):
   # tower checks in this process (the GPUs faked: soft placement runs them
   # on the CPU, in float16 for mixed precision, as on a GPU), every script
   # run in its own process (which sees no GPU), the table, the JSON.
-  monkeypatch.setattr(cifar10_devices, 'gpus', lambda: [
+  monkeypatch.setattr(devices, 'gpus', lambda: [
       '/physical_device:GPU:0', '/physical_device:GPU:1'])
   figures_path = str(tmp_path / 'gpu_check.json')
-  result = run_main('gpu_check.py', '--training_steps=20', '--batch_size=16',
-                    '--figures_json=' + figures_path)
+  result = run_main('tools/gpu_check.py', '--training_steps=20',
+                    '--batch_size=16', '--figures_json=' + figures_path)
   assert result.returncode == 0, result.stderr
   lines = result.stdout.splitlines()
   assert lines[0] == ('2 GPU(s): /physical_device:GPU:0, '

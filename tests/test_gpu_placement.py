@@ -16,13 +16,15 @@ import re
 import pytest
 from tensorflow.python.framework import kernels
 
-import cifar10_checkpoint
-import cifar10_devices
+import cifar10
 import cifar10_multi_gpu_train
-import cifar10_params
-import cifar10_runtime
+from cifar10_support import checkpoints
+from cifar10_support import devices
+from cifar10_support import params as params_lib
+from cifar10_support import runtime
+from cifar10_support.quiet import tf
 import cifar10_train
-from cifar10_quiet import tf
+from helpers import resolved
 
 def _build_has_cuda_kernels():
   return any(kernel.device_type == 'GPU' for kernel in
@@ -63,9 +65,9 @@ def _gpu_kernel_exists(op):
 def _built_graph(script_train, params, monkeypatch, *args):
   """The graph a training script builds, captured before it runs."""
   built = []
-  monkeypatch.setattr(cifar10_runtime, 'run_training',
+  monkeypatch.setattr(runtime, 'run_training',
                       lambda *a, **k: built.append(tf.get_default_graph()))
-  script_train(params, *args)
+  script_train(*resolved(params), *args)
   return built[0]
 
 
@@ -184,12 +186,12 @@ PRECISIONS = {'float32': {}, 'use_fp16': {'use_fp16': True},
 @pytest.fixture(params=sorted(PRECISIONS))
 def gpu_params(request, data_dir, monkeypatch):
   # As on a machine with GPUs: mixed precision then computes in float16.
-  monkeypatch.setattr(cifar10_devices, 'gpus',
+  monkeypatch.setattr(devices, 'gpus',
                       lambda: ['/physical_device:GPU:0'])
-  params = cifar10_params.Params(data_dir=data_dir, batch_size=16,
-                                  **PRECISIONS[request.param])
-  assert params.compute_dtype == (tf.float32 if request.param == 'float32'
-                                  else tf.float16)
+  params = params_lib.Params(data_dir=data_dir, batch_size=16,
+                             **PRECISIONS[request.param])
+  assert devices.precision(params).compute_dtype == (
+      tf.float32 if request.param == 'float32' else tf.float16)
   return params
 
 
@@ -308,23 +310,24 @@ def test_evaluation_prediction_and_export_prepare_images_on_the_cpu(
   # CPU, and cross to the GPU once, as a batch; where a GPU kernel exists for
   # these ops, unpinned, they would run on the GPU, each record or image
   # going CPU -> GPU -> CPU in the reader threads.
-  import cifar10_classifier  # pylint: disable=g-import-not-at-top
+  from cifar10_support import classifier as classifier_lib  # pylint: disable=g-import-not-at-top
   import cifar10_eval  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(cifar10_devices, 'gpus',
+  monkeypatch.setattr(devices, 'gpus',
                       lambda: ['/physical_device:GPU:0'])
   data_dir, train_dir, _ = trained
-  params = cifar10_params.Params(
+  params = params_lib.Params(
       data_dir=data_dir, checkpoint_dir=train_dir, batch_size=16,
       eval_dir=str(tmp_path / 'eval'), run_once=True, **PRECISIONS[precision])
-  graphs = {'evaluation': cifar10_eval.Evaluation(params).graph}
+  graphs = {'evaluation': cifar10_eval.Evaluation(*resolved(params)).graph}
   # A classifier restores the checkpoint: float32 weights, or float16 ones.
   if precision == 'use_fp16':
-    monkeypatch.setattr(cifar10_checkpoint, 'restore', lambda *args: None)
-    monkeypatch.setattr(cifar10_checkpoint, 'check_checkpoint',
+    monkeypatch.setattr(checkpoints, 'restore', lambda *args: None)
+    monkeypatch.setattr(checkpoints, 'check_checkpoint',
                         lambda *args: None)
   for any_size in (False, True):  # Prediction's, and export's.
-    classifier = cifar10_classifier.Classifier(train_dir, any_size=any_size,
-                                               params=params)
+    classifier = classifier_lib.Classifier(
+        train_dir, cifar10.model_as_trained(params, devices.precision(params)),
+        any_size=any_size)
     classifier.close()
     graphs['any size' if any_size else '32x32'] = classifier.graph
   for what, graph in graphs.items():
@@ -349,9 +352,10 @@ def test_workers_sharing_a_machine_each_take_their_own_gpu(data_dir):
   assert cifar10_distributed_train.worker_gpu(cluster, 1, 0) is None
   # The graph of worker 1: its model on its GPU (1), its input pipeline on
   # its CPU, the variables on the parameter server.
-  params = cifar10_params.Params(data_dir=data_dir, batch_size=16)
+  params = params_lib.Params(data_dir=data_dir, batch_size=16)
   with tf.Graph().as_default() as graph:
-    cifar10_distributed_train.build_worker_graph(params, cluster, 1, gpu=1)
+    cifar10_distributed_train.build_worker_graph(*resolved(params), cluster, 1,
+                                                 gpu=1)
   convolutions = [op for op in graph.get_operations()
                   if op.type.startswith('Conv2D')]
   assert len(convolutions) >= 6  # Forward, and the gradients.

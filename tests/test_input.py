@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import cifar10_input
-from cifar10_quiet import tf
+from cifar10_support import data as data_lib
+from cifar10_support.quiet import tf
 import cifar_data
 
 
@@ -42,12 +43,13 @@ def _run_until_exhausted(tensors):
   return results
 
 
-def _data_dir_of(tmp_path, train_images, train_labels, test_images=None,
-                 test_labels=None):
-  """A batches folder: the training images in every data_batch_N.bin."""
-  batches_dir = tmp_path / cifar10_input.BATCHES_DIR_NAME
+def _write_batches(tmp_path, train_images, train_labels, test_images=None,
+                   test_labels=None):
+  """Writes a batches folder, the training images in every
+  data_batch_N.bin; returns its path."""
+  batches_dir = tmp_path / data_lib.BATCHES_DIR_NAME
   batches_dir.mkdir()
-  for name in cifar10_input.TRAIN_FILENAMES:
+  for name in data_lib.TRAIN_FILENAMES:
     cifar_data.write_batch_file(str(batches_dir / name), train_labels,
                                 train_images)
   if test_images is None:
@@ -55,6 +57,12 @@ def _data_dir_of(tmp_path, train_images, train_labels, test_images=None,
   cifar_data.write_batch_file(str(batches_dir / 'test_batch.bin'), test_labels,
                               test_images)
   return str(batches_dir)
+
+
+def _data_set_of(tmp_path, *images_and_labels):
+  """The data set (read and checked) of _write_batches(tmp_path, ...)."""
+  _write_batches(tmp_path, *images_and_labels)
+  return data_lib.read(str(tmp_path))
 
 
 def test_record_decodes_label_and_planes_in_order(tmp_path):
@@ -94,10 +102,10 @@ def test_eval_input_is_the_central_crop_standardised(tmp_path):
   rng = np.random.default_rng(2)
   images = rng.integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
   labels = np.arange(5)
-  batches_dir = _data_dir_of(tmp_path, images, labels)
+  data = _data_set_of(tmp_path, images, labels)
   with tf.Graph().as_default():
     eval_images, eval_labels = cifar10_input.inputs(
-        eval_data=True, data_dir=batches_dir, batch_size=5)
+        eval_data=True, data=data, batch_size=5)
     first_pass = _run_until_exhausted([eval_images, eval_labels])
     second_pass = _run_until_exhausted([eval_images, eval_labels])
   (got_images, got_labels), = first_pass
@@ -116,10 +124,10 @@ def test_eval_input_is_the_central_crop_standardised(tmp_path):
 
 def test_training_crops_and_flips_vary(tmp_path):
   images = np.stack([_marker_image()] * 20)
-  batches_dir = _data_dir_of(tmp_path, images, np.zeros(20))
+  data = _data_set_of(tmp_path, images, np.zeros(20))
   with tf.Graph().as_default():
     train_images, _ = cifar10_input.distorted_inputs(
-        data_dir=batches_dir, batch_size=100,
+        data=data, batch_size=100,
         min_fraction_of_examples_in_queue=0.001)
     batch, = _run_queued(train_images, 1)
   rows, columns = [], []
@@ -141,10 +149,10 @@ def test_training_crops_and_flips_vary(tmp_path):
 
 def test_eval_crop_keeps_the_marker_in_place(tmp_path):
   images = np.stack([_marker_image()] * 3)
-  batches_dir = _data_dir_of(tmp_path, images, np.zeros(3))
+  data = _data_set_of(tmp_path, images, np.zeros(3))
   with tf.Graph().as_default():
     eval_images, _ = cifar10_input.inputs(
-        eval_data=True, data_dir=batches_dir, batch_size=3)
+        eval_data=True, data=data, batch_size=3)
     (batch,), = _run_until_exhausted([eval_images])
   for image in batch:
     assert np.unravel_index(np.argmax(image[:, :, 0]), (24, 24)) == (12, 6)
@@ -153,10 +161,10 @@ def test_eval_crop_keeps_the_marker_in_place(tmp_path):
 def test_training_images_are_standardised_and_distorted(tmp_path):
   rng = np.random.default_rng(3)
   images = rng.integers(0, 256, size=(50, 32, 32, 3), dtype=np.uint8)
-  batches_dir = _data_dir_of(tmp_path, images, np.arange(50) % 10)
+  data = _data_set_of(tmp_path, images, np.arange(50) % 10)
   with tf.Graph().as_default():
     train_images, train_labels = cifar10_input.distorted_inputs(
-        data_dir=batches_dir, batch_size=64,
+        data=data, batch_size=64,
         min_fraction_of_examples_in_queue=0.001)
     assert train_images.shape.as_list() == [64, 24, 24, 3]
     assert train_labels.shape.as_list() == [64]
@@ -189,26 +197,23 @@ def test_eval_pass_reads_every_record_exactly_once(tmp_path):
   rng = np.random.default_rng(4)
   labels = rng.integers(0, 10, size=250)
   images = rng.integers(0, 256, size=(250, 32, 32, 3), dtype=np.uint8)
-  batches_dir = _data_dir_of(tmp_path, images[:10], labels[:10], images,
-                             labels)
+  data = _data_set_of(tmp_path, images[:10], labels[:10], images, labels)
   with tf.Graph().as_default():
     eval_images, eval_labels = cifar10_input.inputs(
-        eval_data=True, data_dir=batches_dir, batch_size=128)
+        eval_data=True, data=data, batch_size=128)
     results = _run_until_exhausted([eval_images, eval_labels])
   assert [len(l) for _, l in results] == [128, 122]
   _assert_each_record_seen_once(results, images, labels)
-  assert cifar10_input.count_records(
-      cifar10_input.data_filenames(batches_dir, eval_data=True)) == 250
+  assert data.num_examples(eval_data=True) == 250
 
 
 def test_missing_files_are_named(tmp_path):
-  batches_dir = tmp_path / cifar10_input.BATCHES_DIR_NAME
+  batches_dir = tmp_path / data_lib.BATCHES_DIR_NAME
   batches_dir.mkdir()
   cifar_data.write_batch_file(str(batches_dir / 'data_batch_1.bin'), [1],
                               np.zeros((1, 32, 32, 3)))
-  with tf.Graph().as_default():
-    with pytest.raises(cifar10_input.DataError) as error:
-      cifar10_input.distorted_inputs(str(batches_dir), 8)
+  with pytest.raises(data_lib.DataError) as error:
+    data_lib.read(str(tmp_path))
   message = str(error.value)
   assert 'data_batch_2.bin, data_batch_3.bin' in message
   assert 'data_batch_1.bin' not in message
@@ -217,23 +222,21 @@ def test_missing_files_are_named(tmp_path):
 
 
 def test_truncated_file_is_reported(tmp_path):
-  batches_dir = _data_dir_of(tmp_path, np.zeros((4, 32, 32, 3)), np.zeros(4))
+  batches_dir = _write_batches(tmp_path, np.zeros((4, 32, 32, 3)),
+                               np.zeros(4))
   path = os.path.join(batches_dir, 'test_batch.bin')
   with open(path, 'r+b') as f:
     f.truncate(3 * 3073 + 100)
-  with tf.Graph().as_default():
-    with pytest.raises(cifar10_input.DataError) as error:
-      cifar10_input.inputs(True, batches_dir, 8)
+  with pytest.raises(data_lib.DataError) as error:
+    data_lib.read(str(tmp_path))
   assert str(error.value).startswith(
       '%s is 9319 bytes, not a whole number of 3073-byte' % path)
 
 
 def test_label_out_of_range_is_reported(tmp_path):
-  batches_dir = _data_dir_of(tmp_path, np.zeros((4, 32, 32, 3)),
-                             [1, 2, 12, 3])
-  with tf.Graph().as_default():
-    with pytest.raises(cifar10_input.DataError) as error:
-      cifar10_input.distorted_inputs(batches_dir, 8)
+  _write_batches(tmp_path, np.zeros((4, 32, 32, 3)), [1, 2, 12, 3])
+  with pytest.raises(data_lib.DataError) as error:
+    data_lib.read(str(tmp_path))
   assert 'data_batch_1.bin: record 2 has label 12, but labels must be 0-9' in (
       str(error.value))
 
@@ -243,18 +246,18 @@ def test_train_eval_input_reads_every_training_record_once_undistorted(
   # What cifar10_eval.py --eval_data=train_eval reads: the five training
   # files, each record once, centrally cropped (no distortion).
   rng = np.random.default_rng(5)
-  batches_dir = tmp_path / cifar10_input.BATCHES_DIR_NAME
+  batches_dir = tmp_path / data_lib.BATCHES_DIR_NAME
   batches_dir.mkdir()
   images = rng.integers(0, 256, size=(5, 30, 32, 32, 3), dtype=np.uint8)
   labels = rng.integers(0, 10, size=(5, 30))
-  for i, name in enumerate(cifar10_input.TRAIN_FILENAMES):
+  for i, name in enumerate(data_lib.TRAIN_FILENAMES):
     cifar_data.write_batch_file(str(batches_dir / name), labels[i], images[i])
   cifar_data.write_batch_file(str(batches_dir / 'test_batch.bin'), [0],
                               np.zeros((1, 32, 32, 3)))
   images, labels = images.reshape(150, 32, 32, 3), labels.reshape(150)
   with tf.Graph().as_default():
     eval_images, eval_labels = cifar10_input.inputs(
-        eval_data=False, data_dir=str(batches_dir), batch_size=64)
+        eval_data=False, data=data_lib.read(str(tmp_path)), batch_size=64)
     results = _run_until_exhausted([eval_images, eval_labels])
   assert [len(l) for _, l in results] == [64, 64, 22]
   _assert_each_record_seen_once(results, images, labels)
@@ -277,10 +280,10 @@ def test_training_images_get_their_own_contrast(tmp_path):
   rng = np.random.default_rng(6)
   image = np.clip(np.array([60, 128, 200]) +
                   rng.normal(0, 20, size=(32, 32, 3)), 0, 255).astype(np.uint8)
-  batches_dir = _data_dir_of(tmp_path, np.stack([image] * 20), np.zeros(20))
+  data = _data_set_of(tmp_path, np.stack([image] * 20), np.zeros(20))
   with tf.Graph().as_default():
     train_images, _ = cifar10_input.distorted_inputs(
-        data_dir=batches_dir, batch_size=200,
+        data=data, batch_size=200,
         min_fraction_of_examples_in_queue=0.001)
     batch, = _run_queued(train_images, 1)
   ratios = _contrast_ratio(batch)

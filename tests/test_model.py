@@ -11,11 +11,12 @@ from tensorflow.python.ops import op_selector
 import cifar10
 import cifar10_distributed_train
 import cifar10_multi_gpu_train
-import cifar10_params
+from cifar10_support import params as params_lib
+from cifar10_support import runtime
+from cifar10_support.quiet import tf
 import cifar10_train
-import cifar10_runtime
-from cifar10_quiet import tf
 from conftest import REPO_DIR
+from helpers import resolved
 
 BATCH = 8
 DECAY_STEPS = 136718  # int(50,000 / 128 * 350): 350 epochs of batch 128.
@@ -308,21 +309,22 @@ def learning_rate_of(graph):
 def _training_graph(kind, params, monkeypatch):
   """The graph the scripts build to train `kind`; returns it, unrun."""
   built = []
-  monkeypatch.setattr(cifar10_runtime, 'run_training',
+  monkeypatch.setattr(runtime, 'run_training',
                       lambda *args, **kwargs: built.append(
                           tf.get_default_graph()))
   if kind == 'one device':
-    cifar10_train.train(params)
+    cifar10_train.train(*resolved(params))
   elif kind == 'two towers':
-    cifar10_multi_gpu_train.train(params, ['/cpu:0', '/cpu:0'])
+    cifar10_multi_gpu_train.train(*resolved(params), ['/cpu:0', '/cpu:0'])
   else:  # Two workers, synchronous: one update per two workers' batches.
+    params, data, precision = resolved(params)
     with tf.Graph().as_default() as graph:
-      images, labels = cifar10.distorted_inputs(params.data_dir,
-                                                params.batch_size)
+      images, labels = cifar10.distorted_inputs(data, params.batch_size)
       cifar10_distributed_train.build_train_op(
           cifar10.loss(cifar10.inference(images), labels),
-          tf.train.get_or_create_global_step(), params, is_chief=True,
-          num_workers=2, replicas_to_aggregate=2)
+          tf.train.get_or_create_global_step(), params,
+          data.num_train_examples, precision, is_chief=True, num_workers=2,
+          replicas_to_aggregate=2)
     built.append(graph)
   return built[0]
 
@@ -334,7 +336,7 @@ def test_learning_rate_decays_with_the_epochs_of_the_data_used(
   # The tests' data: 5 x 64 = 320 training images, so an epoch is 10 steps
   # of 32 images, or 5 of 64: the rate falls tenfold after 3,500 or 1,750
   # steps (350 epochs), not after CIFAR-10's 136,718.
-  params = cifar10_params.Params(data_dir=data_dir, batch_size=32)
+  params = params_lib.Params(data_dir=data_dir, batch_size=32)
   decay_steps = int(320 / examples_per_step * 350)
   graph = _training_graph(kind, params, monkeypatch)
   with graph.as_default():
@@ -351,21 +353,20 @@ def test_learning_rate_decays_with_the_epochs_of_the_data_used(
 
 
 LIBRARY_WITHOUT_FLAGS = '''
+import cifar10
 import json, sys
 import numpy as np
-import cifar10
 import tensorflow.compat.v1 as tf  # cifar10 turned eager execution off.
 
 images = tf.placeholder(tf.float32, [None, 24, 24, 3])
 logits = cifar10.inference(images)
 parameters = sum(np.prod(v.shape.as_list()) for v in tf.trainable_variables())
 
+data = cifar10.maybe_download_and_extract(sys.argv[1])  # There already.
 with tf.Graph().as_default():
   train_images, labels = cifar10.distorted_inputs(
-      data_dir=sys.argv[1], batch_size=16,
-      min_fraction_of_examples_in_queue=0.1)
-  eval_images, _ = cifar10.inputs(eval_data=True, data_dir=sys.argv[1],
-                                  batch_size=16)
+      data, batch_size=16, min_fraction_of_examples_in_queue=0.1)
+  eval_images, _ = cifar10.inputs(eval_data=True, data=data, batch_size=16)
   total_loss = cifar10.loss(cifar10.inference(train_images), labels)
   global_step = tf.train.get_or_create_global_step()
   train_op = cifar10.train(total_loss, global_step)

@@ -12,15 +12,20 @@ import cifar10
 import cifar10_eval
 import cifar10_input
 import cifar10_multi_gpu_train
-import cifar10_params
+from cifar10_support import data as data_lib
+from cifar10_support import params as params_lib
+from cifar10_support.quiet import tf
 import cifar10_train
-from cifar10_quiet import tf
 from conftest import LEARNING_RATE
 from conftest import TRAINED_BATCH_SIZE
 from conftest import TRAINED_STEPS
 import helpers
+from helpers import resolved
 
 TWO_CPUS = ['/cpu:0', '/cpu:1']
+# CIFAR-10's classes and sizes, for a graph fed with batches of the test's
+# own: no file is read.
+CIFAR10 = data_lib.DataSet(batches_dir='')
 
 
 def _two_cpu_config(**kwargs):
@@ -85,8 +90,8 @@ def test_two_towers_of_64_update_as_one_tower_of_128():
       return tf.constant(images[part]), tf.constant(labels[part])
     train_op, total_loss, grads = (
         cifar10_multi_gpu_train.build_training_graph(
-            halves, TWO_CPUS, global_step,
-            cifar10_params.Params(batch_size=64)))
+            halves, TWO_CPUS, global_step, params_lib.Params(batch_size=64),
+            CIFAR10, params_lib.Precision()))
     by_variable = {v.op.name: g for g, v in grads}
     return train_op, total_loss, [by_variable[v.op.name]
                                   for v in tf.trainable_variables()]
@@ -111,15 +116,15 @@ def test_variables_live_once_on_the_cpu_and_towers_on_their_devices(
     quick_params, tmp_path):
   with tf.Graph().as_default() as graph, tf.device('/cpu:0'):
     global_step = tf.train.get_or_create_global_step()
+    params, data, precision = resolved(quick_params)
     images, labels = cifar10.distorted_inputs(
-        quick_params.data_dir, quick_params.batch_size,
-        min_fraction_of_examples_in_queue=(
-            quick_params.min_fraction_of_examples_in_queue))
+        data, params.batch_size, min_fraction_of_examples_in_queue=(
+            params.min_fraction_of_examples_in_queue))
     batch_queue = cifar10_input.prefetch_batches(
         [images, labels], capacity=4)
     train_op, _, _ = cifar10_multi_gpu_train.build_training_graph(
-        lambda tower: batch_queue.dequeue(), TWO_CPUS, global_step,
-        quick_params)
+        lambda tower: batch_queue.dequeue(), TWO_CPUS, global_step, params,
+        data, precision)
     variables = tf.global_variables()
     trainable = tf.trainable_variables()
     op_types = [op.type for op in graph.get_operations()]
@@ -172,7 +177,7 @@ def test_two_tower_training_learns_and_is_evaluated(quick_params, capsys):
       batch_size=TRAINED_BATCH_SIZE // 2, max_steps=TRAINED_STEPS,
       initial_learning_rate=LEARNING_RATE)
   cifar10_multi_gpu_train.train(
-      params, TWO_CPUS, _two_cpu_config(allow_soft_placement=True))
+      *resolved(params), TWO_CPUS, _two_cpu_config(allow_soft_placement=True))
   lines = capsys.readouterr().out.splitlines()
   # The shared queue is filled once, for both towers.
   assert [l for l in lines if l.startswith('Filling the input queue with')] == [
@@ -202,7 +207,7 @@ def test_two_tower_training_learns_and_is_evaluated(quick_params, capsys):
   final = helpers.cross_entropy_on_test_set(last, params.data_dir)
   assert final < 0.5 * initial
 
-  cifar10_eval.evaluate(params)
+  cifar10_eval.evaluate(*resolved(params))
   match = helpers.EVAL_LINE.match(capsys.readouterr().out.splitlines()[0])
   assert match
   assert match.group(3, 4) == ('250', str(TRAINED_STEPS))
@@ -216,7 +221,7 @@ def test_checkpoints_are_interchangeable_with_single_device_training(
                                 max_steps=TRAINED_STEPS + 20)
   shutil.copytree(single_device_dir, params.train_dir)
   cifar10_multi_gpu_train.train(
-      params, TWO_CPUS, _two_cpu_config(allow_soft_placement=True))
+      *resolved(params), TWO_CPUS, _two_cpu_config(allow_soft_placement=True))
   lines = capsys.readouterr().out.splitlines()
   assert lines[0] == 'Resuming from %s, at step %d.' % (
       os.path.join(params.train_dir, 'model.ckpt-%d' % TRAINED_STEPS),
@@ -224,7 +229,7 @@ def test_checkpoints_are_interchangeable_with_single_device_training(
   assert tf.train.load_variable(tf.train.latest_checkpoint(params.train_dir),
                                 'global_step') == TRAINED_STEPS + 20
   params = params.replace(max_steps=TRAINED_STEPS + 30)
-  cifar10_train.train(params)
+  cifar10_train.train(*resolved(params))
   lines = capsys.readouterr().out.splitlines()
   assert lines[0] == 'Resuming from %s, at step %d.' % (
       os.path.join(params.train_dir, 'model.ckpt-%d' % (TRAINED_STEPS + 20)),
@@ -306,7 +311,7 @@ def test_resumed_with_more_examples_per_step_the_schedule_keeps_to_the_epochs(
               'examples_seen': np.int64(1800 * 64)},
              dropped=() if counted else ('examples_seen',))
   cifar10_multi_gpu_train.train(
-      params, TWO_CPUS, _two_cpu_config(allow_soft_placement=True))
+      *resolved(params), TWO_CPUS, _two_cpu_config(allow_soft_placement=True))
   decays = 1 if counted else 2
   assert _learning_rates(params.train_dir)[1801] == pytest.approx(
       LEARNING_RATE * 0.1 ** decays, rel=1e-5)

@@ -9,21 +9,27 @@ import sys
 import numpy as np
 import pytest
 
-import cifar10_classifier
+import cifar10
 import cifar10_eval
 import cifar10_export
-import cifar10_images
-import cifar10_input
-import cifar10_params
+from cifar10_support import classifier as classifier_lib
+from cifar10_support import data as data_lib
+from cifar10_support import images as images_lib
+from cifar10_support import params as params_lib
+from cifar10_support.quiet import tf
+from cifar10_support.scripts import UserError
 import cifar10_train
 import cifar_data
-from cifar10_quiet import tf
-from cifar10_common import UserError
 from conftest import LEARNING_RATE
 from helpers import EVAL_LINE
+from helpers import resolved
 from helpers import run_main
 from helpers import run_script
 import prepare_data
+
+# The model as the tests' trainings make it: the tutorial's, in float32.
+TRAINED_MODEL = cifar10.model_as_trained(params_lib.Params(),
+                                         params_lib.Precision())
 
 UNKNOWN_FORMAT = ('Unknown image file format. One of JPEG, JPEG XL, PNG, GIF, '
                   'BMP, WebP required.')
@@ -80,7 +86,7 @@ def image_dir(tmp_path_factory):
 
 def _records(batches_dir, name):
   records = np.fromfile(os.path.join(batches_dir, name), dtype=np.uint8)
-  return records.reshape(-1, cifar10_input.RECORD_BYTES)
+  return records.reshape(-1, data_lib.RECORD_BYTES)
 
 
 def test_prepare_data_writes_the_cifar_layout(image_dir, tmp_path):
@@ -134,7 +140,7 @@ def test_prepare_data_writes_the_cifar_layout(image_dir, tmp_path):
   prepare_data.prepare(folder, again, 0.25, seed=7, out=io.StringIO())
   other = str(tmp_path / 'other')
   prepare_data.prepare(folder, other, 0.25, seed=8, out=io.StringIO())
-  for name in cifar10_input.TRAIN_FILENAMES + cifar10_input.EVAL_FILENAMES:
+  for name in data_lib.TRAIN_FILENAMES + data_lib.EVAL_FILENAMES:
     assert np.array_equal(
         _records(batches_dir, name),
         _records(os.path.join(again, 'cifar-10-batches-bin'), name))
@@ -178,10 +184,10 @@ def trained_on_own_data(image_dir, tmp_path_factory):
   work_dir = tmp_path_factory.mktemp('own')
   data_dir = str(work_dir / 'data')
   prepare_data.prepare(image_dir[0], data_dir, 0.25, seed=0, out=io.StringIO())
-  cifar10_train.train(cifar10_params.Params(
+  cifar10_train.train(*resolved(params_lib.Params(
       data_dir=data_dir, train_dir=str(work_dir / 'train'), batch_size=32,
       min_fraction_of_examples_in_queue=0.5, max_steps=150,
-      initial_learning_rate=LEARNING_RATE))
+      initial_learning_rate=LEARNING_RATE)))
   return data_dir, str(work_dir / 'train')
 
 
@@ -195,9 +201,9 @@ def test_training_and_evaluation_read_the_classes(trained_on_own_data,
   with open(os.path.join(train_dir, 'batches.meta.txt')) as f:
     assert f.read() == 'cats\ndogs\nzebras\n'
 
-  cifar10_eval.evaluate(cifar10_params.Params(
+  cifar10_eval.evaluate(*resolved(params_lib.Params(
       data_dir=data_dir, checkpoint_dir=train_dir,
-      eval_dir=str(tmp_path / 'eval'), run_once=True))
+      eval_dir=str(tmp_path / 'eval'), run_once=True)))
   lines = capsys.readouterr().out.splitlines()
   match = EVAL_LINE.match(lines[0])
   assert match.group(3, 4) == ('30', '150')
@@ -207,7 +213,7 @@ def test_training_and_evaluation_read_the_classes(trained_on_own_data,
 
 
 def _decoded(paths):
-  decoder = cifar10_images.ImageDecoder()
+  decoder = images_lib.ImageDecoder()
   try:
     return np.stack([decoder.decode_file(p) for p in paths])
   finally:
@@ -232,7 +238,7 @@ def test_predict_prints_top_classes_and_reports_unreadable_files(
   lines = result.stdout.splitlines()
   assert [line.split(': ')[0] for line in lines] == paths
 
-  classifier = cifar10_classifier.Classifier(train_dir)
+  classifier = classifier_lib.Classifier(train_dir, TRAINED_MODEL)
   try:
     expected = classifier.classify(_decoded(paths))
   finally:
@@ -264,7 +270,7 @@ def test_export_loads_in_a_fresh_process_and_predicts_the_same(
     image_dir, trained_on_own_data, tmp_path):
   _, train_dir = trained_on_own_data
   export_dir = str(tmp_path / 'model')
-  assert cifar10_export.export(train_dir, export_dir) == (
+  assert cifar10_export.export(train_dir, export_dir, TRAINED_MODEL) == (
       tf.train.latest_checkpoint(train_dir))
   # Images of a size other than 32x32, resized in the model.
   images = np.stack([_enlarged(image, 48, 40) for image in
@@ -278,7 +284,8 @@ def test_export_loads_in_a_fresh_process_and_predicts_the_same(
   assert json.loads(result.stdout) == CLASSES
   served = np.load(str(tmp_path / 'probabilities.npy'))
 
-  classifier = cifar10_classifier.Classifier(train_dir, any_size=True)
+  classifier = classifier_lib.Classifier(train_dir, TRAINED_MODEL,
+                                         any_size=True)
   try:
     expected = classifier.classify(images)
   finally:
@@ -290,7 +297,7 @@ def test_export_loads_in_a_fresh_process_and_predicts_the_same(
 
   # An existing folder is never overwritten.
   with pytest.raises(UserError, match='--export_dir=%s exists' % export_dir):
-    cifar10_export.export(train_dir, export_dir)
+    cifar10_export.export(train_dir, export_dir, TRAINED_MODEL)
 
 
 def test_predict_top_k_and_export_as_scripts(image_dir, trained_on_own_data,

@@ -13,19 +13,21 @@ import numpy as np
 import pytest
 
 import cifar10
-import cifar10_classifier
-import cifar10_devices
 import cifar10_eval
-import cifar10_params
-import cifar10_quiet
-import cifar10_runtime
+from cifar10_support import classifier as classifier_lib
+from cifar10_support import data as data_lib
+from cifar10_support import devices
+from cifar10_support import params as params_lib
+from cifar10_support import quiet
+from cifar10_support import runtime
+from cifar10_support.quiet import tf
 import cifar10_train
-from cifar10_quiet import tf
 from conftest import COUNTS
 from conftest import LEARNING_RATE
 from conftest import REPO_DIR
 from helpers import cross_entropy_on_test_set
 from helpers import EVAL_LINE
+from helpers import resolved
 from helpers import run_main
 
 
@@ -78,16 +80,16 @@ def _gradients_of_a_confident_model(compute_dtype, loss_scaled):
 def test_float16_on_a_gpu_scales_the_loss_so_small_gradients_survive(
     monkeypatch):
   # Here, with no GPU: bfloat16, which has float32's range; no scaling.
-  params = cifar10_params.Params(mixed_precision=True)
-  assert (params.variable_dtype, params.compute_dtype,
-          params.loss_scaling) == (tf.float32, tf.bfloat16, False)
+  precision = devices.precision(params_lib.Params(mixed_precision=True))
+  assert (precision.variable_dtype, precision.compute_dtype,
+          precision.loss_scaled) == (tf.float32, tf.bfloat16, False)
   # Where a GPU is: float16, whose smallest number is 6e-8; the loss, and
   # so its gradients, times TensorFlow's dynamic loss scale, 2**15 at first.
-  monkeypatch.setattr(cifar10_devices, 'gpus',
+  monkeypatch.setattr(devices, 'gpus',
                       lambda: ['/physical_device:GPU:0'])
-  params = cifar10_params.Params(mixed_precision=True)
-  assert (params.variable_dtype, params.compute_dtype,
-          params.loss_scaling) == (tf.float32, tf.float16, True)
+  precision = devices.precision(params_lib.Params(mixed_precision=True))
+  assert (precision.variable_dtype, precision.compute_dtype,
+          precision.loss_scaled) == (tf.float32, tf.float16, True)
 
   # What it is for: a model sure of its answers has gradients of 1e-7 in its
   # lower layers, which float16 rounds to 0 (measured: 81% of conv1's
@@ -157,7 +159,7 @@ def _train_float16(params):
   with tf.Graph().as_default():
     train_op, weights, *_ = _float16_step([3.0, 3.0, 3.0, 3.0])
     loss = tf.reduce_sum(weights)
-    cifar10_runtime.run_training(train_op, loss, params)
+    runtime.run_training(train_op, loss, params)
   latest = tf.train.latest_checkpoint(params.train_dir)
   return tuple(tf.train.load_variable(latest, name) for name in (
       'global_step', 'loss_scale/current_loss_scale', 'loss_scale/good_steps'))
@@ -178,7 +180,7 @@ def test_the_float16_loss_scale_goes_with_the_checkpoints(quick_params):
       global_step = tf.train.get_or_create_global_step()
     weights = tf.get_variable('w', initializer=tf.ones([4]))
     loss = tf.reduce_sum(weights * 3.0)
-    cifar10_runtime.run_training(
+    runtime.run_training(
         cifar10.train(loss, global_step, examples_per_step=4,
                       examples_per_epoch=4), loss, fresh)
   assert 'loss_scale/current_loss_scale' not in (
@@ -223,11 +225,11 @@ def test_mixed_precision_training_writes_float32_checkpoints(data_dir,
 
 
 def test_session_configuration_of_the_options():
-  config = cifar10_devices.session_config(cifar10_params.Params())
+  config = devices.session_config(params_lib.Params())
   assert config.gpu_options.allow_growth  # By default: eval fits beside.
   assert config.graph_options.optimizer_options.global_jit_level == (
       tf.OptimizerOptions.DEFAULT)
-  config = cifar10_devices.session_config(cifar10_params.Params(
+  config = devices.session_config(params_lib.Params(
       gpu_memory_growth=False, xla=True))
   assert not config.gpu_options.allow_growth
   assert config.graph_options.optimizer_options.global_jit_level == (
@@ -277,21 +279,23 @@ def test_every_session_of_the_scripts_takes_their_configuration(
   # maps every GPU's memory at once.
   import cifar10_distributed_train  # pylint: disable=g-import-not-at-top
   import cifar10_multi_gpu_train  # pylint: disable=g-import-not-at-top
-  import cifar10_images  # pylint: disable=g-import-not-at-top
+  from cifar10_support import images as images_lib  # pylint: disable=g-import-not-at-top
   from test_distributed import free_ports  # pylint: disable=g-import-not-at-top
   data_dir, train_dir, _ = trained
   seen = _recorded_configs(monkeypatch)
-  params = cifar10_params.Params(
+  params = params_lib.Params(
       data_dir=data_dir, checkpoint_dir=train_dir, run_once=True,
       eval_dir=str(tmp_path / 'eval'), gpu_memory_growth=False, xla=True,
       train_dir=str(tmp_path / 'train'), max_steps=1, batch_size=16,
       min_fraction_of_examples_in_queue=0.1)
-  cifar10_train.train(params)
-  cifar10_multi_gpu_train.train(params.replace(
-      train_dir=str(tmp_path / 'towers')), ['/cpu:0', '/cpu:0'])
-  cifar10_eval.evaluate(params)
-  cifar10_classifier.Classifier(train_dir, params=params).close()
-  cifar10_images.ImageDecoder().close()
+  cifar10_train.train(*resolved(params))
+  cifar10_multi_gpu_train.train(*resolved(params.replace(
+      train_dir=str(tmp_path / 'towers'))), ['/cpu:0', '/cpu:0'])
+  cifar10_eval.evaluate(*resolved(params))
+  classifier_lib.Classifier(
+      train_dir, cifar10.model_as_trained(params, params_lib.Precision()),
+      config=devices.session_config(params)).close()
+  images_lib.ImageDecoder().close()
   # A cluster of one parameter server (serving in a thread) and one worker.
   cluster = tf.train.ClusterSpec({
       'ps': ['127.0.0.1:%d' % free_ports(1)[0]],
@@ -301,9 +305,10 @@ def test_every_session_of_the_scripts_takes_their_configuration(
   served = threading.Thread(target=cifar10_distributed_train.serve,
                             args=(ps, cluster, 0), daemon=True)
   served.start()
-  cifar10_distributed_train.train(distributed, cifar10_distributed_train.
-                                  start_server(cluster, 'worker', 0,
-                                               distributed), cluster, 0)
+  worker = cifar10_distributed_train.start_server(cluster, 'worker', 0,
+                                                  distributed)
+  cifar10_distributed_train.train(distributed, data_lib.read(data_dir), worker,
+                                  cluster, 0)
   served.join(30)
   assert not served.is_alive()  # The worker said it was done.
   kinds = [kind for kind, _ in seen]
@@ -326,8 +331,10 @@ def test_every_session_of_the_tools_takes_memory_as_needed(data_dir,
     coord.request_stop()
     session.close()
   benchmark._convolutions_gflops(batch=2, runs=1, repeats=1)  # pylint: disable=protected-access
-  gpu_check.towers_equal_one(['/cpu:0', '/cpu:0'], images_per_step=4)
-  gpu_check.placement_of_a_step(data_dir, '/cpu:0', batch_size=8)
+  float32 = params_lib.Precision()
+  gpu_check.towers_equal_one(['/cpu:0', '/cpu:0'], float32, images_per_step=4)
+  gpu_check.placement_of_a_step(data_lib.read(data_dir), '/cpu:0', float32,
+                                batch_size=8)
   assert len(seen) >= 5
   for kind, config in seen:
     assert _takes_the_gpus_as_set(config, gpu_memory_growth=True,
@@ -344,7 +351,7 @@ def test_every_session_of_the_tools_takes_memory_as_needed(data_dir,
 ])
 def test_cuda_errors_are_shown_where_gpus_are_meant_to_be_used(
     gpu_device_files, cuda_visible_devices, noise):
-  assert cifar10_quiet.cuda_error_is_noise(
+  assert quiet.cuda_error_is_noise(
       gpu_device_files, cuda_visible_devices) == noise
 
 
@@ -362,7 +369,7 @@ BUILT_FOR = ['sm_60', 'sm_70', 'sm_80', 'sm_89', 'compute_90']
 ])
 def test_gpus_without_compiled_code_are_said_once_in_plain_words(
     capabilities, without):
-  warning = cifar10_devices.gpu_code_warning(capabilities, BUILT_FOR)
+  warning = devices.gpu_code_warning(capabilities, BUILT_FOR)
   if without is None:
     assert warning is None
     return
@@ -375,20 +382,20 @@ def test_gpus_without_compiled_code_are_said_once_in_plain_words(
       'CUDA_CACHE_MAXSIZE=4294967296 (cached in ~/.nv/ComputeCache). Or '
       'install a TensorFlow built for this GPU.' % without)
   # A build without CUDA has no GPU code to speak of.
-  assert cifar10_devices.gpu_code_warning(capabilities, []) is None
+  assert devices.gpu_code_warning(capabilities, []) is None
 
 
 def test_a_script_says_it_and_tensorflows_warning_is_dropped_after(
     monkeypatch):
-  # The script's warning, at its start (cifar10_flags.params, which every
+  # The script's warning, at its start (command_line.params, which every
   # script's main calls)...
-  monkeypatch.setattr(cifar10_devices, 'gpus',
+  monkeypatch.setattr(devices, 'gpus',
                       lambda: ['/physical_device:GPU:0'])
-  monkeypatch.setattr(cifar10_devices, 'gpu_compute_capabilities',
+  monkeypatch.setattr(devices, 'gpu_compute_capabilities',
                       lambda: {'/physical_device:GPU:0': (12, 0)})
-  monkeypatch.setattr(cifar10_devices, 'build_compute_capabilities',
+  monkeypatch.setattr(devices, 'build_compute_capabilities',
                       lambda: BUILT_FOR)
-  warnings = cifar10_devices.warnings(cifar10_params.Params())
+  warnings = devices.warnings(params_lib.Params())
   assert len(warnings) == 1 and warnings[0].startswith(
       '/physical_device:GPU:0: compute capability 12.0, for which')
   # ... then TensorFlow's, in every session: dropped from the scripts'
@@ -399,8 +406,9 @@ def test_a_script_says_it_and_tensorflows_warning_is_dropped_after(
       '12.0. CUDA kernels will be jit-compiled from PTX, which could take 30 '
       'minutes or longer.\n')
   program = (
-      'import os, cifar10_quiet\n'
-      'cifar10_quiet.filter_runtime_noise_from_stderr()\n'
+      'import os\n'
+      'from cifar10_support import quiet\n'
+      'quiet.filter_runtime_noise_from_stderr()\n'
       'os.write(2, %r)\n'
       'os.write(2, b"Warning: " + %r + b"\\n")\n'
       'os.write(2, %r)\n'
@@ -427,7 +435,7 @@ def test_a_process_that_dies_while_tensorflow_loads_shows_why():
       '      os.write(2, %r)\n'
       '      os.abort()\n'
       'sys.meta_path.insert(0, DieWhileLoading())\n'
-      'import cifar10_quiet\n' % fatal.encode())
+      'from cifar10_support import quiet\n' % fatal.encode())
   result = subprocess.run([sys.executable, '-c', program], cwd=REPO_DIR,
                           capture_output=True, text=True)
   assert result.returncode == -signal.SIGABRT

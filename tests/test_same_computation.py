@@ -17,8 +17,8 @@ import pytest
 
 import cifar10
 import cifar10_input
-import cifar10_lrn
-from cifar10_quiet import tf
+from cifar10_support import lrn
+from cifar10_support.quiet import tf
 
 GOLDEN = os.path.join(os.path.dirname(__file__), 'data',
                       'model_step_golden.json')
@@ -114,11 +114,11 @@ def test_local_response_normalization_is_tf_nn_lrn():
   upstream = rng.normal(size=x_value.shape).astype(np.float32)
   with tf.Graph().as_default():
     x = tf.constant(x_value)
-    ours = cifar10_lrn.local_response_normalization(x, 4, bias=1.0,
+    ours = lrn.local_response_normalization(x, 4, bias=1.0,
                                                 alpha=0.001 / 9.0, beta=0.75,
                                                 name='ours')
     reference = tf.nn.lrn(x, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75)
-    other_beta = cifar10_lrn.local_response_normalization(x, 2, bias=2.0,
+    other_beta = lrn.local_response_normalization(x, 2, bias=2.0,
                                                       alpha=1e-3, beta=0.5,
                                                       name='other')
     other_reference = tf.nn.lrn(x, 2, bias=2.0, alpha=1e-3, beta=0.5)
@@ -148,7 +148,7 @@ def test_local_response_normalization_in_bfloat16_is_off_by_its_rounding(
     x = tf.constant(x_value)
     reference = tf.nn.lrn(x, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75)
     x_bfloat16 = tf.cast(x, tf.bfloat16)
-    ours = cifar10_lrn.local_response_normalization(
+    ours = lrn.local_response_normalization(
         x_bfloat16, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75, name='ours')
     gradients = [
         tf.gradients(reference, x, grad_ys=upstream)[0],
@@ -182,7 +182,7 @@ def test_local_response_normalization_in_float16_is_finite_to_its_range(
   upstream = rng.normal(size=x_value.shape).astype(np.float16)
   with tf.Graph().as_default():
     x = tf.constant(x_value)
-    ours = cifar10_lrn.local_response_normalization(
+    ours = lrn.local_response_normalization(
         x, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75, name='ours')
     x32 = tf.constant(x_value.astype(np.float32))
     reference = tf.nn.lrn(x32, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75)

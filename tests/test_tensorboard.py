@@ -20,15 +20,16 @@ import numpy as np
 import pytest
 
 import cifar10_eval
-import cifar10_input
 import cifar10_multi_gpu_train
-import cifar10_params
+from cifar10_support import data as data_lib
+from cifar10_support import params as params_lib
+from cifar10_support.quiet import tf
 import cifar10_train
-from cifar10_quiet import tf
 import cifar_data
 from conftest import REPO_DIR
 from conftest import SMALL_QUEUE_FRACTION
 import helpers
+from helpers import resolved
 
 STEPS = 30
 SUMMARY_STEPS = [1, 11, 21]  # Every 10 steps; each labelled with the step it ends.
@@ -83,7 +84,7 @@ def logs(tmp_path_factory):
   data_dir = os.path.join(root, 'data')
   cifar_data.make_data_dir(data_dir)
   train_dir = os.path.join(root, 'logs', 'train')
-  params = cifar10_params.Params(
+  params = params_lib.Params(
       data_dir=data_dir, batch_size=16,
       min_fraction_of_examples_in_queue=SMALL_QUEUE_FRACTION,
       max_steps=STEPS, save_summaries_steps=10, log_frequency=10,
@@ -91,11 +92,11 @@ def logs(tmp_path_factory):
       eval_dir=os.path.join(root, 'logs', 'eval'), run_once=True)
   printed = io.StringIO()
   with contextlib.redirect_stdout(printed):
-    cifar10_train.train(params)
-    cifar10_eval.evaluate(params)
+    cifar10_train.train(*resolved(params))
+    cifar10_eval.evaluate(*resolved(params))
     cifar10_multi_gpu_train.train(
-        params.replace(train_dir=os.path.join(root, 'multi', 'train'),
-                       max_steps=20),
+        *resolved(params.replace(
+            train_dir=os.path.join(root, 'multi', 'train'), max_steps=20)),
         devices=['/cpu:0', '/cpu:1'],
         config=tf.ConfigProto(device_count={'CPU': 2},
                               allow_soft_placement=True))
@@ -168,11 +169,11 @@ def test_evaluation_events_line_up_with_training_steps(logs):
                             abs=5e-4))]
   by_class = {tag.split('/')[1]: points for tag, points in scalars.items()
               if tag.startswith('Precision @ 1 by class/')}
-  assert sorted(by_class) == sorted(cifar10_input.CLASS_NAMES)
+  assert sorted(by_class) == sorted(data_lib.CLASS_NAMES)
   # The classes' precisions, weighted by their counts, make the precision.
   counts = np.bincount(logs['test_labels'], minlength=10)
   weighted = sum(by_class[name][0][1] * counts[i]
-                 for i, name in enumerate(cifar10_input.CLASS_NAMES))
+                 for i, name in enumerate(data_lib.CLASS_NAMES))
   assert weighted / counts.sum() == pytest.approx(
       scalars['Precision @ 1'][0][1], abs=1e-5)
   for points in by_class.values():
@@ -181,7 +182,7 @@ def test_evaluation_events_line_up_with_training_steps(logs):
   printed_by_class = [l for l in logs['printed'] if l.startswith('  by class:')]
   assert printed_by_class == ['  by class: ' + ', '.join(
       '%s %.3f' % (name, by_class[name][0][1])
-      for name in cifar10_input.CLASS_NAMES)]
+      for name in data_lib.CLASS_NAMES)]
 
 
 def test_multi_device_training_writes_the_same_tags(logs):

@@ -1,5 +1,6 @@
 """Training and evaluation, in process and as the scripts a user runs."""
 
+import json
 import os
 import re
 import time
@@ -8,17 +9,18 @@ import numpy as np
 import pytest
 
 import cifar10_eval
-import cifar10_params
-import cifar10_runtime
+from cifar10_support import params as params_lib
+from cifar10_support import runtime
+from cifar10_support.quiet import tf
 import cifar10_train
 import cifar_data
-from cifar10_quiet import tf
 from conftest import COUNTS
 from conftest import TRAINED_STEPS
 from helpers import cross_entropy_on_test_set
 from helpers import EVAL_LINE
 from helpers import LOG_LINE
 from helpers import quick_args
+from helpers import resolved
 from helpers import run_main
 from helpers import run_script
 from helpers import run_scripts
@@ -30,7 +32,7 @@ TRAINABLE = ['conv1/weights', 'conv1/biases', 'conv2/weights', 'conv2/biases',
 
 def _train(params, max_steps, capsys):
   """Trains to `max_steps`; returns the stdout lines."""
-  cifar10_train.train(params.replace(max_steps=max_steps))
+  cifar10_train.train(*resolved(params.replace(max_steps=max_steps)))
   return capsys.readouterr().out.splitlines()
 
 
@@ -88,10 +90,10 @@ def test_evaluation_of_the_moving_averages_counts_every_test_record(
       sess.run(tf.global_variables_initializer())
       saver.save(sess, str(tmp_path / 'scrambled' / 'model.ckpt'),
                  global_step=TRAINED_STEPS)
-  params = cifar10_params.Params(
+  params = params_lib.Params(
       data_dir=data_dir, checkpoint_dir=str(tmp_path / 'scrambled'),
       eval_dir=str(tmp_path / 'eval'), run_once=True)
-  cifar10_eval.evaluate(params)
+  cifar10_eval.evaluate(*resolved(params))
   lines = capsys.readouterr().out.splitlines()
   assert len(lines) == 2
   match = EVAL_LINE.match(lines[0])
@@ -131,10 +133,67 @@ def test_a_second_run_resumes_at_the_saved_step(quick_params, capsys):
   assert set(os.listdir(params.train_dir)) == files
 
 
+# What cifar10_train.py wrote at earlier revisions of main: each variable's
+# shape and type, and the number of files its values were saved in.
+EARLIER_CHECKPOINTS = os.path.join(os.path.dirname(__file__), 'data',
+                                   'checkpoints_of_earlier_versions.json')
+
+
+def _earlier_layout(revision):
+  with open(EARLIER_CHECKPOINTS) as f:
+    return json.load(f)['revisions'][revision]
+
+
+def _earlier_checkpoint(revision, train_dir, step):
+  """A checkpoint at `step` as cifar10_train.py wrote it at `revision`: its
+  variables (random weights), saved in as many shards; returns its path."""
+  layout = _earlier_layout(revision)
+  rng = np.random.default_rng(0)
+  with tf.Graph().as_default():
+    variables = []
+    for i, (name, (shape, dtype)) in enumerate(
+        sorted(layout['variables'].items())):
+      if name in COUNTS:
+        value = np.int64(step * (32 if name == 'examples_seen' else 1))
+      else:
+        value = (rng.normal(size=shape) * 0.05).astype(dtype)
+      with tf.device('/cpu:%d' % (i % layout['shards'])):
+        variables.append(tf.Variable(value, name=name))
+    saver = tf.train.Saver(variables, sharded=layout['shards'] > 1)
+    with tf.Session(config=tf.ConfigProto(device_count={'CPU': 2})) as sess:
+      sess.run(tf.global_variables_initializer())
+      return saver.save(sess, os.path.join(train_dir, 'model.ckpt'),
+                        global_step=step)
+
+
+@pytest.mark.parametrize('revision', ['58ac3c4', '35957dd'])
+def test_checkpoints_of_earlier_versions_resume_and_evaluate(
+    revision, quick_params, capsys):
+  # 58ac3c4: main before this round (2 shards, no count of the examples
+  # seen); 35957dd: main before its layout changed (cifar10_support/).
+  params = quick_params
+  os.makedirs(params.train_dir)
+  checkpoint = _earlier_checkpoint(revision, params.train_dir, 7)
+  assert len([name for name in os.listdir(params.train_dir)
+              if '.data-' in name]) == _earlier_layout(revision)['shards']
+  lines = _train(params, 8, capsys)
+  assert lines[0] == 'Resuming from %s, at step 7.' % checkpoint
+  assert lines[-1] == 'Done training: step 8; checkpoint %s.' % (
+      _checkpoint(params, 8))
+  # What it writes is what 35957dd wrote: either reads the other's.
+  reader = tf.train.load_checkpoint(_checkpoint(params, 8))
+  assert {name: [shape, reader.get_variable_to_dtype_map()[name].name]
+          for name, shape in reader.get_variable_to_shape_map().items()} == (
+              _earlier_layout('35957dd')['variables'])
+  cifar10_eval.evaluate(*resolved(params))
+  match = EVAL_LINE.match(capsys.readouterr().out.splitlines()[0])
+  assert match.group(3, 4) == ('250', '8')
+
+
 def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(
     quick_params, capsys):
   params = quick_params.replace(initial_learning_rate=1e9)
-  with pytest.raises(cifar10_runtime.NanLossError) as error:
+  with pytest.raises(runtime.NanLossError) as error:
     _train(params, 1000, capsys)
   match = re.match(r'loss is NaN at step (\d+): training diverged and was '
                    r'stopped; the last checkpoint, (\S+), is kept\.',
@@ -189,8 +248,8 @@ def test_scripts_train_then_evaluate_with_clean_output(data_dir, tmp_path):
 def test_tf_cpp_min_log_level_0_shows_what_is_otherwise_silenced():
   # The notices of the v1 APIs used on purpose are dropped, unless a user
   # asks for all of TensorFlow's messages.
-  code = ('import cifar10_quiet\n'
-          'cifar10_quiet.tf.train.string_input_producer(["a"])')
+  code = ('from cifar10_support import quiet\n'
+          'quiet.tf.train.string_input_producer(["a"])')
   quiet, everything = [
       run_script('-c', code, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL=level))
       for level in ('1', '0')]
@@ -257,7 +316,7 @@ def test_helpshort_lists_each_scripts_flags_with_their_defaults():
       if flag in README_DEFAULTS:
         assert default == README_DEFAULTS[flag], (script, flag)
   # The same defaults in the library, for a program of one's own.
-  params = cifar10_params.Params()
+  params = params_lib.Params()
   for flag, default in README_DEFAULTS.items():
     if hasattr(params, flag):
       assert str(getattr(params, flag)).lower() == default, flag
@@ -360,7 +419,7 @@ def test_queue_warm_up_reports_its_progress(capsys):
   # every 50 ms until the first step is done.
   with tf.Graph().as_default():
     batch = _slow_queue_batch(4, 20, 0.02)
-    hook = cifar10_runtime._QueueWarmupHook(  # pylint: disable=protected-access
+    hook = runtime._QueueWarmupHook(  # pylint: disable=protected-access
         report_interval_secs=0.05)
     with tf.train.MonitoredSession(hooks=[hook]) as sess:
       assert sess.run(batch).tolist() == [1, 1, 1, 1]
@@ -392,7 +451,7 @@ def test_examples_per_sec_leaves_out_the_queue_warm_up(capsys):
     global_step = tf.train.get_or_create_global_step()
     batch = tf.py_func(waiting_the_first_time, [], tf.int32, stateful=True)
     step = tf.group(batch, global_step.assign_add(1))
-    logger = cifar10_runtime._LoggerHook(  # pylint: disable=protected-access
+    logger = runtime._LoggerHook(  # pylint: disable=protected-access
         tf.constant(2.5), batch_size=1, batches_per_step=1, log_frequency=10,
         train_dir=None)
     with tf.train.MonitoredSession(hooks=[logger]) as sess:

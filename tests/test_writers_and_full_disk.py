@@ -14,10 +14,10 @@ import socket
 import numpy as np
 import pytest
 
-import cifar10_checkpoint
-import cifar10_files
+from cifar10_support import checkpoints
+from cifar10_support import files
+from cifar10_support.quiet import tf
 import cifar_data
-from cifar10_quiet import tf
 import helpers
 from helpers import quick_args
 from helpers import run_main
@@ -66,7 +66,7 @@ def test_a_train_dir_has_one_writer_and_its_hold_ends_with_it(
   os.kill(holder.process.pid, signal.SIGKILL)
   assert holder.finish() == -signal.SIGKILL
   latest = tf.train.latest_checkpoint(train_dir)
-  step = cifar10_checkpoint.checkpoint_step(latest)
+  step = checkpoints.checkpoint_step(latest)
   resumed = run_main('cifar10_train.py', '--train_dir=' + train_dir,
                      '--max_steps=%d' % (step + 10), *quick_args(data_dir))
   assert resumed.returncode == 0, resumed.stderr
@@ -255,8 +255,8 @@ def test_a_failed_write_is_said_in_one_line(error, expected):
   # A quota (EDQUOT) fails a write as a full disk (ENOSPC) does, and any
   # other reason the system gives, in Python or in TensorFlow: each said,
   # in its words, naming the file written in the folder.
-  failure = cifar10_files.write_failure(error, '/d')
-  assert str(cifar10_files.write_error('output_dir', '/d', failure,
+  failure = files.write_failure(error, '/d')
+  assert str(files.write_error('output_dir', '/d', failure,
                                        'Not written.')) == expected
 
 
@@ -268,7 +268,7 @@ def test_a_failed_write_is_said_in_one_line(error, expected):
     ValueError('/d/f; No space left on device'),
 ])
 def test_what_is_not_a_failed_write_into_the_folder_passes_through(error):
-  assert cifar10_files.write_failure(error, '/d') is None
+  assert files.write_failure(error, '/d') is None
   with pytest.raises(type(error)):
-    with cifar10_files.writes_said('output_dir', '/d', 'Not written.'):
+    with files.writes_said('output_dir', '/d', 'Not written.'):
       raise error

@@ -12,9 +12,9 @@ at start-up (it is a sitecustomize). The machines, comma-separated:
 - no_cuda_kernels: TensorFlow is a build without CUDA kernels (as on macOS
   or aarch64 Linux): its kernel registry lists none for a GPU.
 
-The code decides each of these in one place (cifar10_params.gpus,
-cifar10_params.cpu_has_fast_bfloat16, TensorFlow's kernel registry), which
-is patched here as it is imported.
+The code decides each of these in one place (cifar10_support.devices.gpus,
+cifar10_support.devices.cpu_has_fast_bfloat16, TensorFlow's kernel
+registry), which is patched here as it is imported.
 """
 
 import importlib.abc
@@ -47,7 +47,7 @@ def _without_gpu_kernels(registered):
 
 
 def _patch(module):
-  if module.__name__ == 'cifar10_params':
+  if module.__name__ == 'cifar10_support.devices':
     if 'gpus' in AS_IF:
       module.gpus = _gpus
     if 'slow_bfloat16' in AS_IF:
@@ -57,7 +57,7 @@ def _patch(module):
         module.get_registered_kernels_for_op)
 
 
-_PATCHED = ('cifar10_params', 'tensorflow.python.framework.kernels')
+_PATCHED = ('cifar10_support.devices', 'tensorflow.python.framework.kernels')
 
 
 class _PatchAfterImport(importlib.abc.MetaPathFinder):

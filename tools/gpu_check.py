@@ -1,6 +1,6 @@
 """Checks the tutorial on the GPUs of this machine: one command, minutes.
 
-    python gpu_check.py            # a table, and gpu_check.json
+    python tools/gpu_check.py            # a table, and gpu_check.json
 
 On a machine with one or more NVIDIA GPUs (TensorFlow's CUDA build, see the
 README's "On GPUs"), on small synthetic data of the real layout, in float32
@@ -31,23 +31,27 @@ import time
 from absl import flags
 import numpy as np
 
-import cifar10
-import cifar10_common
-import cifar10_devices
-import cifar10_flags
-import cifar10_input
-import cifar10_params
-import cifar10_runtime
-from cifar10_quiet import tf
+# Run as `python tools/gpu_check.py`: the tutorial's scripts and modules are
+# one folder up.
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_DIR)
 
-cifar10_flags.define('batch_size')
+import cifar10  # pylint: disable=g-import-not-at-top,wrong-import-position
+from cifar10_support import command_line
+from cifar10_support import data as data_lib
+from cifar10_support import devices as devices_lib
+from cifar10_support import params as params_lib
+from cifar10_support import runtime
+from cifar10_support import scripts
+from cifar10_support.quiet import tf
+
+command_line.define('batch_size')
 flags.DEFINE_integer('training_steps', 200, 'Training steps of each run.',
                      lower_bound=20)
 flags.DEFINE_string('figures_json', 'gpu_check.json',
                     'Where to write the figures.')
 
 FLAGS = flags.FLAGS
-REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 
 # The memory used on each GPU, in MiB, a line per GPU: 'index, MiB'. Per GPU,
 # not per process: in a container, nvidia-smi gives the host's process IDs,
@@ -119,19 +123,19 @@ def _start(script, args, env=None):
 def _finish(process, what):
   stdout, stderr = process.communicate()
   if process.returncode:
-    raise cifar10_common.UserError('%s failed:\n%s%s' % (what, stdout, stderr))
+    raise scripts.UserError('%s failed:\n%s%s' % (what, stdout, stderr))
   return stdout.splitlines()
 
 
 def _examples_per_sec(lines):
-  rates = [float(m.group(3)) for m in map(cifar10_runtime.LOG_LINE.match,
+  rates = [float(m.group(3)) for m in map(runtime.LOG_LINE.match,
                                           lines) if m]
   rates = rates[len(rates) // 3:]  # After the warm-up.
   return sorted(rates)[len(rates) // 2] if rates else None
 
 
 def _precision(lines):
-  for match in map(cifar10_runtime.EVAL_LINE.match, lines):
+  for match in map(runtime.EVAL_LINE.match, lines):
     if match:
       return float(match.group(1))
   return None
@@ -183,30 +187,36 @@ def run_checks(data_dir, work_dir, num_gpus, watcher):
   return rows
 
 
-def placement_of_a_step(data_dir, device, mixed_precision=False,
+def placement_of_a_step(data, device, precision=params_lib.Precision(),
                         batch_size=cifar10.BATCH_SIZE):
   """Runs one traced training step with the model on `device`.
+
+  Args:
+    data: The data set (a data.DataSet).
+    device: The model's device, e.g. '/gpu:0'.
+    precision: The model's types (a params.Precision).
+    batch_size: Images per batch.
 
   Returns:
     count_placement() of its trace.
   """
-  params = cifar10_params.Params(data_dir=data_dir, batch_size=batch_size,
-                                 mixed_precision=mixed_precision)
   with tf.Graph().as_default():
     with tf.device('/cpu:0'):
       global_step = tf.train.get_or_create_global_step()
-    images, labels = cifar10.distorted_inputs(
-        data_dir, params.batch_size, params.compute_dtype)
+    images, labels = cifar10.distorted_inputs(data, batch_size,
+                                              precision.compute_dtype)
     # As cifar10_train.py builds it: the model on the device, the update
     # with the variables.
     with tf.device(device):
       loss = cifar10.loss(cifar10.inference(
-          images, variable_dtype=params.variable_dtype), labels)
+          images, data.num_classes,
+          variable_dtype=precision.variable_dtype), labels)
     train_op = cifar10.train(
         loss, global_step, examples_per_step=batch_size,
-        loss_scale=(cifar10.float16_loss_scale() if params.loss_scaling
+        examples_per_epoch=data.num_train_examples,
+        loss_scale=(cifar10.float16_loss_scale() if precision.loss_scaled
                     else None))
-    config = cifar10_devices.session_config(params, allow_soft_placement=True)
+    config = devices_lib.session_config(allow_soft_placement=True)
     with tf.train.MonitoredSession(session_creator=tf.train.ChiefSessionCreator(
         config=config)) as sess:
       sess.run(train_op)  # The first step: warm-up.
@@ -219,26 +229,26 @@ def placement_of_a_step(data_dir, device, mixed_precision=False,
 def count_placement(step_stats):
   """What a traced step ran where: {'ops': {device type: ops that ran
   there}, 'gpu_kernels': kernels run on GPUs, 'gpu_copies': copies to, from
-  and between GPUs} (each once: see cifar10_devices.trace_device)."""
-  kernels, copies = cifar10_devices.gpu_kernels_and_copies(step_stats)
-  return {'ops': cifar10_devices.ops_by_device(step_stats),
+  and between GPUs} (each once: see devices.trace_device)."""
+  kernels, copies = devices_lib.gpu_kernels_and_copies(step_stats)
+  return {'ops': devices_lib.ops_by_device(step_stats),
           'gpu_kernels': kernels, 'gpu_copies': copies}
 
 
-def towers_equal_one(devices, mixed_precision=False, images_per_step=128):
+def towers_equal_one(devices, precision=params_lib.Precision(),
+                     images_per_step=128):
   """The largest relative difference between the gradients of one tower of
   `images_per_step` images and the mean of two towers of half as many, on
-  `devices` (two)."""
+  `devices` (two), in `precision` (a params.Precision)."""
   rng = np.random.default_rng(7)
   half = images_per_step // 2
   images = rng.normal(size=(2 * half, 24, 24, 3)).astype(np.float32)
   labels = rng.integers(0, 10, size=2 * half).astype(np.int32)
-  params = cifar10_params.Params(mixed_precision=mixed_precision)
   results, initial = [], None
   for halves in (False, True):
     with tf.Graph().as_default():
       tower_grads = []
-      loss_scale = (cifar10.float16_loss_scale() if params.loss_scaling
+      loss_scale = (cifar10.float16_loss_scale() if precision.loss_scaled
                     else None)
       with tf.variable_scope(tf.get_variable_scope()):
         parts = ([slice(0, half), slice(half, 2 * half)] if halves
@@ -246,8 +256,8 @@ def towers_equal_one(devices, mixed_precision=False, images_per_step=128):
         for i, part in enumerate(parts):
           with tf.device(devices[i]), tf.name_scope('tower_%d' % i) as scope:
             logits = cifar10.inference(
-                tf.cast(tf.constant(images[part]), params.compute_dtype),
-                variable_dtype=params.variable_dtype)
+                tf.cast(tf.constant(images[part]), precision.compute_dtype),
+                variable_dtype=precision.variable_dtype)
             cifar10.loss(logits, tf.constant(labels[part]))
             # This tower's terms only: the collection holds every tower's.
             loss = tf.add_n(tf.get_collection('losses', scope))
@@ -259,8 +269,8 @@ def towers_equal_one(devices, mixed_precision=False, images_per_step=128):
       # The same weights for both.
       values = [tf.placeholder(v.dtype.base_dtype, v.shape) for v in variables]
       assign = [v.assign(value) for v, value in zip(variables, values)]
-      with tf.Session(config=cifar10_devices.session_config(
-          params, allow_soft_placement=True)) as sess:
+      with tf.Session(config=devices_lib.session_config(
+          allow_soft_placement=True)) as sess:
         sess.run(tf.global_variables_initializer())
         if initial is None:
           initial = sess.run(variables)
@@ -268,18 +278,6 @@ def towers_equal_one(devices, mixed_precision=False, images_per_step=128):
         results.append(sess.run(mean))
   return max(float(np.max(np.abs(b - a)) / (np.max(np.abs(a)) or 1.0))
              for a, b in zip(*results))
-
-
-def _synthetic_data(data_dir, records=2048):
-  """Random CIFAR-format files: what the runs train on."""
-  batches_dir = os.path.join(data_dir, cifar10_input.BATCHES_DIR_NAME)
-  os.makedirs(batches_dir)
-  rng = np.random.default_rng(0)
-  for name in cifar10_input.TRAIN_FILENAMES + cifar10_input.EVAL_FILENAMES:
-    data = rng.integers(0, 256, size=(records, cifar10_input.RECORD_BYTES),
-                        dtype=np.uint8)
-    data[:, 0] %= 10
-    data.tofile(os.path.join(batches_dir, name))
 
 
 def _table(rows):
@@ -296,17 +294,17 @@ def _table(rows):
 
 def main(argv):
   del argv
-  found = cifar10_devices.gpus()
+  found = devices_lib.gpus()
   if not found:
     print('No GPU found: nothing to check on this machine (the checks that '
           'need none are tests/test_gpu_placement.py).')
     return
-  for warning in cifar10_devices.warnings(cifar10_params.Params()):
+  for warning in devices_lib.warnings(params_lib.Params()):
     sys.stderr.write('Warning: %s\n' % warning)
     sys.stderr.flush()
   work_dir = tempfile.mkdtemp(prefix='cifar10_gpu_check_')
   data_dir = os.path.join(work_dir, 'data')
-  _synthetic_data(data_dir)
+  data = data_lib.write_random_data_set(data_dir, records_per_file=2048)
   started = time.time()
   print('%d GPU(s): %s' % (len(found), ', '.join(found)),
         flush=True)
@@ -315,9 +313,10 @@ def main(argv):
   two = ['/gpu:0', '/gpu:1' if len(found) > 1 else '/gpu:0']
   for mixed in (False, True):
     key = 'mixed precision' if mixed else 'float32'
+    precision = params_lib.Precision.of(mixed_precision=mixed, on_gpu=True)
     figures['placement'][key] = placement_of_a_step(
-        data_dir, '/gpu:0', mixed, FLAGS.batch_size)
-    figures['towers_equal_one'][key] = towers_equal_one(two, mixed,
+        data, '/gpu:0', precision, FLAGS.batch_size)
+    figures['towers_equal_one'][key] = towers_equal_one(two, precision,
                                                         FLAGS.batch_size)
     print('%s: ops of a step by device %s (GPU kernels %d, copies %d); two '
           'towers vs one, largest relative gradient difference %.2g' % (
@@ -339,4 +338,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cifar10_common.run(main)
+  scripts.run(main)

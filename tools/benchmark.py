@@ -1,8 +1,8 @@
 """Measures how fast the tutorial trains and evaluates on this machine.
 
-    python benchmark.py                      # synthetic data of the real layout
-    python benchmark.py --data_dir=/tmp/cifar10_data   # the real data
-    python benchmark.py --compare_with=REVISION         # before and after
+    python tools/benchmark.py                      # synthetic data, real layout
+    python tools/benchmark.py --data_dir=/tmp/cifar10_data   # the real data
+    python tools/benchmark.py --compare_with=REVISION         # before, after
 
 One run measures, each in a fresh process so that none inherits another's
 threads or memory:
@@ -51,18 +51,20 @@ import time
 from absl import flags
 import numpy as np
 
-import cifar10
-import cifar10_common
-import cifar10_devices
-import cifar10_flags
-import cifar10_input
-import cifar10_params
-import cifar10_runtime
-from cifar10_quiet import tf
+# Run as `python tools/benchmark.py`: the tutorial's modules are one folder up.
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_DIR)
 
-REPO_DIR = os.path.dirname(os.path.abspath(__file__))
+import cifar10  # pylint: disable=g-import-not-at-top,wrong-import-position
+from cifar10_support import command_line
+from cifar10_support import data as data_lib
+from cifar10_support import devices
+from cifar10_support import params as params_lib
+from cifar10_support import runtime
+from cifar10_support import scripts
+from cifar10_support.quiet import tf
 
-cifar10_flags.define('data_dir', 'batch_size', 'top_layers', 'mixed_precision')
+command_line.define('data_dir', 'batch_size', 'top_layers', 'mixed_precision')
 flags.DEFINE_integer('steps', 300, 'Training steps of each training run.',
                      lower_bound=60)
 flags.DEFINE_integer('warmup_steps', 50, 'Training steps not measured.',
@@ -84,18 +86,6 @@ flags.DEFINE_enum('measure', None,
 FLAGS = flags.FLAGS
 
 
-def _write_synthetic_data(data_dir):
-  """Random images and labels in the binary layout, as many as CIFAR-10."""
-  batches_dir = os.path.join(data_dir, cifar10_input.BATCHES_DIR_NAME)
-  os.makedirs(batches_dir)
-  rng = np.random.default_rng(0)
-  for name in cifar10_input.TRAIN_FILENAMES + cifar10_input.EVAL_FILENAMES:
-    records = rng.integers(0, 256, size=(10000, cifar10_input.RECORD_BYTES),
-                           dtype=np.uint8)
-    records[:, 0] = rng.integers(0, 10, size=10000)
-    records.tofile(os.path.join(batches_dir, name))
-
-
 # Steps timed together: the rate of such a block is a throughput, including
 # the occasional slow step, as the training log's examples/sec is.
 BLOCK_STEPS = 20
@@ -113,11 +103,11 @@ def _start(kind):
     (session, the fetch to time, the queue runners' coordinator).
   """
   batch = FLAGS.batch_size
+  data = data_lib.read(FLAGS.data_dir)
   graph = tf.Graph()
   with graph.as_default():
     if kind in ('input_alone', 'step_with_input'):
-      with tf.device('/cpu:0'):
-        images, labels = cifar10.distorted_inputs(FLAGS.data_dir, batch)
+      images, labels = cifar10.distorted_inputs(data, batch)
     else:
       rng = np.random.default_rng(0)
       images = tf.Variable(rng.normal(size=(batch, 24, 24, 3)).astype(
@@ -127,12 +117,12 @@ def _start(kind):
     if kind == 'input_alone':
       fetch = [images, labels]
     elif kind == 'forward_alone':
-      fetch = _inference(images)
+      fetch = _inference(images, data.num_classes)
     else:
       global_step = tf.train.get_or_create_global_step()
-      loss = cifar10.loss(_inference(images), labels)
+      loss = cifar10.loss(_inference(images, data.num_classes), labels)
       fetch = cifar10.train(loss, global_step, examples_per_step=batch)
-    session = tf.Session(config=cifar10_devices.session_config())
+    session = tf.Session(config=devices.session_config())
     session.run([tf.global_variables_initializer(),
                  tf.local_variables_initializer()])
     coord = tf.train.Coordinator()
@@ -149,14 +139,13 @@ def _model_flags():
           (['--mixed_precision'] if FLAGS.mixed_precision else []))
 
 
-def _inference(images):
-  """The model measured: its top layers, precision and the data's classes."""
-  params = cifar10_params.Params(data_dir=FLAGS.data_dir,
-                                 top_layers=FLAGS.top_layers,
-                                 mixed_precision=FLAGS.mixed_precision)
-  return cifar10.inference(tf.cast(images, params.compute_dtype),
-                           params.num_classes, params.top_layers,
-                           params.variable_dtype)
+def _inference(images, num_classes):
+  """The model measured: its top layers and precision, as the flags say."""
+  precision = devices.precision(params_lib.Params(
+      mixed_precision=FLAGS.mixed_precision))
+  return cifar10.inference(tf.cast(images, precision.compute_dtype),
+                           num_classes, FLAGS.top_layers,
+                           precision.variable_dtype)
 
 
 def _block_rate(session, fetch):
@@ -269,7 +258,7 @@ def _convolutions_gflops(dtype=tf.float32, batch=128, runs=10, repeats=5):
     flops = sum(ops_lib.get_stats_for_node_def(graph, op.node_def,
                                                'flops').value
                 for op in convolutions)
-    with tf.Session(config=cifar10_devices.session_config()) as session:
+    with tf.Session(config=devices.session_config()) as session:
       session.run(tf.global_variables_initializer())
       for _ in range(runs):
         session.run(fetch)
@@ -291,7 +280,7 @@ def profile_one_step():
   session.run(fetch, options=tf.RunOptions(
       trace_level=tf.RunOptions.FULL_TRACE), run_metadata=metadata)
   wall = time.perf_counter() - start
-  by_type = cifar10_devices.op_times_by_type(metadata.step_stats)
+  by_type = devices.op_times_by_type(metadata.step_stats)
   session.close()
   total = sum(micros for micros, _ in by_type.values())
   print('One training step, batch %d, traced: %.1f ms of ops (%.1f ms wall '
@@ -321,9 +310,14 @@ def _timed(function):
 
 
 def _run_measurement(tree, kind, data_dir):
-  """Runs `--measure=kind` in a fresh process of `tree`; returns its figures."""
+  """Runs `--measure=kind` in a fresh process of `tree`, by its own
+  benchmark.py (in tools/, or, in older trees, at the top); returns its
+  figures."""
+  benchmark = os.path.join(tree, 'tools', 'benchmark.py')
+  if not os.path.exists(benchmark):
+    benchmark = os.path.join(tree, 'benchmark.py')
   output = subprocess.run(
-      [sys.executable, os.path.join(tree, 'benchmark.py'), '--measure=' + kind,
+      [sys.executable, benchmark, '--measure=' + kind,
        '--data_dir=' + data_dir, '--steps=%d' % FLAGS.steps,
        '--batch_size=%d' % FLAGS.batch_size] + _model_flags(),
       cwd=tree, capture_output=True, text=True, check=False)
@@ -395,7 +389,7 @@ def _training_figures(tree, script, extra_args, data_dir, train_dir):
                      '--max_steps=%d' % FLAGS.steps, '--log_frequency=10',
                      '--batch_size=%d' % FLAGS.batch_size] + extra_args +
       _model_flags(), awaited='first step done')
-  rates = [float(m.group(3)) for m in map(cifar10_runtime.LOG_LINE.match,
+  rates = [float(m.group(3)) for m in map(runtime.LOG_LINE.match,
                                            lines)
            if m and int(m.group(1)) > FLAGS.warmup_steps]
   return {'examples_per_sec': float(np.median(rates)),
@@ -418,14 +412,14 @@ def _describe_machine():
 
 def _checkout(revision, work_dir):
   """The files of `revision` in a folder, where its scripts run, and its own
-  benchmark.py measures it in-process (--measure: the same command line and
-  measurements since the first round of speed work)."""
+  benchmark.py measures it in-process (--measure, whose command line and
+  figures every revision with a benchmark.py shares)."""
   tree = os.path.join(work_dir, 'tree_' + re.sub(r'\W', '_', revision))
   os.makedirs(tree)
   archive = subprocess.run(['git', 'archive', '--format=tar', revision],
                            cwd=REPO_DIR, capture_output=True, check=False)
   if archive.returncode:
-    raise cifar10_common.UserError('--compare_with=%s: %s' % (
+    raise scripts.UserError('--compare_with=%s: %s' % (
         revision, archive.stderr.decode().strip()))
   with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
     tar.extractall(tree, filter='data')
@@ -449,9 +443,9 @@ def _measure_tree(tree, data_dir, work_dir):
           '--checkpoint_dir=' + train_dir,
           '--eval_dir=' + tempfile.mkdtemp(dir=work_dir),
           '--batch_size=%d' % FLAGS.batch_size] + _model_flags(),
-      awaited=cifar10_runtime.EVAL_LINE)
+      awaited=runtime.EVAL_LINE)
   yield 'evaluation_images_per_sec', float(
-      [m for m in map(cifar10_runtime.EVAL_LINE.match, eval_lines)
+      [m for m in map(runtime.EVAL_LINE.match, eval_lines)
        if m][0].group(5))
   yield 'evaluation_launch_to_result_secs', eval_secs
   if not FLAGS.mixed_precision:  # (With it, every row is mixed precision.)
@@ -558,9 +552,11 @@ def run_benchmark():
   try:
     real_data = FLAGS['data_dir'].present
     data_dir = FLAGS.data_dir
-    if not real_data:
+    if real_data:
+      data = data_lib.read(data_dir)
+    else:
       data_dir = os.path.join(work_dir, 'data')
-      _write_synthetic_data(data_dir)
+      data = data_lib.write_random_data_set(data_dir)
     trees = {'now': REPO_DIR}
     if FLAGS.compare_with:
       trees = {FLAGS.compare_with: _checkout(FLAGS.compare_with, work_dir),
@@ -574,15 +570,15 @@ def run_benchmark():
     samples, ceilings = _measure(trees, data_dir, work_dir)
   finally:
     shutil.rmtree(work_dir, ignore_errors=True)
-  flops, flops_by_op_type = training_flops_per_image(
-      cifar10_params.Params(data_dir=data_dir).num_classes, FLAGS.top_layers)
+  flops, flops_by_op_type = training_flops_per_image(data.num_classes,
+                                                     FLAGS.top_layers)
   figures = {name: _figures(tree_samples, ceilings, flops)
              for name, tree_samples in samples.items()}
   _print_table(figures, ceilings)
   print('\nTargets (%s%s):' % ('now', ', against %s' % FLAGS.compare_with
                                 if FLAGS.compare_with else ''))
   for text, met in targets(figures['now'], figures.get(FLAGS.compare_with),
-                           cifar10_devices.cpu_has_fast_bfloat16()):
+                           devices.cpu_has_fast_bfloat16()):
     print('  [%s] %s' % ('met' if met else 'MISSED', text))
   print('\nFLOPs per training image, counted in the training graph '
         '(%.1f MFLOP), by op type:' % (flops / 1e6))
@@ -678,4 +674,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cifar10_common.run(main)
+  scripts.run(main)

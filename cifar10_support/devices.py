@@ -4,7 +4,9 @@ What decides, everywhere, what this machine has and how a session uses it:
 
 - `gpus()`: whether a GPU is present (CUDA_VISIBLE_DEVICES= hides them);
   `cpu_has_fast_bfloat16()`: whether the CPU multiplies bfloat16 fast;
-  `precision_warning()`: a choice of precision that is slow here.
+  `precision()`: the types the model computes in here;
+  `warnings()`: a choice of precision that is slow here, GPUs this
+  TensorFlow has no code for.
 - `session_config()`: the configuration of every session the scripts and
   tools open (GPU memory taken as needed, XLA); `cpu_only_config()` for a
   session that leaves the GPUs alone.
@@ -19,7 +21,7 @@ What decides, everywhere, what this machine has and how a session uses it:
 import collections
 import re
 
-from cifar10_quiet import tf
+from cifar10_support.quiet import tf
 
 
 def gpus():
@@ -62,6 +64,11 @@ def precision_warning(use_fp16, mixed_precision, on_gpu, fast_bfloat16):
   return None
 
 
+def precision(params):
+  """The Precision of params (params.Params) here: it asks for the GPUs."""
+  return params.precision(on_gpu=bool(gpus()))
+
+
 def warnings(params):
   """What a script tells its user, once, about this machine: a choice of
   precision that is slow here, GPUs this TensorFlow has no code for."""
@@ -83,8 +90,8 @@ def session_config(params=None, **kwargs):
   (auto-clustering).
 
   Args:
-    params: cifar10_params.Params (gpu_memory_growth, xla,
-      log_device_placement); the tutorial's defaults if None.
+    params: params.Params (gpu_memory_growth, xla, log_device_placement);
+      the tutorial's defaults if None.
     **kwargs: More tf.ConfigProto fields.
 
   Returns:

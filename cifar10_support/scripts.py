@@ -1,6 +1,6 @@
 """How the scripts run and stop: one entry point, one-line errors, clean stops.
 
-Every script ends with `cifar10_common.run(main)`: its flags are parsed
+Every script ends with `scripts.run(main)`: its flags are parsed
 (a bad one is one line, status 2), and a problem a user can fix (a
 UserError, raised with its message where it is found) is one line on
 stderr, status 1, without a traceback. Ctrl-C and SIGTERM are taken in by
@@ -14,8 +14,9 @@ import os
 import signal
 import sys
 import threading
+import time
 
-import cifar10_quiet
+from cifar10_support import quiet
 
 
 class UserError(Exception):
@@ -56,6 +57,9 @@ class StopSignals(object):
   """
 
   SIGNALS = (signal.SIGINT, signal.SIGTERM)
+  # Signals are the process's: the one taking them in now, for the waits
+  # that must end on one however deep they are (stop_if_signalled, pause).
+  active = None
 
   def __init__(self, what_is_kept=None):
     self.received = None
@@ -116,10 +120,12 @@ class StopSignals(object):
           write_fd, warn_on_full_buffer=False)
       threading.Thread(target=self._watch, args=(read_fd,),
                        name='stop_signals', daemon=True).start()
+      StopSignals.active = self
     return self
 
   def __exit__(self, *exc_info):
     if self._pipe:
+      StopSignals.active = None
       signal.set_wakeup_fd(self._previous_wakeup_fd)
       for signum, handler in self._previous.items():
         signal.signal(signum, handler)
@@ -128,6 +134,25 @@ class StopSignals(object):
       self._pipe = None
     return False
 
+
+
+def stop_if_signalled(waiting_for):
+  """Ends a wait on a signal taken in by the StopSignals active now: raises
+  Interrupted ('Stopped by SIGTERM while waiting for <waiting_for>.').
+  Nothing else to save: a wait has done nothing yet."""
+  stop = StopSignals.active
+  if stop is not None and stop.received:
+    raise Interrupted('Stopped by %s while waiting for %s.' % (
+        stop.received, waiting_for), stop.signum)
+
+
+def pause(seconds):
+  """Sleeps `seconds`, or less if the active StopSignals takes in a signal."""
+  stop = StopSignals.active
+  if stop is None:
+    time.sleep(seconds)
+  else:
+    stop.wait(seconds)
 
 def first_line(error):
   """The first line of an error's message, without TensorFlow's details."""
@@ -166,7 +191,8 @@ def run_main(main, argv):
 
   A UserError exits with status 1, a clean stop on a signal (Interrupted)
   with 128 + the signal's number, as does a Ctrl-C that comes outside a
-  loop that handles it (during a download, say).
+  loop that handles it (during a download, say), and an output whose reader
+  has gone (SIGPIPE's).
 
   Raises:
     SystemExit: with that status.
@@ -183,6 +209,11 @@ def run_main(main, argv):
   except KeyboardInterrupt:
     print('Stopped by SIGINT.', flush=True)
     sys.exit(128 + signal.SIGINT)
+  except BrokenPipeError:
+    # Whoever read its output has gone (`... | head`): it stops, as a shell
+    # tool does on SIGPIPE, with no traceback, and nothing more to print.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(128 + signal.SIGPIPE)
 
 
 def run(main):
@@ -196,7 +227,7 @@ def run(main):
   """
   from absl import app  # pylint: disable=g-import-not-at-top
 
-  cifar10_quiet.filter_runtime_noise_from_stderr()
+  quiet.filter_runtime_noise_from_stderr()
   # Lines are printed by more than one thread (StopSignals, the queue
   # warm-up's progress). Written through at once (PYTHONUNBUFFERED), a line
   # and its newline are two writes, and another thread's line can come

@@ -21,14 +21,13 @@ import socket
 import threading
 import time
 
-import cifar10
-import cifar10_checkpoint
-import cifar10_common
-import cifar10_devices
-import cifar10_files
-import cifar10_input
-from cifar10_common import UserError
-from cifar10_quiet import tf
+from cifar10_support import checkpoints
+from cifar10_support import data
+from cifar10_support import devices
+from cifar10_support import files
+from cifar10_support import scripts
+from cifar10_support.quiet import tf
+from cifar10_support.scripts import UserError
 
 # The log lines: what training and evaluation print, and the patterns that
 # read them back (the benchmark's and the tests').
@@ -61,7 +60,7 @@ def nan_loss_message(step, train_dir, value=float('nan')):
   return ('loss is %s at step %d: training diverged and was stopped; %s. '
           'Lower the learning rate, or check the input data.' %
           ('NaN' if math.isnan(value) else 'infinite', step,
-           cifar10_checkpoint.kept_checkpoint(train_dir)))
+           checkpoints.kept_checkpoint(train_dir)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,20 +100,20 @@ class _LoggerHook(tf.train.SessionRunHook):
   and the global step, read then: the updates made (a float16 step whose
   gradients overflowed makes none), by every worker of a distributed
   training (`worker_name` given). The chief also writes the speed into the
-  summaries (`summary_writer`), and flushes them, so that TensorBoard sees
-  them as they come, and a summary that cannot be written stops training
-  within one log line.
+  summaries (its `summary_writer`, once it has one), and flushes them, so
+  that TensorBoard sees them as they come, and a summary that cannot be
+  written stops training within one log line.
   """
 
   def __init__(self, loss, batch_size, batches_per_step, log_frequency,
-               train_dir, summary_writer=None, worker_name=None):
+               train_dir, worker_name=None):
     self._loss = loss
     self._batch_size = batch_size
     self._batches_per_step = batches_per_step
     self._log_frequency = log_frequency
     self._train_dir = train_dir
-    self._summary_writer = summary_writer
     self._worker_name = worker_name
+    self.summary_writer = None
     self.own_steps = 0
     self.step = None  # Read from the session once it is created.
 
@@ -158,11 +157,11 @@ class _LoggerHook(tf.train.SessionRunHook):
             datetime.now(), self._worker_name, self.step, loss_value,
             examples_per_sec, sec_per_batch)
       print(line, flush=True)
-      if self._summary_writer:
-        self._summary_writer.add_summary(tf.Summary(value=[tf.Summary.Value(
+      if self.summary_writer:
+        self.summary_writer.add_summary(tf.Summary(value=[tf.Summary.Value(
             tag='examples_per_sec', simple_value=examples_per_sec)]),
-                                         self.step)
-        self._summary_writer.flush()
+                                        self.step)
+        self.summary_writer.flush()
       self._last_log_step, self._last_log_time = self.own_steps, now
 
   def end(self, session):
@@ -245,7 +244,7 @@ class _CheckpointHook(tf.train.SessionRunHook):
     train_dir: The training directory.
     save_secs: Seconds between checkpoints.
     saver: The tf.train.Saver that writes them.
-    summary_writer: The training's cifar10_files.EventFile.
+    summary_writer: The training's files.EventFile.
   """
 
   def __init__(self, train_dir, save_secs, saver, summary_writer):
@@ -284,7 +283,7 @@ class _CheckpointHook(tf.train.SessionRunHook):
     self._save(session, session.run(self._global_step_tensor))
 
   def _save(self, session, step):
-    cifar10_files.check_still_there(self._train_dir, self._folder)
+    files.check_still_there(self._train_dir, self._folder)
     latest = tf.train.latest_checkpoint(self._train_dir)
     if latest and latest.endswith('-%d' % step):
       return  # Saved already.
@@ -331,21 +330,23 @@ def wait_for_tasks(who, tasks, wait_secs, report_secs=WAIT_REPORT_SECS):
 
   Raises:
     UserError: a task did not answer within wait_secs.
+    scripts.Interrupted: a signal came (Ctrl-C, SIGTERM) while waiting.
   """
   started = time.time()
   last_report = None
   while True:
-    waiting = unreachable(tasks)
+    waiting = ', '.join(unreachable(tasks))
     if not waiting:
       return
+    scripts.stop_if_signalled(waiting)
     waited = time.time() - started
     if waited > wait_secs:
       raise UserError('%s waited %.0f s for %s; giving up (see '
-                      '--wait_secs).' % (who, waited, ', '.join(waiting)))
+                      '--wait_secs).' % (who, waited, waiting))
     if last_report is None or time.time() - last_report >= report_secs:
       last_report = time.time()
-      print('%s: waiting for %s.' % (who, ', '.join(waiting)), flush=True)
-    time.sleep(0.5)
+      print('%s: waiting for %s.' % (who, waiting), flush=True)
+    scripts.pause(0.5)
 
 
 class _ChiefSessionCreator(tf.train.SessionCreator):
@@ -360,17 +361,19 @@ class _ChiefSessionCreator(tf.train.SessionCreator):
     scaffold: The tf.train.Scaffold.
     config: The session's tf.ConfigProto.
     train_dir: The training directory.
-    restore: f(session, checkpoint) restoring a checkpoint.
+    restore: f(session, checkpoint) restoring a checkpoint (_Restore).
+    checkpoint: The checkpoint of the first session, or None.
     worker: The Worker, if distributed (its target; what it waits for).
   """
 
-  def __init__(self, scaffold, config, train_dir, restore, worker=None):
+  def __init__(self, scaffold, config, train_dir, restore, checkpoint,
+               worker=None):
     self._scaffold = scaffold
     self._config = config
-    self._train_dir = train_dir
+    self.train_dir = train_dir
     self._restore = restore
+    self.checkpoint = checkpoint  # Restored by the last session made.
     self._worker = worker
-    self.checkpoint = None  # Restored by the last session made.
     self._sessions_made = 0
 
   def create_session(self):
@@ -380,14 +383,14 @@ class _ChiefSessionCreator(tf.train.SessionCreator):
       wait_for_tasks(self._worker.name.capitalize(),
                      self._worker.parameter_servers, self._worker.wait_secs)
       master = self._worker.target
-    self.checkpoint = cifar10_checkpoint.checkpoint_to_resume(
-        self._train_dir, self._restore.variables)
-    if self._sessions_made and self.checkpoint:
-      print('Session lost (a task restarted, or the network failed), made '
-            'again: resuming from %s, at step %d.' % (
-                self.checkpoint,
-                cifar10_checkpoint.checkpoint_step(self.checkpoint)),
-            flush=True)
+    if self._sessions_made:  # The first one's was looked up by the caller.
+      self.checkpoint = checkpoints.checkpoint_to_resume(
+          self.train_dir, self._restore.variables)
+      if self.checkpoint:
+        print('Session lost (a task restarted, or the network failed), made '
+              'again: resuming from %s, at step %d.' % (
+                  self.checkpoint,
+                  checkpoints.checkpoint_step(self.checkpoint)), flush=True)
     session_manager = tf.train.SessionManager(
         local_init_op=self._scaffold.local_init_op,
         ready_op=self._scaffold.ready_op,
@@ -427,39 +430,46 @@ class _WorkerSessionCreator(tf.train.SessionCreator):
         ready_op=self._scaffold.ready_op,
         ready_for_local_init_op=self._scaffold.ready_for_local_init_op,
         graph=tf.get_default_graph(), recovery_wait_secs=1)
+    chief = 'the chief (worker 0 at %s)' % self._worker.chief_address
     started = time.time()
-    wait_secs = 0  # One look first: are the variables set up already?
+    last_report = None
+    look_secs = 0  # One look first: are the variables set up already?
     while True:
       try:
         session = session_manager.wait_for_session(
-            self._worker.target, config=self._config, max_wait_secs=wait_secs)
+            self._worker.target, config=self._config, max_wait_secs=look_secs)
         self._sessions_made += 1
         return session
       except tf.errors.DeadlineExceededError:
+        scripts.stop_if_signalled(chief)
         waited = time.time() - started
         if waited > self._worker.wait_secs:
           raise UserError(
-              '%s waited %.0f s for the chief (worker 0 at %s) to initialise '
-              'or restore the variables; giving up (see --wait_secs).' %
-              (who, waited, self._worker.chief_address)) from None
-        print('%s: waiting for the chief (worker 0 at %s) to initialise or '
-              'restore the variables.' % (who, self._worker.chief_address),
-              flush=True)
-        wait_secs = min(WAIT_REPORT_SECS, self._worker.wait_secs - waited)
+              '%s waited %.0f s for %s to initialise or restore the '
+              'variables; giving up (see --wait_secs).' %
+              (who, waited, chief)) from None
+        if last_report is None or time.time() - last_report >= (
+            WAIT_REPORT_SECS):
+          last_report = time.time()
+          print('%s: waiting for %s to initialise or restore the variables.' %
+                (who, chief), flush=True)
+        # Looks again every second (the session manager's recovery wait),
+        # a signal heard in between.
+        look_secs = 1
 
 
 def _required_variables():
   """{name: variable} of the variables that every checkpoint to resume from
   must hold: all but those that earlier versions did not write
-  (cifar10.RESTORED_IF_PRESENT)."""
-  optional = tf.get_collection(cifar10.RESTORED_IF_PRESENT)
+  (checkpoints.RESTORED_IF_PRESENT)."""
+  optional = tf.get_collection(checkpoints.RESTORED_IF_PRESENT)
   return {v.op.name: v for v in tf.global_variables() if v not in optional}
 
 
 class _Restore(object):
   """Restores a checkpoint into the model being trained: every variable it
   holds; those it lacks, that a checkpoint of an earlier version may lack
-  (cifar10.RESTORED_IF_PRESENT), get their initial values, made in the
+  (checkpoints.RESTORED_IF_PRESENT), get their initial values, made in the
   session from those restored (the examples seen, from the global step).
 
   Args:
@@ -471,8 +481,9 @@ class _Restore(object):
 
   def __init__(self, saver, device, first):
     self.variables = _required_variables()
-    self._optional = {v.op.name: v
-                      for v in tf.get_collection(cifar10.RESTORED_IF_PRESENT)}
+    self._optional = {
+        v.op.name: v
+        for v in tf.get_collection(checkpoints.RESTORED_IF_PRESENT)}
     self._savers = {tuple(sorted(self._optional)): saver}
     present = self._present(first) if first else ()
     if present not in self._savers:
@@ -490,181 +501,37 @@ class _Restore(object):
     if checkpoint is None:
       return
     present = self._present(checkpoint)
-    cifar10_checkpoint.restore(session, self._savers[present], checkpoint)
+    checkpoints.restore(session, self._savers[present], checkpoint)
     session.run([v.initializer for name, v in sorted(self._optional.items())
                  if name not in present])
 
 
-class _Training(object):
-  """One process's training, from its start to its last line (run())."""
-
-  def __init__(self, train_op, loss, params, batches_per_step, config,
-               worker, hooks):
-    self._train_op = train_op
-    self._params = params
-    self._config = config
-    self._worker = worker
-    self._hooks = list(hooks)
-    self._is_chief = worker is None or worker.is_chief
-    self._loss = loss
-    self._batches_per_step = batches_per_step
-    # Checkpoints written and read by this process: on a chief's own disk.
-    self._device = (worker.device if worker else '') + '/cpu:0'
-    with tf.device(self._device):
-      self._saver = tf.train.Saver(save_relative_paths=True)
-    self._scaffold = tf.train.Scaffold(saver=self._saver)
-    self._logger = None
-
-  def run(self):
-    """Trains until params.max_steps, or until a signal or an error."""
-    params, worker = self._params, self._worker
-    if not self._is_chief:
-      self._logger = self._logger_hook(summary_writer=None)
-      self._loop(_WorkerSessionCreator(self._scaffold, self._config, worker),
-                 self._hooks + [self._logger])
-      return
-    train_dir = params.train_dir
-    # What can stop training before it starts only reads: a run that stops
-    # there leaves the folder as it was.
-    cifar10_files.ensure_writable_dir(train_dir, 'train_dir')
-    newest = tf.train.latest_checkpoint(train_dir)
-    variables = _required_variables()
-    resume_from = cifar10_checkpoint.checkpoint_to_resume(train_dir,
-                                                          variables)
-    # Alone, with nothing to train, nothing is done. (A distributed chief
-    # restores the variables, so that the other workers see it too.)
-    if worker is None and _at_max_steps(resume_from, params.max_steps):
-      return
-    with cifar10_files.hold_train_dir(train_dir):
-      removed = cifar10_files.remove_half_written(train_dir)
-      if removed:
-        print('Removed %s: half-written by a run that stopped while writing '
-              'it.' % ', '.join(removed), flush=True)
-      # The one writer now; another may have written a checkpoint meanwhile.
-      if tf.train.latest_checkpoint(train_dir) != newest:
-        resume_from = cifar10_checkpoint.checkpoint_to_resume(train_dir,
-                                                              variables)
-        if worker is None and _at_max_steps(resume_from, params.max_steps):
-          return
-      if resume_from:
-        print('Resuming from %s, at step %d.' % (
-            resume_from, cifar10_checkpoint.checkpoint_step(resume_from)),
-              flush=True)
-      with cifar10_files.writes_said('train_dir', train_dir,
-                                     self._what_a_failed_write_left):
-        # The class names go with the checkpoints, for cifar10_predict.py
-        # and cifar10_export.py.
-        cifar10_input.write_class_names(train_dir, params.class_names)
-        with cifar10_files.EventFile(train_dir) as summary_writer:
-          self._logger = self._logger_hook(summary_writer)
-          hooks = self._hooks + [
-              self._logger,
-              tf.train.SummarySaverHook(
-                  save_steps=params.save_summaries_steps,
-                  summary_writer=summary_writer, scaffold=self._scaffold),
-              # After the logger, so that a NaN step stops training before
-              # it is saved.
-              _CheckpointHook(train_dir, params.save_checkpoint_secs,
-                              self._saver, summary_writer)]
-          restore = _Restore(self._saver, self._device, resume_from)
-          self._loop(_ChiefSessionCreator(self._scaffold, self._config,
-                                          train_dir, restore, worker),
-                     hooks)
-
-  def _logger_hook(self, summary_writer):
-    params = self._params
-    return _LoggerHook(self._loss, params.batch_size, self._batches_per_step,
-                       params.log_frequency, params.train_dir,
-                       summary_writer, self._worker and self._worker.name)
-
-  def _what_a_failed_write_left(self, failure):
-    """What a user is told, after a write into train_dir failed."""
-    train_dir = self._params.train_dir
-    cifar10_files.remove_half_written(train_dir)
-    return ('Training stopped %s; %s, and what was half-written removed. %s, '
-            'and run it again to resume.' % (
-                'at step %d' % self._logger.step
-                if self._logger and self._logger.step is not None else
-                'before its first step',
-                cifar10_checkpoint.kept_checkpoint(train_dir),
-                failure.remedy))
-
-  def _loop(self, session_creator, hooks):
-    """The training loop, until its end or a signal; then the last line."""
-    params, worker = self._params, self._worker
-    train_dir = params.train_dir if self._is_chief else None
-    hooks = [tf.train.StopAtStepHook(last_step=params.max_steps),
-             _QueueWarmupHook()] + hooks
-
-    def kept_checkpoint():
-      return train_dir and cifar10_checkpoint.kept_checkpoint(train_dir)
-
-    global_step = tf.train.get_global_step()
-    with cifar10_common.StopSignals(kept_checkpoint) as stop:
-      with tf.train.MonitoredSession(session_creator=session_creator,
-                                     hooks=hooks) as mon_sess:
-        # A distributed training already at max_steps: no step (a step of a
-        # synchronous worker would wait for updates that never come).
-        step = mon_sess.run_step_fn(
-            lambda step_context: step_context.session.run(global_step))
-        if step >= params.max_steps and worker:
-          if self._is_chief:
-            print('%s is at step %d, --max_steps=%d: nothing to train.' % (
-                session_creator.checkpoint, step, params.max_steps),
-                  flush=True)
-        else:
-          while not mon_sess.should_stop() and not stop.received:
-            try:
-              mon_sess.run(self._train_op)
-            except tf.errors.InvalidArgumentError as e:
-              # A summary step runs the histograms before the logger sees
-              # the loss.
-              found = re.search('(Nan) in summary histogram|(Infinity) in '
-                                'Histogram', e.message)
-              if not found:
-                raise
-              raise NanLossError(nan_loss_message(
-                  self._logger.step + 1, train_dir,
-                  float('nan' if found.group(1) else 'inf'))) from None
-    if train_dir:
-      checkpoint = 'checkpoint %s' % tf.train.latest_checkpoint(train_dir)
-    else:
-      checkpoint = 'the chief writes the checkpoints'
-    if stop.received:
-      raise cifar10_common.Interrupted(
-          'Stopped by %s at step %d; %s%s.' % (
-              stop.received, self._logger.step, checkpoint,
-              ' saved' if train_dir else ''), stop.signum)
-    print('Done training: %sstep %d; %s.' % (
-        worker.name + ', global ' if worker else '', self._logger.step,
-        checkpoint), flush=True)
-
-
-def run_training(train_op, loss, params, batches_per_step=1, config=None,
-                 worker=None, hooks=()):
+def run_training(train_op, loss, params, class_names=data.CLASS_NAMES,
+                 batches_per_step=1, config=None, worker=None, hooks=()):
   """Runs `train_op` until params.max_steps: logs, summaries, checkpoints.
 
   The chief (the one process of a training, or worker 0 of a distributed
   one) holds params.train_dir from start to end: it is its one writer (see
-  cifar10_files.hold_train_dir). It resumes from the newest readable
-  checkpoint there, if any, and reads and writes every checkpoint itself.
-  Checkpoints are written every params.save_checkpoint_secs and at the end,
-  but never once the loss has turned NaN: the last good one is kept.
-  SIGINT (Ctrl-C) or SIGTERM stops training cleanly, with a checkpoint of
-  the current step; a second one stops it at once. If a checkpoint or the
-  summaries cannot be written (no space, no permission, the folder gone),
-  training stops at once and removes what was half-written.
+  files.hold_train_dir). It resumes from the newest readable checkpoint
+  there, if any, and reads and writes every checkpoint itself. Checkpoints
+  are written every params.save_checkpoint_secs and at the end, but never
+  once the loss has turned NaN: the last good one is kept. SIGINT (Ctrl-C)
+  or SIGTERM stops training cleanly, with a checkpoint of the current step;
+  a second one stops it at once. If a checkpoint or the summaries cannot be
+  written (no space, no permission, the folder gone), training stops at once
+  and removes what was half-written.
 
   Args:
     train_op: The op of one training step.
     loss: The loss tensor, logged and checked for NaN.
     params: Params: train_dir, max_steps, batch_size, log_frequency,
-      save_checkpoint_secs, save_summaries_steps, data_dir (whose class
-      names go with the checkpoints).
+      save_checkpoint_secs, save_summaries_steps.
+    class_names: The classes of the data trained on, written beside the
+      checkpoints (for prediction and export).
     batches_per_step: Batches of params.batch_size images trained on per
       step: one per tower.
-    config: tf.ConfigProto of the session; cifar10_devices.session_config()
-      by default.
+    config: tf.ConfigProto of the session; devices.session_config() by
+      default.
     worker: A Worker, for a worker of a distributed training; None for a
       training in this process alone.
     hooks: More tf.train.SessionRunHooks.
@@ -677,16 +544,140 @@ def run_training(train_op, loss, params, batches_per_step=1, config=None,
     UserError: a worker waited too long for the others.
     Interrupted: SIGINT or SIGTERM stopped training (after the checkpoint).
   """
-  _Training(train_op, loss, params, batches_per_step,
-            config or cifar10_devices.session_config(params), worker,
-            hooks).run()
+  config = config or devices.session_config(params)
+  # Checkpoints written and read by this process: on a chief's own disk.
+  device = (worker.device if worker else '') + '/cpu:0'
+  with tf.device(device):
+    saver = tf.train.Saver(save_relative_paths=True)
+  scaffold = tf.train.Scaffold(saver=saver)
+  logger = _LoggerHook(loss, params.batch_size, batches_per_step,
+                       params.log_frequency, params.train_dir,
+                       worker_name=worker and worker.name)
+  hooks = [tf.train.StopAtStepHook(last_step=params.max_steps),
+           _QueueWarmupHook(), logger] + list(hooks)
+  if worker and not worker.is_chief:
+    _train_until_done(train_op, _WorkerSessionCreator(scaffold, config,
+                                                      worker),
+                      hooks, logger, params.max_steps, worker)
+    return
+
+  # The chief. What can stop training before it starts only reads: a run
+  # that stops there leaves the folder as it was.
+  train_dir = params.train_dir
+  files.ensure_writable_dir(train_dir, 'train_dir')
+  newest = tf.train.latest_checkpoint(train_dir)
+  variables = _required_variables()
+  resume_from = checkpoints.checkpoint_to_resume(train_dir, variables)
+  # Alone, with nothing to train, nothing is done. (A distributed chief
+  # restores the variables, so that the other workers see it too.)
+  if worker is None and _at_max_steps(resume_from, params.max_steps):
+    return
+  with files.hold_train_dir(train_dir):
+    removed = files.remove_half_written(train_dir)
+    if removed:
+      print('Removed %s: half-written by a run that stopped while writing '
+            'it.' % ', '.join(removed), flush=True)
+    # The one writer now; another may have written a checkpoint meanwhile.
+    if tf.train.latest_checkpoint(train_dir) != newest:
+      resume_from = checkpoints.checkpoint_to_resume(train_dir, variables)
+      if worker is None and _at_max_steps(resume_from, params.max_steps):
+        return
+    if resume_from:
+      print('Resuming from %s, at step %d.' % (
+          resume_from, checkpoints.checkpoint_step(resume_from)), flush=True)
+
+    def what_a_failed_write_left(failure):
+      files.remove_half_written(train_dir)
+      return ('Training stopped %s; %s, and what was half-written removed. '
+              '%s, and run it again to resume.' % (
+                  'at step %d' % logger.step if logger.step is not None
+                  else 'before its first step',
+                  checkpoints.kept_checkpoint(train_dir), failure.remedy))
+
+    with files.writes_said('train_dir', train_dir, what_a_failed_write_left):
+      # The class names go with the checkpoints, for cifar10_predict.py and
+      # cifar10_export.py.
+      data.write_class_names(train_dir, class_names)
+      with files.EventFile(train_dir) as summary_writer:
+        logger.summary_writer = summary_writer
+        hooks += [
+            tf.train.SummarySaverHook(save_steps=params.save_summaries_steps,
+                                      summary_writer=summary_writer,
+                                      scaffold=scaffold),
+            # After the logger, so that a NaN step stops training before it
+            # is saved.
+            _CheckpointHook(train_dir, params.save_checkpoint_secs, saver,
+                            summary_writer)]
+        session_creator = _ChiefSessionCreator(
+            scaffold, config, train_dir,
+            _Restore(saver, device, resume_from), resume_from, worker)
+        _train_until_done(train_op, session_creator, hooks, logger,
+                          params.max_steps, worker)
+
+
+def _train_until_done(train_op, session_creator, hooks, logger, max_steps,
+                      worker):
+  """The training loop, until max_steps or a signal; then the last line.
+
+  Args:
+    train_op: The op of one training step.
+    session_creator: The chief's (_ChiefSessionCreator) or a worker's.
+    hooks: The tf.train.SessionRunHooks, the logger's among them.
+    logger: The _LoggerHook: the step reached.
+    max_steps: The global step to stop at.
+    worker: The Worker, if distributed.
+  """
+  # The chief's: what a user keeps, and the last line, name it.
+  train_dir = getattr(session_creator, 'train_dir', None)
+
+  def kept_checkpoint():
+    return train_dir and checkpoints.kept_checkpoint(train_dir)
+
+  global_step = tf.train.get_global_step()
+  with scripts.StopSignals(kept_checkpoint) as stop:
+    with tf.train.MonitoredSession(session_creator=session_creator,
+                                   hooks=hooks) as mon_sess:
+      # A distributed training already at max_steps: no step (a step of a
+      # synchronous worker would wait for updates that never come).
+      step = mon_sess.run_step_fn(
+          lambda step_context: step_context.session.run(global_step))
+      if step >= max_steps and worker:
+        if train_dir:
+          print('%s is at step %d, --max_steps=%d: nothing to train.' % (
+              session_creator.checkpoint, step, max_steps), flush=True)
+      else:
+        while not mon_sess.should_stop() and not stop.received:
+          try:
+            mon_sess.run(train_op)
+          except tf.errors.InvalidArgumentError as e:
+            # A summary step runs the histograms before the logger sees the
+            # loss.
+            found = re.search('(Nan) in summary histogram|(Infinity) in '
+                              'Histogram', e.message)
+            if not found:
+              raise
+            raise NanLossError(nan_loss_message(
+                logger.step + 1, train_dir,
+                float('nan' if found.group(1) else 'inf'))) from None
+  if train_dir:
+    checkpoint = 'checkpoint %s' % tf.train.latest_checkpoint(train_dir)
+  else:
+    checkpoint = 'the chief writes the checkpoints'
+  if stop.received:
+    raise scripts.Interrupted(
+        'Stopped by %s at step %d; %s%s.' % (
+            stop.received, logger.step, checkpoint,
+            ' saved' if train_dir else ''), stop.signum)
+  print('Done training: %sstep %d; %s.' % (
+      worker.name + ', global ' if worker else '', logger.step, checkpoint),
+        flush=True)
 
 
 def _at_max_steps(checkpoint, max_steps):
   """Whether `checkpoint` is at max_steps already (then it says so)."""
   if not checkpoint:
     return False
-  step = cifar10_checkpoint.checkpoint_step(checkpoint)
+  step = checkpoints.checkpoint_step(checkpoint)
   if step < max_steps:
     return False
   print('%s is at step %d, --max_steps=%d: nothing to train.' %

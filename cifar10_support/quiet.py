@@ -1,6 +1,6 @@
 """TensorFlow 1.x on TensorFlow 2, imported quietly: the scripts' clean output.
 
-`import cifar10_quiet` imports `tensorflow.compat.v1` (as `cifar10_quiet.tf`)
+`from cifar10_support.quiet import tf` imports `tensorflow.compat.v1` (as `tf`)
 with eager execution off, and silences exactly the messages that are noise
 for this tutorial, keeping every other warning:
 
@@ -17,13 +17,14 @@ for this tutorial, keeping every other warning:
 3. Lines TensorFlow's C++ runtime logs while the scripts run (_RUNTIME_NOISE):
    the cancelled enqueues of every stop of the queue-based input, and the
    end of an evaluation pass on a GPU; the aborted exchanges that end
-   distributed training's steps, and those of a lost connection; oneDNN's wrong report of falling back to
-   Eigen; a traced step's missing GPU trace; and the errors the scripts say
-   themselves, in one line (an unreadable image, a NaN or infinite loss, a
-   port in use, no space left on device), or once (TensorFlow's warning, in
-   every session, about GPUs it has no compiled code for: _SAID_ONCE).
+   distributed training's steps, and those of a lost connection; oneDNN's
+   wrong report of falling back to Eigen; a traced step's missing GPU
+   trace; and the errors the scripts say themselves, in one line (an
+   unreadable image, a NaN or infinite loss, a port in use, no space left on
+   device), or once (TensorFlow's warning, in every session, about GPUs it
+   has no compiled code for: _SAID_ONCE).
    `filter_runtime_noise_from_stderr()`, called by the scripts
-   (cifar10_common.run), routes descriptor 2 through a filter process that
+   (scripts.run), routes descriptor 2 through a filter process that
    drops those lines and their details, to the end of the script.
 
 Why a process: the C++ code writes to the descriptor directly, so a filter
@@ -267,14 +268,14 @@ _RUNTIME_NOISE = (
     r'|xplane_to_step_stats\.cc:\d+\] GPU trace was not collected'
     # A checkpoint that cannot be written (no space, no permission, a
     # read-only disk, the folder gone), which the scripts report themselves
-    # (cifar10_files.writes_said).
+    # (files.writes_said).
     r'|(op_kernel\.cc:\d+\] OP_REQUIRES failed at \w+\.cc:\d+ : |'
     r'local_rendezvous\.cc:\d+\] Local rendezvous is aborting with status: )'
     r'(RESOURCE_EXHAUSTED|PERMISSION_DENIED|NOT_FOUND): \S+; (No space left '
     r'on device|Disk quota exceeded|Permission denied|Operation not permitted'
     r'|Read-only file system|No such file or directory)')
 
-# Said once by the scripts (cifar10_devices.gpu_code_warning), then noise:
+# Said once by the scripts (devices.gpu_code_warning), then noise:
 # TensorFlow's warning, in every session, about GPUs it has no compiled code
 # for.
 _SAID_ONCE = (r'^Warning: .* for which this TensorFlow has no compiled GPU '

@@ -1,17 +1,23 @@
 """Checkpoints: the newest, checked against the model built, restored.
 
 Each problem a user can meet with a checkpoint is said here, once: none
-yet, files missing or damaged (CheckpointUnreadable, which training and
-evaluation skip for the checkpoint before), or a checkpoint of another model
-(CheckpointError, naming the --top_layers, the number of classes or the
-float type it was trained with).
+yet, files missing or damaged (CheckpointUnreadable: training resumes from
+the checkpoint before instead; evaluation skips it and waits for the next),
+or a checkpoint of another model (CheckpointError, naming the --top_layers,
+the number of classes or the float type it was trained with).
 """
 
 import os
 
-from cifar10_common import first_line
-from cifar10_common import UserError
-from cifar10_quiet import tf
+from cifar10_support.quiet import tf
+from cifar10_support.scripts import first_line
+from cifar10_support.scripts import UserError
+
+# The collection of the variables that checkpoints written before them lack
+# (the examples seen, the float16 loss scale): a training resumed from one
+# restores the others and gives these their initial values
+# (runtime.run_training); every other variable a checkpoint must hold.
+RESTORED_IF_PRESENT = 'restored_if_present'
 
 
 class CheckpointError(UserError):

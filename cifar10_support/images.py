@@ -6,10 +6,10 @@ decode and resize them alike (bilinear, antialiased), so that an image is
 seen at test time as it was at training time.
 """
 
-from cifar10_common import first_line
-import cifar10_devices
-import cifar10_input
-from cifar10_quiet import tf
+from cifar10_support import data
+from cifar10_support import devices
+from cifar10_support.quiet import tf
+from cifar10_support.scripts import first_line
 
 
 def resize_to_cifar(images):
@@ -23,8 +23,7 @@ def resize_to_cifar(images):
   """
   # TensorFlow 2's resize: the v1 one cannot antialias.
   resized = tf.compat.v2.image.resize(tf.cast(images, tf.float32),
-                                      [cifar10_input.SOURCE_HEIGHT,
-                                       cifar10_input.SOURCE_WIDTH],
+                                      [data.SOURCE_HEIGHT, data.SOURCE_WIDTH],
                                       method='bilinear', antialias=True)
   return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
@@ -44,7 +43,7 @@ class ImageDecoder(object):
           self._contents, channels=3, expand_animations=False))
     # Decoding is the CPU's work: the GPUs are left alone.
     self._session = tf.Session(graph=self._graph,
-                               config=cifar10_devices.cpu_only_config())
+                               config=devices.cpu_only_config())
 
   def decode(self, contents):
     """Returns the [32, 32, 3] uint8 image; raises ValueError if unreadable."""

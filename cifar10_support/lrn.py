@@ -9,7 +9,7 @@ float16 models, whose range it would overflow
 
 import numpy as np
 
-from cifar10_quiet import tf
+from cifar10_support.quiet import tf
 
 
 def local_response_normalization(x, depth_radius, bias, alpha, beta, name):

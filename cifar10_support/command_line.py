@@ -1,17 +1,17 @@
-"""The scripts' flags, each defined once, and the settings (Params) they make.
+"""The scripts' command lines: each flag defined once, and the Params they make.
 
 Only scripts read flags (the library modules take arguments). A script
 names the shared flags it uses, and its main gets its settings from them:
 
-    import cifar10_flags
-    cifar10_flags.define('data_dir', 'batch_size', ...)
+    from cifar10_support import command_line
+    command_line.define('data_dir', 'batch_size', ...)
     ...
     def main(argv):
-      params = cifar10_flags.params(fetch_data=True)
+      params = command_line.params()
 
 `define` makes them the script's own (its `--helpshort` lists them, and only
-them, with its own flags); their defaults are those of
-`cifar10_params.Params`, the tutorial's values.
+them, with its own flags); their defaults are those of `params.Params`, the
+tutorial's values.
 """
 
 import dataclasses
@@ -19,9 +19,8 @@ import sys
 
 from absl import flags
 
-import cifar10
-import cifar10_devices
-import cifar10_params
+from cifar10_support import devices
+from cifar10_support import params as params_lib
 
 FLAGS = flags.FLAGS
 
@@ -55,7 +54,7 @@ _HELP = {
                    'locally connected, as in cuda-convnet\'s model (3x3 '
                    'windows of 64, then 32 filters, weights not shared '
                    'between positions).',
-                   {'enum_values': list(cifar10.TOP_LAYERS)}),
+                   {'enum_values': list(params_lib.TOP_LAYERS)}),
     # Training.
     'train_dir': ('Directory where to write event logs and checkpoints.', {}),
     'max_steps': ('Number of batches to run (the global step to stop at).',
@@ -83,7 +82,7 @@ _HELP = {
     'eval_dir': ('Directory where to write event logs.', {}),
     'eval_data': ('Either "test" (the 10,000 test images) or "train_eval" '
                   '(the 50,000 training images, undistorted).',
-                  {'enum_values': list(cifar10_params.EVAL_DATA)}),
+                  {'enum_values': list(params_lib.EVAL_DATA)}),
     'eval_interval_secs': ('How often to look for a new checkpoint to '
                            'evaluate.', {'lower_bound': 1}),
     'run_once': ('Whether to run eval only once.', {}),
@@ -103,7 +102,7 @@ _DEFINE_BY_TYPE = {int: flags.DEFINE_integer, float: flags.DEFINE_float,
 def define(*names):
   """Defines the shared flags `names` as flags of the calling script."""
   fields = {field.name: field for field in
-            dataclasses.fields(cifar10_params.Params)}
+            dataclasses.fields(params_lib.Params)}
   for name in names:
     if name in FLAGS:  # Another script of this process defined it already.
       flags.declare_key_flag(name)
@@ -116,27 +115,17 @@ def define(*names):
       _DEFINE_BY_TYPE[field.type](name, field.default, help_text, **extra)
 
 
-def params(fetch_data=False):
+def params():
   """The Params of the flags this process defined; defaults for the rest.
 
   What is slow on this machine (a choice of precision, GPUs this
   TensorFlow has no code for) is warned about, once, on stderr.
-
-  Args:
-    fetch_data: Fetch the data set into --data_dir first, unless it is there
-      (downloaded from --data_url on first use, checked against --data_md5).
-
-  Raises:
-    UserError: the data cannot be fetched, or is not what it should be.
   """
-  made = cifar10_params.Params(**{
+  made = params_lib.Params(**{
       field.name: FLAGS[field.name].value
-      for field in dataclasses.fields(cifar10_params.Params)
+      for field in dataclasses.fields(params_lib.Params)
       if field.name in FLAGS})
-  for warning in cifar10_devices.warnings(made):
+  for warning in devices.warnings(made):
     sys.stderr.write('Warning: %s\n' % warning)
     sys.stderr.flush()
-  if fetch_data:
-    cifar10.maybe_download_and_extract(made.data_dir, made.data_url,
-                                       made.data_md5)
   return made

@@ -30,8 +30,8 @@ import sys
 import tempfile
 import time
 
-from cifar10_quiet import tf
-from cifar10_common import UserError
+from cifar10_support.quiet import tf
+from cifar10_support.scripts import UserError
 
 # The file, in a training directory, whose lock says who trains there.
 TRAIN_DIR_LOCK = 'cifar10_train.lock'

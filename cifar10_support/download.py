@@ -3,8 +3,8 @@
 `cifar10.maybe_download_and_extract()`, the tutorial's entry point, calls
 `maybe_download_and_extract` here. A download goes to a temporary file that
 is renamed only once complete and verified (MD5); unpacking writes each batch
-file under a temporary name too; data already unpacked is checked (whole
-records, labels in range) and used as it is.
+file under a temporary name too; the data set, unpacked now or before, is
+read and checked once (data.read) and returned.
 """
 
 import contextlib
@@ -21,9 +21,9 @@ import urllib.error
 import urllib.request
 import zlib
 
-import cifar10_files
-import cifar10_input
-from cifar10_common import UserError
+from cifar10_support import data
+from cifar10_support import files
+from cifar10_support.scripts import UserError
 
 # Where the data set comes from, and the MD5 of the official archive.
 DATA_URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz'
@@ -92,7 +92,7 @@ def _download(url, dest_path, expected_md5):
             'it so that %s holds data_batch_1.bin ... test_batch.bin.' %
             (url, getattr(e, 'reason', e), dest_path, filename,
              os.path.join(os.path.dirname(dest_path),
-                          cifar10_input.BATCHES_DIR_NAME))) from None
+                          data.BATCHES_DIR_NAME))) from None
       with response:
         received, actual_md5 = _copy_with_progress(response, part_file, url,
                                                    filename)
@@ -158,9 +158,9 @@ def _extract(archive_path, data_dir):
   Raises:
     UserError: the archive is corrupt, truncated, or lacks a batch file.
   """
-  batches_dir = os.path.join(data_dir, cifar10_input.BATCHES_DIR_NAME)
+  batches_dir = os.path.join(data_dir, data.BATCHES_DIR_NAME)
   os.makedirs(batches_dir, exist_ok=True)
-  wanted = cifar10_input.TRAIN_FILENAMES + cifar10_input.EVAL_FILENAMES
+  wanted = data.TRAIN_FILENAMES + data.EVAL_FILENAMES
   print('>> Extracting %s into %s' % (archive_path, batches_dir))
   sys.stdout.flush()
   found = set()
@@ -169,8 +169,8 @@ def _extract(archive_path, data_dir):
       for member in archive:
         name = os.path.basename(member.name)
         parent = os.path.basename(os.path.dirname(member.name))
-        if (not member.isfile() or parent != cifar10_input.BATCHES_DIR_NAME or
-            (name not in wanted and name != cifar10_input.META_FILENAME)):
+        if (not member.isfile() or parent != data.BATCHES_DIR_NAME or
+            (name not in wanted and name != data.META_FILENAME)):
           continue
         part_fd, part_path = tempfile.mkstemp(dir=batches_dir,
                                               prefix=name + '.',
@@ -185,7 +185,7 @@ def _extract(archive_path, data_dir):
             os.remove(part_path)
         found.add(name)
   except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-    if cifar10_files.write_failure(e, data_dir):
+    if files.write_failure(e, data_dir):
       raise  # Not the archive's fault.
     raise UserError('cannot extract %s: %s. The archive is corrupt or '
                     'truncated; delete it to download it again.' %
@@ -193,7 +193,7 @@ def _extract(archive_path, data_dir):
   missing = [name for name in wanted if name not in found]
   if missing:
     raise UserError('%s has no %s/%s: it is not the CIFAR-10 binary archive.' %
-                    (archive_path, cifar10_input.BATCHES_DIR_NAME,
+                    (archive_path, data.BATCHES_DIR_NAME,
                      ', '.join(missing)))
 
 
@@ -211,33 +211,70 @@ def maybe_download_and_extract(data_dir, data_url=DATA_URL,
     expected_md5: The archive's MD5, '' for no check.
 
   Returns:
-    The path of the folder of batch files.
+    The data set: a data.DataSet.
 
   Raises:
     UserError: the data could not be fetched or is not CIFAR-10.
   """
   if not data_dir:
     raise UserError('--data_dir is empty: give the CIFAR-10 data directory.')
-  batches_dir = os.path.join(data_dir, cifar10_input.BATCHES_DIR_NAME)
-  data_files = (cifar10_input.data_filenames(batches_dir, eval_data=False) +
-                cifar10_input.data_filenames(batches_dir, eval_data=True))
+  batches_dir = os.path.join(data_dir, data.BATCHES_DIR_NAME)
+  data_files = (data.data_filenames(batches_dir, eval_data=False) +
+                data.data_filenames(batches_dir, eval_data=True))
   missing = [os.path.basename(f) for f in data_files if not os.path.isfile(f)]
-  if not missing:
-    # Unpacked already (perhaps by hand): used as it is, if it is sound.
-    cifar10_input.check_data_files(
-        data_files, len(cifar10_input.read_class_names(batches_dir)))
-    return batches_dir
-  if len(missing) < len(data_files):
-    print('>> %s: %s missing; fetching the archive.' %
-          (batches_dir, ', '.join(missing)), flush=True)
+  if missing:
+    _fetch_and_extract(data_dir, data_url, expected_md5,
+                       partly_there=missing if len(missing) < len(data_files)
+                       else None)
+  # Unpacked now, or before (perhaps by hand): used if it is sound.
+  return data.read(data_dir)
 
+
+def _fetch_and_extract(data_dir, data_url, expected_md5, partly_there):
+  """Downloads (unless there) and extracts the archive into data_dir.
+
+  Args:
+    data_dir: The folder.
+    data_url: Where the archive comes from.
+    expected_md5: The archive's MD5, '' for no check.
+    partly_there: The batch files missing where others are there, or None.
+
+  Raises:
+    UserError: the archive could not be fetched or is not CIFAR-10's.
+    WriteError: it could not be written there.
+  """
+  batches_dir = os.path.join(data_dir, data.BATCHES_DIR_NAME)
+  if partly_there:
+    print('>> %s: %s missing; fetching the archive.' %
+          (batches_dir, ', '.join(partly_there)), flush=True)
   try:
     os.makedirs(data_dir, exist_ok=True)
   except OSError as e:
     raise UserError('cannot create data directory %s: %s' %
                     (data_dir, e.strerror)) from None
-  with cifar10_files.writes_said('data_dir', data_dir, _what_is_kept):
-    return _fetch(data_dir, batches_dir, data_files, data_url, expected_md5)
+  filename = data_url.split('/')[-1]
+  if not filename:
+    raise UserError('--data_url=%s does not end with the name of an archive '
+                    'file.' % data_url)
+  archive_path = os.path.join(data_dir, filename)
+  with files.writes_said('data_dir', data_dir, _what_is_kept):
+    downloaded_now = not os.path.exists(archive_path)
+    if downloaded_now:
+      _download(data_url, archive_path, expected_md5)
+    elif expected_md5:
+      actual_md5 = _md5_of_file(archive_path)
+      if actual_md5 != expected_md5.lower():
+        raise UserError(
+            '%s has MD5 %s, expected %s: it is corrupt or not the CIFAR-10 '
+            'binary archive. Delete it to download it again, or pass '
+            '--data_md5=%s if you trust it.' %
+            (archive_path, actual_md5, expected_md5, actual_md5))
+    try:
+      _extract(archive_path, data_dir)
+    except UserError:
+      if downloaded_now:  # Ours, unverified (no MD5 given), useless: drop it.
+        os.remove(archive_path)
+      raise
 
 
 def _what_is_kept(failure):
@@ -247,32 +284,3 @@ def _what_is_kept(failure):
             'there: the archive (170 MB) and its batch files (184 MB).')
   return 'Nothing half-written is kept. %s, and run it again.' % (
       failure.remedy)
-
-
-def _fetch(data_dir, batches_dir, data_files, data_url, expected_md5):
-  """Downloads (unless there) and extracts the archive; checks the data."""
-  filename = data_url.split('/')[-1]
-  if not filename:
-    raise UserError('--data_url=%s does not end with the name of an archive '
-                    'file.' % data_url)
-  archive_path = os.path.join(data_dir, filename)
-  downloaded_now = not os.path.exists(archive_path)
-  if downloaded_now:
-    _download(data_url, archive_path, expected_md5)
-  elif expected_md5:
-    actual_md5 = _md5_of_file(archive_path)
-    if actual_md5 != expected_md5.lower():
-      raise UserError(
-          '%s has MD5 %s, expected %s: it is corrupt or not the CIFAR-10 '
-          'binary archive. Delete it to download it again, or pass '
-          '--data_md5=%s if you trust it.' %
-          (archive_path, actual_md5, expected_md5, actual_md5))
-  try:
-    _extract(archive_path, data_dir)
-  except UserError:
-    if downloaded_now:  # Ours, unverified (no MD5 given) and useless: drop it.
-      os.remove(archive_path)
-    raise
-  cifar10_input.check_data_files(
-      data_files, len(cifar10_input.read_class_names(batches_dir)))
-  return batches_dir
