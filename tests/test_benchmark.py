@@ -9,10 +9,13 @@ from helpers import run_script
 from helpers import run_scripts
 
 
-def test_profile_prints_the_ops_of_a_traced_step_by_type():
+def test_profile_prints_the_ops_of_a_traced_step_by_type(tmp_path):
+  # A step on a batch in memory: no data needed (none where --data_dir
+  # points).
+  no_data = '--data_dir=' + str(tmp_path / 'none')
   for result in run_scripts(
-      ('tools/benchmark.py', '--profile', '--batch_size=16'),
-      ('tools/benchmark.py', '--profile', '--batch_size=16',
+      ('tools/benchmark.py', '--profile', '--batch_size=16', no_data),
+      ('tools/benchmark.py', '--profile', '--batch_size=16', no_data,
        '--mixed_precision')):
     assert result.returncode == 0, result.stderr
     assert result.stderr == ''

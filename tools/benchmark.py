@@ -103,24 +103,27 @@ def _start(kind):
     (session, the fetch to time, the queue runners' coordinator).
   """
   batch = FLAGS.batch_size
-  data = data_lib.read(FLAGS.data_dir)
+  num_classes = cifar10.NUM_CLASSES  # Of a batch in memory: CIFAR-10's.
   graph = tf.Graph()
   with graph.as_default():
     if kind in ('input_alone', 'step_with_input'):
+      data = data_lib.read(FLAGS.data_dir)
+      num_classes = data.num_classes
       images, labels = cifar10.distorted_inputs(data, batch)
     else:
       rng = np.random.default_rng(0)
       images = tf.Variable(rng.normal(size=(batch, 24, 24, 3)).astype(
           np.float32), trainable=False,
                            collections=[tf.GraphKeys.LOCAL_VARIABLES])
-      labels = tf.constant(rng.integers(0, 10, size=batch).astype(np.int32))
+      labels = tf.constant(rng.integers(0, num_classes, size=batch).astype(
+          np.int32))
     if kind == 'input_alone':
       fetch = [images, labels]
     elif kind == 'forward_alone':
-      fetch = _inference(images, data.num_classes)
+      fetch = _inference(images, num_classes)
     else:
       global_step = tf.train.get_or_create_global_step()
-      loss = cifar10.loss(_inference(images, data.num_classes), labels)
+      loss = cifar10.loss(_inference(images, num_classes), labels)
       fetch = cifar10.train(loss, global_step, examples_per_step=batch)
     session = tf.Session(config=devices.session_config())
     session.run([tf.global_variables_initializer(),
