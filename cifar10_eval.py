@@ -29,6 +29,7 @@ checkpoint as training writes it, checking every --eval_interval_secs.
 """
 
 from datetime import datetime
+import os
 import time
 
 import numpy as np
@@ -196,9 +197,15 @@ def evaluate(params, data, precision):
   files.ensure_writable_dir(params.eval_dir, 'eval_dir')
   evaluation = Evaluation(params, data, precision)
   evaluated = set()  # Checkpoints evaluated, or found unreadable.
-  with files.writes_said(
-      'eval_dir', params.eval_dir,
-      'Evaluation stopped; its summaries written whole are kept.'), (
+
+  def what_a_failed_write_left(failure):
+    del failure  # Whatever it was, the summaries written before are whole.
+    if not os.path.isdir(params.eval_dir):
+      return 'Evaluation stopped; its summaries went with the folder.'
+    return 'Evaluation stopped; its summaries written whole are kept.'
+
+  with files.writes_said('eval_dir', params.eval_dir,
+                         what_a_failed_write_left), (
           files.EventFile(params.eval_dir, evaluation.graph)) as (
               summary_writer), scripts.StopSignals() as stop:
     while not stop.received:

@@ -287,8 +287,13 @@ class _CheckpointHook(tf.train.SessionRunHook):
     latest = tf.train.latest_checkpoint(self._train_dir)
     if latest and latest.endswith('-%d' % step):
       return  # Saved already.
-    self._saver.save(session, os.path.join(self._train_dir, 'model.ckpt'),
-                     global_step=step)
+    try:
+      self._saver.save(session, os.path.join(self._train_dir, 'model.ckpt'),
+                       global_step=step)
+    except ValueError:
+      # TensorFlow's word for a folder that went while it saved.
+      files.check_still_there(self._train_dir, self._folder)
+      raise
 
 
 def unreachable(tasks, timeout_secs=5):
@@ -587,12 +592,17 @@ def run_training(train_op, loss, params, class_names=data.CLASS_NAMES,
           resume_from, checkpoints.checkpoint_step(resume_from)), flush=True)
 
     def what_a_failed_write_left(failure):
+      stopped = ('at step %d' % logger.step if logger.step is not None
+                 else 'before its first step')
+      if not os.path.isdir(train_dir):
+        return ('Training stopped %s; its checkpoints went with the folder. '
+                '%s, and run it again to train from the start.' % (
+                    stopped, failure.remedy))
       files.remove_half_written(train_dir)
       return ('Training stopped %s; %s, and what was half-written removed. '
               '%s, and run it again to resume.' % (
-                  'at step %d' % logger.step if logger.step is not None
-                  else 'before its first step',
-                  checkpoints.kept_checkpoint(train_dir), failure.remedy))
+                  stopped, checkpoints.kept_checkpoint(train_dir),
+                  failure.remedy))
 
     with files.writes_said('train_dir', train_dir, what_a_failed_write_left):
       # The class names go with the checkpoints, for cifar10_predict.py and

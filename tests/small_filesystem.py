@@ -84,6 +84,16 @@ class SmallFilesystem(object):
             '--wd=' + os.path.dirname(os.path.dirname(
                 os.path.abspath(__file__)))] + list(args)
 
+  def make_read_only(self, folder):
+    """Makes `folder` of it read-only, as a disk remounted read-only after
+    errors is, for every file made from now on: a read-only bind mount of
+    the folder over itself. (A remount of the filesystem itself is refused
+    while a process holds a file open for writing; files open already stay
+    writable.)"""
+    for options in (['--bind'], ['-o', 'remount,bind,ro']):
+      subprocess.run(self.command(['mount'] + options + [folder, folder]),
+                     check=True, capture_output=True)
+
   def fill(self, leave_bytes=0):
     """Fills it up, but for `leave_bytes`: a file of zeros, written until
     the filesystem says it has no space left."""
@@ -100,8 +110,9 @@ class SmallFilesystem(object):
         pass  # Full.
 
   def close(self):
-    if self.how == 'mount':
-      subprocess.run(['umount', '-l', self.path], check=False)
+    if self.how == 'mount':  # Whatever is mounted there, and below.
+      subprocess.run(['umount', '--recursive', '--lazy', self.path],
+                     check=False)
     elif self._holder:
       self._holder.kill()
       self._holder.wait()

@@ -9,7 +9,9 @@ import errno
 import os
 import re
 import signal
+import shutil
 import socket
+import subprocess
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from cifar10_support import checkpoints
 from cifar10_support import files
 from cifar10_support.quiet import tf
 import cifar_data
+import conftest
 import helpers
 from helpers import quick_args
 from helpers import run_main
@@ -50,6 +53,18 @@ def test_a_train_dir_has_one_writer_and_its_hold_ends_with_it(
                         '--eval_dir=' + str(tmp_path / 'eval'),
                         *quick_args(data_dir, training=False))
   assert evaluation.returncode == 0, evaluation.stderr
+  # Prediction and export read beside it too.
+  image = str(tmp_path / 'image.png')
+  with open(image, 'wb') as f, tf.Graph().as_default(), tf.Session() as sess:
+    f.write(sess.run(tf.io.encode_png(cifar_data.learnable_images([1], seed=0)[0])))
+  prediction = run_main('cifar10_predict.py', '--checkpoint_dir=' + train_dir,
+                        image)
+  assert prediction.returncode == 0, prediction.stderr
+  assert prediction.stdout.startswith(image + ': ')
+  export = run_main('cifar10_export.py', '--checkpoint_dir=' + train_dir,
+                    '--export_dir=' + str(tmp_path / 'export'))
+  assert export.returncode == 0, export.stderr
+  assert os.path.isfile(tmp_path / 'export' / 'saved_model.pb')
   assert second.finish() == 1
   assert second.lines == []
   match = re.match(helpers.TRAIN_DIR_IN_USE, second.stderr())
@@ -272,3 +287,147 @@ def test_what_is_not_a_failed_write_into_the_folder_passes_through(error):
   with pytest.raises(type(error)):
     with files.writes_said('output_dir', '/d', 'Not written.'):
       raise error
+
+
+# Not only a full disk: a folder whose writes start failing while a script
+# writes into it, as a user or the system breaks it.
+BREAKAGES = ('permissions', 'read-only', 'gone')
+
+
+def _break(folder, breakage, small_filesystem, open_files_too=False):
+  """Makes writes into `folder` fail from now on, by `breakage`; returns
+  what undoes it (so that the test's folders can be removed).
+
+  permissions: made immutable (chattr +i, for root, whom no mode stops), or
+  unwritable (chmod a-w) for another user; read-only: a read-only mount of
+  it over itself (small_filesystem's, where the scripts run); gone: removed.
+  With open_files_too, the writes into files open already must fail too:
+  only chattr +i, on a disk's filesystem (not a tmpfs), does that.
+  """
+  if breakage == 'gone':
+    shutil.rmtree(small_filesystem.view(folder) if small_filesystem
+                  else folder)
+    return lambda: None
+  if breakage == 'read-only':
+    small_filesystem.make_read_only(folder)
+    return lambda: None
+  if os.geteuid() == 0:
+    immutable = subprocess.run(['chattr', '-R', '+i', folder],
+                               capture_output=True, text=True)
+    conftest.require(immutable.returncode == 0,
+                     'chattr +i is refused here: %s' % immutable.stderr)
+    return lambda: subprocess.run(['chattr', '-R', '-i', folder], check=True)
+  conftest.require(not open_files_too, 'only root can stop the writes into a '
+                   'file open already (chattr +i); chmod does not')
+  subprocess.run(['chmod', '-R', 'a-w', folder], check=True)
+  return lambda: subprocess.run(['chmod', '-R', 'u+w', folder], check=True)
+
+
+# What the system says of each, writing a file there.
+REASONS = {'read-only': 'read-only file system',
+           'permissions': ('operation not permitted' if os.geteuid() == 0
+                           else 'permission denied')}
+
+
+def test_training_whose_folder_breaks_stops_in_one_line(
+    data_dir, tmp_path, small_filesystems, processes):
+  # Three trainings at once, a checkpoint every second; once each logs, its
+  # --train_dir is broken. Each stops at its next write, in one line; what
+  # it wrote before is kept, whole. (The one made read-only is on a
+  # filesystem of its own, where it can be; the others on the test's disk.)
+  filesystem = small_filesystems('fs', size_mb=64)
+  train_dirs = {breakage: os.path.join(
+      filesystem.path if breakage == 'read-only' else str(tmp_path), breakage)
+                for breakage in BREAKAGES}
+  trainings = {breakage: processes(
+      'cifar10_train.py', '--train_dir=' + train_dir,
+      '--save_checkpoint_secs=1', *helpers.UNTIL_STOPPED,
+      *quick_args(data_dir), wrap=filesystem.command)
+               for breakage, train_dir in train_dirs.items()}
+  undo = []
+  try:
+    for breakage, training in trainings.items():
+      training.wait_for_line(helpers.LOG_LINE.pattern)
+      undo.append(_break(train_dirs[breakage], breakage,
+                         filesystem if breakage == 'read-only' else None))
+    for breakage, training in trainings.items():
+      train_dir = train_dirs[breakage]
+      assert training.finish(timeout=120) == 1, training.stderr()
+      if breakage == 'gone':
+        assert re.match(
+            r'^Error: --train_dir=%s: the folder is gone\. Training stopped '
+            r'at step \d+; its checkpoints went with the folder\. Make it '
+            r'again, and run it again to train from the start\.\n$' %
+            re.escape(train_dir), training.stderr()), training.stderr()
+        continue
+      seen = filesystem.view(train_dir)
+      latest = tf.train.latest_checkpoint(seen)
+      assert re.match(
+          r'^Error: --train_dir=%s: %s, writing \S+\. Training stopped at '
+          r'step \d+; the last checkpoint, %s, is kept, and what was '
+          r'half-written removed\. Make it writable, and run it again to '
+          r'resume\.\n$' % (re.escape(train_dir), REASONS[breakage],
+                            re.escape(os.path.join(
+                                train_dir, os.path.basename(latest)))),
+          training.stderr()), (breakage, training.stderr())
+      helpers.assert_readable(latest)
+      _assert_whole_events(seen)
+  finally:
+    for undo_it in undo:
+      undo_it()
+
+
+def _copy_checkpoint(checkpoint_path, checkpoint_dir, step):
+  """Copies a checkpoint into checkpoint_dir as its newest, at `step`."""
+  for name in os.listdir(os.path.dirname(checkpoint_path)):
+    if name.startswith(os.path.basename(checkpoint_path) + '.'):
+      shutil.copy(os.path.join(os.path.dirname(checkpoint_path), name),
+                  os.path.join(checkpoint_dir, 'model.ckpt-%d%s' % (
+                      step, name[len(os.path.basename(checkpoint_path)):])))
+  with open(os.path.join(checkpoint_dir, 'checkpoint'), 'w') as f:
+    f.write('model_checkpoint_path: "model.ckpt-%d"\n' % step)
+
+
+def test_evaluation_whose_folder_breaks_stops_in_one_line(
+    trained, tmp_path, processes):
+  # Two evaluations, each of its copy of a training's checkpoint; once each
+  # has evaluated it, its --eval_dir is broken, and a newer checkpoint comes:
+  # it stops at its next write, in one line. (A read-only mount stops no
+  # evaluation: it writes into the file it opened at its start, as before.
+  # Nor does chattr +i on a tmpfs: hence a folder of the test's disk.)
+  data_dir, train_dir, _ = trained
+  latest = tf.train.latest_checkpoint(train_dir)
+  evaluations, eval_dirs, checkpoint_dirs = {}, {}, {}
+  for breakage in ('permissions', 'gone'):
+    checkpoint_dir = checkpoint_dirs[breakage] = str(tmp_path / breakage)
+    os.makedirs(checkpoint_dir)
+    _copy_checkpoint(latest, checkpoint_dir, 1)
+    eval_dirs[breakage] = str(tmp_path / 'eval' / breakage)
+    evaluations[breakage] = processes(
+        'cifar10_eval.py', '--checkpoint_dir=' + checkpoint_dir,
+        '--eval_dir=' + eval_dirs[breakage], '--eval_interval_secs=1',
+        *quick_args(data_dir, training=False))
+  undo = []
+  try:
+    for breakage, evaluation in evaluations.items():
+      evaluation.wait_for_line(r'^\S+ \S+: precision @ 1 = ')
+      undo.append(_break(eval_dirs[breakage], breakage, None,
+                         open_files_too=True))
+      _copy_checkpoint(latest, checkpoint_dirs[breakage], 2)
+    for breakage, evaluation in evaluations.items():
+      eval_dir = eval_dirs[breakage]
+      assert evaluation.finish(timeout=120) == 1, evaluation.stderr()
+      if breakage == 'gone':
+        assert evaluation.stderr() == (
+            'Error: --eval_dir=%s: the folder is gone. Evaluation stopped; '
+            'its summaries went with the folder.\n' % eval_dir)
+      else:
+        assert re.match(
+            r'^Error: --eval_dir=%s: %s, writing events\.out\.tfevents\.\S+\. '
+            r'Evaluation stopped; its summaries written whole are kept\.\n$' %
+            (re.escape(eval_dir), REASONS[breakage]), evaluation.stderr()), (
+                evaluation.stderr())
+        _assert_whole_events(eval_dir)
+  finally:
+    for undo_it in undo:
+      undo_it()
