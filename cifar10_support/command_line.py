@@ -48,8 +48,9 @@ _HELP = {
     'gpu_memory_growth': ('Take GPU memory as needed rather than all of it at '
                           'start, so that evaluation fits beside training on '
                           'one GPU; --nogpu_memory_growth takes it all.', {}),
-    'xla': ('Compile the training step with XLA (auto-clustering); '
-            'docs/speed.md says what it gave where it was measured.', {}),
+    'xla': ('Compile the training step\'s ops placed on a GPU with XLA '
+            '(auto-clustering); on a CPU it changes nothing, and says so.',
+            {}),
     'top_layers': ('local3 and local4 fully connected, as in the tutorial, or '
                    'locally connected, as in cuda-convnet\'s model (3x3 '
                    'windows of 64, then 32 filters, weights not shared '

@@ -5,8 +5,8 @@ What decides, everywhere, what this machine has and how a session uses it:
 - `gpus()`: whether a GPU is present (CUDA_VISIBLE_DEVICES= hides them);
   `cpu_has_fast_bfloat16()`: whether the CPU multiplies bfloat16 fast;
   `precision()`: the types the model computes in here;
-  `warnings()`: a choice of precision that is slow here, GPUs this
-  TensorFlow has no code for.
+  `warnings()`: a choice of precision that is slow here, --xla where it
+  does nothing, GPUs this TensorFlow has no code for.
 - `session_config()`: the configuration of every session the scripts and
   tools open (GPU memory taken as needed, XLA); `cpu_only_config()` for a
   session that leaves the GPUs alone.
@@ -64,6 +64,22 @@ def precision_warning(use_fp16, mixed_precision, on_gpu, fast_bfloat16):
   return None
 
 
+def xla_warning(xla, on_gpu):
+  """What to tell a user of --xla (xla) on a machine without a GPU, or None.
+
+  The session option (session_config) compiles clusters of ops placed on a
+  GPU only: on a CPU, TensorFlow runs the step as it is. (XLA's CPU
+  auto-clustering, TF_XLA_FLAGS=--tf_xla_cpu_global_jit, halved the
+  training's speed where it was measured: docs/speed.md.)
+  """
+  if xla and not on_gpu:
+    return ('--xla compiles what runs on a GPU; on a CPU it changes nothing '
+            '(XLA\'s CPU auto-clustering, '
+            'TF_XLA_FLAGS=--tf_xla_cpu_global_jit, halved the training\'s '
+            'speed where measured: docs/speed.md).')
+  return None
+
+
 def precision(params):
   """The Precision of params (params.Params) here: it asks for the GPUs."""
   return params.precision(on_gpu=bool(gpus()))
@@ -71,10 +87,12 @@ def precision(params):
 
 def warnings(params):
   """What a script tells its user, once, about this machine: a choice of
-  precision that is slow here, GPUs this TensorFlow has no code for."""
+  precision that is slow here, --xla where it does nothing, GPUs this
+  TensorFlow has no code for."""
   present = gpus()
   found = [precision_warning(params.use_fp16, params.mixed_precision,
-                             bool(present), cpu_has_fast_bfloat16())]
+                             bool(present), cpu_has_fast_bfloat16()),
+           xla_warning(params.xla, bool(present))]
   if present:
     found.append(gpu_code_warning(gpu_compute_capabilities(),
                                   build_compute_capabilities()))

@@ -6,9 +6,10 @@ a params_lib.Params, and run the scripts (with flags) as a user does.
 The tests check the CPU path on every machine: this process and every
 script it starts see no GPU, whatever the machine has (how the graphs are
 placed on GPUs is checked from TensorFlow's kernel registry, in
-test_gpu_placement.py; on real GPUs, gpu_check.py checks the rest).
-CIFAR10_TESTS_AS_IF (see as_if/sitecustomize.py) makes the code see another
-machine: with GPUs, a CPU without fast bfloat16, TensorFlow without CUDA.
+test_gpu_placement.py; on real GPUs, tools/gpu_check.py checks the rest).
+A test makes a script see another machine (GPUs, a CPU with or without
+fast bfloat16) with helpers.as_if; in this process, by patching
+cifar10_support.devices.
 """
 
 import os
@@ -18,13 +19,6 @@ import sys
 os.environ['CUDA_VISIBLE_DEVICES'] = ''
 
 _TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-if os.environ.get('CIFAR10_TESTS_AS_IF'):
-  _AS_IF_DIR = os.path.join(_TESTS_DIR, 'as_if')
-  os.environ['PYTHONPATH'] = os.pathsep.join(
-      [_AS_IF_DIR] + list(filter(None, [os.environ.get('PYTHONPATH')])))
-  sys.path.insert(0, _AS_IF_DIR)
-  import sitecustomize  # pylint: disable=g-import-not-at-top,unused-import
-  sitecustomize.install()  # In this process, whose start-up did not.
 
 import contextlib  # pylint: disable=g-import-not-at-top,g-bad-import-order
 import fcntl  # pylint: disable=g-import-not-at-top
@@ -52,12 +46,14 @@ COUNTS = ('global_step', 'examples_seen')
 SMALL_QUEUE_FRACTION = 0.625
 
 
-# The files whose tests take longest, longest first: they start first, on
-# different workers, and the short ones fill in at the end.
-LONGEST_FIRST = ['test_gpu_check.py', 'test_distributed.py',
-                 'test_benchmark.py', 'test_own_data.py', 'test_faults.py',
-                 'test_multi_gpu.py', 'test_writers_and_full_disk.py',
-                 'test_train_eval.py']
+# The files whose tests take longest, longest first (as measured here, 2
+# cores, with --durations=0): they start first, on different workers, and
+# the short ones fill in at the end.
+LONGEST_FIRST = ['test_distributed.py', 'test_gpu_check.py',
+                 'test_train_eval.py', 'test_faults.py', 'test_benchmark.py',
+                 'test_writers_and_full_disk.py', 'test_multi_gpu.py',
+                 'test_other_machines.py', 'test_precision_and_devices.py',
+                 'test_own_data.py', 'test_gpu_placement.py']
 
 
 def pytest_collection_modifyitems(items):

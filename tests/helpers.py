@@ -4,7 +4,9 @@ import contextlib
 import importlib
 import io
 import os
+import random
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -40,6 +42,78 @@ def resolved(params):
   return params, data_lib.read(params.data_dir), devices.precision(params)
 
 
+# The kernel's range of ephemeral ports: two numbers, the first and the last.
+PORT_RANGE_FILE = '/proc/sys/net/ipv4/ip_local_port_range'
+
+
+def free_ports(count):
+  """Ports free now on this machine, for the servers of a test cluster.
+
+  Drawn from the unprivileged ports outside the kernel's range of ephemeral
+  ports, where it has room (then a port the kernel gives to a connection,
+  TensorFlow's own between tasks, can never take one before its server
+  binds it); else from anywhere the kernel has left free.
+  """
+  try:
+    with open(PORT_RANGE_FILE) as f:
+      ephemeral = range(*[int(n) for n in f.read().split()][:2])
+  except (OSError, ValueError, TypeError):
+    ephemeral = range(32768, 61000)
+  outside = [port for port in (range(10000, ephemeral.start) or
+                               range(ephemeral.stop + 1, 65536))]
+  rng = random.Random()
+  ports = []
+  while len(ports) < count:
+    port = rng.choice(outside) if outside else 0
+    with socket.socket() as probe:
+      try:
+        probe.bind(('', port))
+      except OSError:
+        continue
+      port = probe.getsockname()[1]
+    if port not in ports:
+      ports.append(port)
+  return ports
+
+
+# Where a process finds helpers.as_if's sitecustomize.
+AS_IF_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'as_if')
+
+
+def as_if(machine):
+  """The environment of a script that sees `machine` instead of this one.
+
+  Args:
+    machine: Its facts, comma-separated: 'gpus=N', 'slow_bfloat16' or
+      'fast_bfloat16' (see as_if/sitecustomize.py).
+  """
+  return dict(os.environ, CIFAR10_TESTS_AS_IF=machine,
+              PYTHONPATH=os.pathsep.join(
+                  [AS_IF_DIR] + list(filter(None, [
+                      os.environ.get('PYTHONPATH')]))))
+
+
+def probabilities_of(checkpoint_path, images, num_classes=10,
+                     top_layers='fully_connected'):
+  """Class probabilities of uint8 images [n, 32, 32, 3] under a checkpoint's
+  moving averages of the weights, computed apart from what prediction and
+  export serve (cifar10.classify, the Classifier's restore): TensorFlow's
+  own crop and standardisation, its own restore of the averages, numpy's
+  softmax."""
+  with tf.Graph().as_default():
+    crops = tf.image.resize_with_crop_or_pad(
+        tf.constant(images, tf.float32), 24, 24)
+    logits = cifar10.inference(tf.image.per_image_standardization(crops),
+                               num_classes, top_layers)
+    averages = tf.train.ExponentialMovingAverage(0.9999)
+    with tf.Session() as sess:
+      tf.train.Saver(averages.variables_to_restore()).restore(
+          sess, checkpoint_path)
+      logits = sess.run(logits).astype(np.float64)
+  exponentials = np.exp(logits - logits.max(axis=1, keepdims=True))
+  return exponentials / exponentials.sum(axis=1, keepdims=True)
+
+
 def cross_entropy_on_test_set(checkpoint_path, data_dir, use_fp16=False):
   """Mean cross entropy on the test records, with a checkpoint's weights."""
   with tf.Graph().as_default():
@@ -67,13 +141,20 @@ def cross_entropy_on_test_set(checkpoint_path, data_dir, use_fp16=False):
   return float(np.mean(np.concatenate(values)))
 
 
+# A script's output as text; TensorFlow's own log lines can hold bytes that
+# are not UTF-8 (a remote session's handle), shown escaped, not a crash of
+# the test reading them.
+TEXT = {'text': True, 'errors': 'backslashreplace'}
+
+
 def run_script(script, *args, env=None):
   """Runs one of the scripts as a user would; returns the CompletedProcess."""
   return subprocess.run([sys.executable, script] + list(args), cwd=REPO_DIR,
-                        env=env, capture_output=True, text=True, timeout=300)
+                        env=env, capture_output=True, timeout=300,
+                        **TEXT)
 
 
-def run_scripts(*commands, wrap=list):
+def run_scripts(*commands, wrap=list, env=None):
   """Runs scripts at once, each as run_script; returns their
   CompletedProcesses, in order. Each is a process of its own (what is seen
   from outside: exit status, stderr, flags); together they take the time of
@@ -83,11 +164,15 @@ def run_scripts(*commands, wrap=list):
     *commands: (script, arg, ...) each.
     wrap: Makes the command line run, from [python, script, arg, ...] (see
       small_filesystem.SmallFilesystem.command).
+    env: The environment of every script (a dict), or of each (a list, in
+      the order of the commands); this process's by default.
   """
+  envs = env if isinstance(env, list) else [env] * len(commands)
   started = [subprocess.Popen(wrap([sys.executable] + list(command)),
-                              cwd=REPO_DIR, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-             for command in commands]
+                              cwd=REPO_DIR, env=command_env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              **TEXT)
+             for command, command_env in zip(commands, envs)]
   results = []
   for command, process in zip(commands, started):
     try:
@@ -140,15 +225,16 @@ def run_main(script, *args):
 UNTIL_STOPPED = ['--max_steps=1000000', '--initial_learning_rate=0.001']
 
 
-def quick_args(data_dir, training=True):
+def quick_args(data_dir, training=True, batch_size=16):
   """Flags for a quick run of a script on the small data of `data_dir`.
 
   Args:
     data_dir: The small data.
     training: For a training script: with the queue warm-up of the small
       data (the other scripts have no such flag).
+    batch_size: Its --batch_size.
   """
-  return ['--data_dir=' + data_dir, '--batch_size=16'] + (
+  return ['--data_dir=' + data_dir, '--batch_size=%d' % batch_size] + (
       ['--min_fraction_of_examples_in_queue=%g' % SMALL_QUEUE_FRACTION]
       if training else [])
 
@@ -162,7 +248,7 @@ class ScriptProcess(object):
   def __init__(self, script, *args, env=None, wrap=list):
     self.process = subprocess.Popen(
         wrap([sys.executable, script] + list(args)), cwd=REPO_DIR, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, **TEXT)
     self.started = time.time()
     self.lines = []
     self.times = []  # When each line came, by time.time().

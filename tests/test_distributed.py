@@ -10,11 +10,9 @@ saying so. The synchronous update's arithmetic is checked in this process.
 
 import json
 import os
-import random
 import re
 import shutil
 import signal
-import socket
 import threading
 import time
 
@@ -37,6 +35,7 @@ from conftest import TRAINED_STEPS
 import helpers
 from helpers import cross_entropy_on_test_set
 from helpers import EVAL_LINE
+from helpers import free_ports
 from helpers import run_main
 from helpers import run_scripts
 from helpers import TRAIN_DIR_IN_USE
@@ -52,36 +51,6 @@ LOST_LINE = (r'^Session lost \(a task restarted, or the network failed\), made '
              r'again: resuming from (\S+), at step (\d+)\.$')
 # Bounded waits: generous for a loaded 2-core machine, but no test hangs.
 TIMEOUT = 240
-
-
-def free_ports(count):
-  """Ports free now on this machine, for the servers of a test cluster.
-
-  Drawn from the unprivileged ports outside the kernel's range of ephemeral
-  ports, where it has room (then a port the kernel gives to a connection,
-  TensorFlow's own between tasks, can never take one before its server
-  binds it); else from anywhere the kernel has left free.
-  """
-  try:
-    with open('/proc/sys/net/ipv4/ip_local_port_range') as f:
-      ephemeral = range(*[int(n) for n in f.read().split()][:2])
-  except (OSError, ValueError, TypeError):
-    ephemeral = range(32768, 61000)
-  outside = [port for port in (range(10000, ephemeral.start) or
-                               range(ephemeral.stop + 1, 65536))]
-  rng = random.Random()
-  ports = []
-  while len(ports) < count:
-    port = rng.choice(outside) if outside else 0
-    with socket.socket() as probe:
-      try:
-        probe.bind(('', port))
-      except OSError:
-        continue
-      port = probe.getsockname()[1]
-    if port not in ports:
-      ports.append(port)
-  return ports
 
 
 class Cluster(object):
@@ -425,7 +394,7 @@ def test_a_worker_that_can_never_start_ends_with_one_line(data_dir, processes):
   # resolve), or, with the server up, no chief ever sets up the variables:
   # the worker says whom it waits for at once, and gives up after
   # --wait_secs, in one line.
-  ps_port, worker_port, closed_port, *own_ports = free_ports(5)
+  ps_port, worker_port, closed_port, *own_ports = free_ports(6)
   # The chief's address, where nothing listens.
   hosts = ['--ps_hosts=127.0.0.1:%d' % ps_port,
            '--worker_hosts=127.0.0.1:%d,127.0.0.1:%d' % (closed_port,
@@ -434,12 +403,25 @@ def test_a_worker_that_can_never_start_ends_with_one_line(data_dir, processes):
   ps.wait_for_line(r'^Parameter server 0 serving', timeout=TIMEOUT)
   common = ['--job_name=worker', '--task_index=1', '--wait_secs=3',
             '--data_dir=' + data_dir, '--batch_size=16']
+  # Two more that would wait 10 minutes, for the closed port or the chief:
+  # Ctrl-C or SIGTERM ends their wait at once, saying for what they waited.
+  # (The one waiting for the chief starts once no_chief, worker 1 of the
+  # same cluster, has ended: one process per task.)
+  waiting_for_ps = processes(
+      SCRIPT, '--ps_hosts=127.0.0.1:%d' % closed_port,
+      '--worker_hosts=127.0.0.1:1,127.0.0.1:%d' % own_ports[2], *common,
+      '--wait_secs=600')
   closed, unresolved, no_chief = run_scripts(
       (SCRIPT, '--ps_hosts=127.0.0.1:%d' % closed_port,
        '--worker_hosts=127.0.0.1:1,127.0.0.1:%d' % own_ports[0], *common),
       (SCRIPT, '--ps_hosts=nowhere.invalid:2222',
        '--worker_hosts=127.0.0.1:1,127.0.0.1:%d' % own_ports[1], *common),
       (SCRIPT, *hosts, *common))
+  interrupted = {
+      'parameter server 0 at 127.0.0.1:%d (connection refused)' % closed_port:
+          waiting_for_ps,
+      'the chief (worker 0 at 127.0.0.1:%d)' % closed_port:
+          processes(SCRIPT, *hosts, *common, '--wait_secs=600')}
   for result, waited_for in [
       (closed, 'parameter server 0 at 127.0.0.1:%d (connection refused)' %
        closed_port),
@@ -461,38 +443,17 @@ def test_a_worker_that_can_never_start_ends_with_one_line(data_dir, processes):
                   r'%s\) to initialise or restore the variables; giving up '
                   r'\(see --wait_secs\)\.\n$' % re.escape(chief),
                   no_chief.stderr), no_chief.stderr
+  for waited_for, worker in interrupted.items():
+    worker.wait_for_line(r'^Worker 1: waiting for %s' % re.escape(waited_for),
+                         timeout=TIMEOUT)
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.finish(timeout=60) == 128 + signal.SIGTERM
+    assert worker.lines[-2:] == [
+        'Caught SIGTERM: stopping cleanly (send it again to stop at once).',
+        'Stopped by SIGTERM while waiting for %s.' % waited_for]
+    assert worker.stderr() == ''
   # The parameter server serves on: the chief has not said it is done.
   assert ps.process.poll() is None
-
-
-@pytest.mark.parametrize('waiting_for', ['ps', 'chief'])
-def test_a_signal_ends_a_workers_wait_at_once(waiting_for, data_dir,
-                                              processes):
-  # Ctrl-C or SIGTERM while a worker waits for its parameter server, or for
-  # the chief: it stops at once, saying for what it waited, not after
-  # --wait_secs.
-  ps_port, chief_port, worker_port = free_ports(3)
-  hosts = ['--ps_hosts=127.0.0.1:%d' % ps_port,
-           '--worker_hosts=127.0.0.1:%d,127.0.0.1:%d' % (chief_port,
-                                                         worker_port)]
-  if waiting_for == 'ps':
-    waited_for = 'parameter server 0 at 127.0.0.1:%d (connection refused)' % (
-        ps_port)
-  else:
-    ps = processes(SCRIPT, *hosts, '--job_name=ps', '--task_index=0')
-    ps.wait_for_line(r'^Parameter server 0 serving', timeout=TIMEOUT)
-    waited_for = 'the chief (worker 0 at 127.0.0.1:%d)' % chief_port
-  worker = processes(SCRIPT, *hosts, '--job_name=worker', '--task_index=1',
-                     '--wait_secs=600', '--data_dir=' + data_dir,
-                     '--batch_size=16')
-  worker.wait_for_line(r'^Worker 1: waiting for %s' % re.escape(waited_for),
-                       timeout=TIMEOUT)
-  worker.process.send_signal(signal.SIGTERM)
-  assert worker.finish(timeout=60) == 128 + signal.SIGTERM
-  assert worker.lines[-2:] == [
-      'Caught SIGTERM: stopping cleanly (send it again to stop at once).',
-      'Stopped by SIGTERM while waiting for %s.' % waited_for]
-  assert worker.stderr() == ''
 
 
 def test_waiting_is_said_again_while_it_lasts(capsys):

@@ -280,7 +280,7 @@ def test_every_session_of_the_scripts_takes_their_configuration(
   import cifar10_distributed_train  # pylint: disable=g-import-not-at-top
   import cifar10_multi_gpu_train  # pylint: disable=g-import-not-at-top
   from cifar10_support import images as images_lib  # pylint: disable=g-import-not-at-top
-  from test_distributed import free_ports  # pylint: disable=g-import-not-at-top
+  from helpers import free_ports  # pylint: disable=g-import-not-at-top
   data_dir, train_dir, _ = trained
   seen = _recorded_configs(monkeypatch)
   params = params_lib.Params(

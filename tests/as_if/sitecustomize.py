@@ -1,70 +1,64 @@
-"""Makes the code under test see another machine than this one.
+"""Makes a script see another machine than this one (helpers.as_if).
 
-    CIFAR10_TESTS_AS_IF=gpus,slow_bfloat16 python -m pytest
+    CIFAR10_TESTS_AS_IF=gpus=1,slow_bfloat16 PYTHONPATH=tests/as_if \
+        python cifar10_train.py ...
 
-conftest.py applies it in the test process and puts this folder on the
-PYTHONPATH of every process the tests start, where Python imports this file
-at start-up (it is a sitecustomize). The machines, comma-separated:
+Python imports this file as a process starts (it is a sitecustomize, on the
+PYTHONPATH). The machine, its facts comma-separated:
 
-- gpus: two NVIDIA GPUs are installed. As TensorFlow does, CUDA_VISIBLE_DEVICES
-  set to '' or -1 hides them.
+- gpus=N: N NVIDIA GPUs are installed (0 for none). The real ones stay
+  hidden (the tests set CUDA_VISIBLE_DEVICES=''), so TensorFlow runs what
+  the code places on a GPU on the CPU (soft placement): the code's choices
+  (float16, the loss scale, one tower per GPU, its messages) are those of a
+  machine with GPUs, the speed is not.
 - slow_bfloat16: the CPU has neither AVX512-BF16 nor AMX.
-- no_cuda_kernels: TensorFlow is a build without CUDA kernels (as on macOS
-  or aarch64 Linux): its kernel registry lists none for a GPU.
+- fast_bfloat16: the CPU has AVX512-BF16 or AMX.
 
-The code decides each of these in one place (cifar10_support.devices.gpus,
-cifar10_support.devices.cpu_has_fast_bfloat16, TensorFlow's kernel
-registry), which is patched here as it is imported.
+The code decides each of these in one place, patched here as it is
+imported: cifar10_support.devices.gpus and .cpu_has_fast_bfloat16. (Not
+patched: whether quiet hears CUDA's start-up error as noise, which it
+decides from /dev/nvidia*.)
+
+A Python may have a sitecustomize of its own (Debian's and Ubuntu's system
+Pythons do): it is run after this one, as if this one were not there.
 """
 
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import os
 import sys
 
-AS_IF = frozenset(filter(None, os.environ.get('CIFAR10_TESTS_AS_IF',
-                                              '').split(',')))
-MACHINES = frozenset(['gpus', 'slow_bfloat16', 'no_cuda_kernels'])
+_FACTS = frozenset(filter(None, os.environ.get('CIFAR10_TESTS_AS_IF',
+                                               '').split(',')))
+_PATCHED = 'cifar10_support.devices'
 
 
-def _gpus():
-  if os.environ.get('CUDA_VISIBLE_DEVICES') in ('', '-1'):
-    return []
-  return ['/physical_device:GPU:0', '/physical_device:GPU:1']
-
-
-def _without_gpu_kernels(registered):
-  """get_registered_kernels_for_op, without the kernels of GPUs."""
-
-  def kernels_for_op(name):
-    kernel_list = registered(name)
-    others = [k for k in kernel_list.kernel if k.device_type != 'GPU']
-    del kernel_list.kernel[:]
-    kernel_list.kernel.extend(others)
-    return kernel_list
-
-  return kernels_for_op
-
-
-def _patch(module):
-  if module.__name__ == 'cifar10_support.devices':
-    if 'gpus' in AS_IF:
-      module.gpus = _gpus
-    if 'slow_bfloat16' in AS_IF:
-      module.cpu_has_fast_bfloat16 = lambda: False
-  elif 'no_cuda_kernels' in AS_IF:  # tensorflow.python.framework.kernels
-    module.get_registered_kernels_for_op = _without_gpu_kernels(
-        module.get_registered_kernels_for_op)
-
-
-_PATCHED = ('cifar10_support.devices', 'tensorflow.python.framework.kernels')
+def _patches():
+  """{name in cifar10_support.devices: what replaces it}."""
+  patches = {}
+  for fact in _FACTS:
+    name, _, value = fact.partition('=')
+    if name == 'gpus' and value.isdigit():
+      patches['gpus'] = lambda count=int(value): [
+          '/physical_device:GPU:%d' % i for i in range(count)]
+    elif fact in ('slow_bfloat16', 'fast_bfloat16'):
+      patches['cpu_has_fast_bfloat16'] = (
+          lambda fast=fact == 'fast_bfloat16': fast)
+    else:
+      raise ValueError('CIFAR10_TESTS_AS_IF: unknown %r; known: gpus=N, '
+                       'slow_bfloat16, fast_bfloat16' % fact)
+  return patches
 
 
 class _PatchAfterImport(importlib.abc.MetaPathFinder):
-  """Patches the modules of _PATCHED once they are imported."""
+  """Patches cifar10_support.devices once it is imported."""
+
+  def __init__(self, patches):
+    self._patches = patches
 
   def find_spec(self, name, path, target=None):
-    if name not in _PATCHED:
+    if name != _PATCHED:
       return None
     spec = importlib.machinery.PathFinder.find_spec(name, path)
     if spec is None:
@@ -73,22 +67,24 @@ class _PatchAfterImport(importlib.abc.MetaPathFinder):
 
     def exec_then_patch(module):
       exec_module(module)
-      _patch(module)
+      for attribute, value in self._patches.items():
+        setattr(module, attribute, value)
 
     spec.loader.exec_module = exec_then_patch
     return spec
 
 
-def install():
-  unknown = AS_IF - MACHINES
-  if unknown:
-    raise ValueError('CIFAR10_TESTS_AS_IF: unknown %s; known: %s' % (
-        ', '.join(sorted(unknown)), ', '.join(sorted(MACHINES))))
-  for name in _PATCHED:
-    if name in sys.modules:
-      _patch(sys.modules[name])
-  sys.meta_path.insert(0, _PatchAfterImport())
+def _run_the_next_sitecustomize():
+  """Runs the sitecustomize this one hides, if the path has another."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  rest = [entry for entry in sys.path
+          if os.path.abspath(entry or os.curdir) != here]
+  spec = importlib.machinery.PathFinder.find_spec('sitecustomize', rest)
+  if spec is not None:
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
 
 
-if AS_IF:
-  install()
+if _FACTS:
+  sys.meta_path.insert(0, _PatchAfterImport(_patches()))
+_run_the_next_sitecustomize()
