@@ -2,36 +2,40 @@
 figures are measured by running it, never asserted by a test)."""
 
 import json
+import os
 import re
+import subprocess
+
+import pytest
 
 import benchmark
+import conftest
+from conftest import REPO_DIR
+from helpers import run_main
 from helpers import run_script
-from helpers import run_scripts
 
 
-def test_profile_prints_the_ops_of_a_traced_step_by_type(tmp_path):
+@pytest.mark.parametrize('precision', [[], ['--mixed_precision']])
+def test_profile_prints_the_ops_of_a_traced_step_by_type(precision, tmp_path):
   # A step on a batch in memory: no data needed (none where --data_dir
   # points).
-  no_data = '--data_dir=' + str(tmp_path / 'none')
-  for result in run_scripts(
-      ('tools/benchmark.py', '--profile', '--batch_size=16', no_data),
-      ('tools/benchmark.py', '--profile', '--batch_size=16', no_data,
-       '--mixed_precision')):
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ''
-    lines = result.stdout.splitlines()
-    assert re.match(r'^One training step, batch 16, traced: [\d.]+ ms of ops '
-                    r'\([\d.]+ ms wall time, traced\)\.$', lines[0]), lines
-    rows = [re.match(r'^(\w+)\s+([\d.]+)\s+([\d.]+)%\s+(\d+)$', line)
-            for line in lines[2:]]
-    assert all(rows) and rows, lines
-    types = {m.group(1) for m in rows}
-    # The convolutions, forward and backward, are there, whatever kernels
-    # this build of TensorFlow runs them with.
-    assert any('Conv2D' in t and 'Backprop' not in t for t in types), types
-    assert any('Conv2DBackpropFilter' in t for t in types), types
-    shares = [float(m.group(3)) for m in rows]
-    assert shares == sorted(shares, reverse=True) and sum(shares) <= 100.5
+  result = run_main('tools/benchmark.py', '--profile', '--batch_size=16',
+                    '--data_dir=' + str(tmp_path / 'none'), *precision)
+  assert result.returncode == 0, result.stderr
+  assert result.stderr == ''
+  lines = result.stdout.splitlines()
+  assert re.match(r'^One training step, batch 16, traced: [\d.]+ ms of ops '
+                  r'\([\d.]+ ms wall time, traced\)\.$', lines[0]), lines
+  rows = [re.match(r'^(\w+)\s+([\d.]+)\s+([\d.]+)%\s+(\d+)$', line)
+          for line in lines[2:]]
+  assert all(rows) and rows, lines
+  types = {m.group(1) for m in rows}
+  # The convolutions, forward and backward, are there, whatever kernels
+  # this build of TensorFlow runs them with.
+  assert any('Conv2D' in t and 'Backprop' not in t for t in types), types
+  assert any('Conv2DBackpropFilter' in t for t in types), types
+  shares = [float(m.group(3)) for m in rows]
+  assert shares == sorted(shares, reverse=True) and sum(shares) <= 100.5
 
 
 # The rows of the benchmark's table: label, and the figure of the JSON.
@@ -54,48 +58,121 @@ TABLE = [
     ("  mixed precision, share of bfloat16's",
      'mixed_precision_share_of_convolutions'),
 ]
+# The figures derived from others: the FLOP rates, and their shares.
+DERIVED = {'training_gflops', 'share_of_convolutions', 'share_of_matmul',
+           'mixed_precision_share_of_convolutions'}
 
 
-def test_a_run_prints_its_table_and_writes_its_figures(data_dir, tmp_path):
-  # The whole benchmark, as the README runs it, made small: the tests' data
-  # (250 test images), batches of 16, 60 steps a training run.
+def _printed(value, key):
+  """A figure as the table prints it (without its unit)."""
+  if key.startswith(('share', 'mixed_precision_share')):
+    return '%.0f%%' % (100 * value)
+  if key.endswith('_secs'):
+    return '%.1f' % value
+  return '%.0f' % value
+
+
+def test_a_run_prints_its_table_and_writes_its_figures(tmp_path):
+  # The whole benchmark as the README runs it, made small: synthetic data
+  # (no --data_dir) of 200 images a file, batches of 16, 60 steps a training
+  # run, small ceilings.
   json_path = str(tmp_path / 'figures.json')
-  result = run_script('tools/benchmark.py', '--data_dir=' + data_dir,
+  result = run_script('tools/benchmark.py', '--synthetic_images=200',
                       '--steps=60', '--warmup_steps=10', '--batch_size=16',
+                      '--ceilings_batch_size=8', '--matmul_size=256',
                       '--json=' + json_path)
   assert result.returncode == 0, result.stderr
   assert result.stderr == ''
   lines = result.stdout.splitlines()
   assert re.match(r'^Measuring now on .+ \(\d+ cores\), TensorFlow [\d.]+, '
-                  r'real data, 1 repeat\(s\)\.$', lines[0]), lines[0]
+                  r'synthetic data, 1 repeat\(s\)\.$', lines[0]), lines[0]
   with open(json_path) as f:
     written = json.load(f)
   assert (written['batch_size'], written['steps'], written['repeats'],
-          written['data']) == (16, 60, 1, 'real')
-  assert round(written['mflop_per_training_image'], 1) == 110.5
-  figures = written['figures']['now']
-  rows = {line[:46]: line[46:].strip() for line in lines}
+          written['data']) == (16, 60, 1, 'synthetic')
+  flops = written['mflop_per_training_image'] * 1e6
+  assert round(flops / 1e6, 1) == 110.5
+  # The figures: the medians of the samples, and the FLOP rates those
+  # make, each computed here again.
+  figures, samples = written['figures']['now'], written['samples']['now']
+  assert set(samples) == {key for _, key in TABLE} - DERIVED
+  for key, values in samples.items():
+    assert len(values) == 1 and figures[key] == values[0] > 0, key
+  assert figures['training_gflops'] == pytest.approx(
+      figures['training_examples_per_sec'] * flops / 1e9)
+  assert figures['share_of_convolutions'] == pytest.approx(
+      figures['training_gflops'] / written['convolutions_gflops'])
+  assert figures['share_of_matmul'] == pytest.approx(
+      figures['training_gflops'] / written['matmul_gflops'])
+  assert figures['mixed_precision_share_of_convolutions'] == pytest.approx(
+      figures['mixed_precision_examples_per_sec'] * flops / 1e9 /
+      written['bfloat16_convolutions_gflops'])
+  rows = {line[:46]: line[46:].split() for line in lines}
   for label, key in TABLE:
-    value = figures[key]
-    assert value > 0, key
-    printed = rows['%-46s' % label]
-    if key.startswith(('share', 'mixed_precision_share')):
-      assert printed == '%.0f%%' % (100 * value), key
-    elif key.endswith('_secs'):
-      assert printed == '%.1f s' % value, key
-    else:
-      assert float(printed.split()[0]) == round(value), key
-  for label, key in [("the model's convolutions alone, float32",
-                      'convolutions_gflops'),
-                     ("the model's convolutions alone, bfloat16",
-                      'bfloat16_convolutions_gflops'),
-                     ('float32 matmul, numpy 4096x4096', 'matmul_gflops')]:
-    assert rows['%-46s' % label] == '%.0f GFLOP/s' % written[key]
-  # Each target, met or missed, said once.
+    assert rows['%-46s' % label][0] == _printed(figures[key], key), label
+  for label, key in CEILINGS:
+    assert rows['%-46s' % label] == ['%.0f' % written[key], 'GFLOP/s']
   targets = lines[lines.index('Targets (now):') + 1:]
   targets = targets[:targets.index('')]
   assert targets and all(re.match(r'^  \[(met|MISSED)\] ', t) for t in targets)
   assert lines[-1] == 'Figures written to %s.' % json_path
+
+
+# The ceilings' rows at the tests' sizes (--ceilings_batch_size=8,
+# --matmul_size=256).
+CEILINGS = [('convolutions alone, float32, batch 8', 'convolutions_gflops'),
+            ('convolutions alone, bfloat16, batch 8',
+             'bfloat16_convolutions_gflops'),
+            ('float32 matmul, numpy 256x256', 'matmul_gflops')]
+
+
+def test_a_comparison_measures_a_revision_in_turn_with_this_checkout(
+    tmp_path, monkeypatch):
+  # --compare_with=HEAD: the revision's files, from git, measured in turn
+  # with this checkout, measurement by measurement, then both in the table
+  # with their ratio, and the targets against the revision. (What one
+  # measurement of a tree is, the test above runs; here each tree's figures
+  # are given: 1.0, 2.0, ... for HEAD, twice as much for this checkout.)
+  git = subprocess.run(['git', 'show', 'HEAD:cifar10_train.py'], cwd=REPO_DIR,
+                       capture_output=True, text=True)
+  conftest.require(git.returncode == 0, 'the checkout is not a git '
+                   'repository: --compare_with has no revision to measure')
+  measured = []
+
+  def measure_tree(tree, data_dir, work_dir):
+    with open(os.path.join(tree, 'cifar10_train.py')) as f:
+      name = 'HEAD' if f.read() == git.stdout and tree != REPO_DIR else 'now'
+    for i, key in enumerate(sorted({key for _, key in TABLE} - DERIVED), 1):
+      measured.append((name, key))
+      yield key, float(i) * (2 if name == 'now' else 1)
+
+  monkeypatch.setattr(benchmark, '_measure_tree', measure_tree)
+  json_path = str(tmp_path / 'figures.json')
+  result = run_main('tools/benchmark.py', '--compare_with=HEAD',
+                    '--synthetic_images=100', '--ceilings_batch_size=8',
+                    '--matmul_size=256', '--json=' + json_path)
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.splitlines()
+  assert lines[0].startswith('Measuring HEAD and now on ')
+  # In turn: HEAD's first figure, this checkout's, HEAD's second, ...
+  assert measured[:4] == [('HEAD', measured[0][1]), ('now', measured[0][1]),
+                          ('HEAD', measured[2][1]), ('now', measured[2][1])]
+  assert len(measured) == 2 * (len(TABLE) - len(DERIVED))
+  rows = {line[:46]: line[46:].split() for line in lines}
+  with open(json_path) as f:
+    written = json.load(f)
+  for label, key in TABLE:
+    before, now = (written['figures'][tree][key] for tree in ('HEAD', 'now'))
+    assert now == pytest.approx(2 * before), key
+    cells = rows['%-46s' % label]
+    assert cells[0] == _printed(before, key), (label, cells)
+    if not key.startswith(('share', 'mixed_precision_share')):
+      assert cells[-1] == '2.00x', (label, cells)
+  targets = lines[lines.index('Targets (now, against HEAD):') + 1:]
+  targets = targets[:targets.index('')]
+  assert '  [met] training as fast as before, >= 0.9x (2.00x)' in targets
+  assert '  [MISSED] peak memory no higher than before, within 2% (+100.0%)' in (
+      targets)
 
 
 def test_flops_per_training_image_from_the_graph():

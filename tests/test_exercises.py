@@ -11,6 +11,7 @@ from cifar10_support.quiet import tf
 import cifar10_train
 import cifar_data
 from conftest import TRAINED_STEPS
+import helpers
 from helpers import EVAL_LINE
 from helpers import LOG_LINE
 from helpers import quick_args
@@ -174,8 +175,17 @@ def test_locally_connected_trains_evaluates_and_refuses_the_other(
   assert exported.stdout == 'Exported %s to %s.\n' % (checkpoint, export_dir)
   served = _serve(export_dir, _png_pixels(image))[:3]
   assert [p.split(' ')[0] for p in printed] == [name for name, _ in served]
+  # Both are what the checkpoint's averaged weights give, computed apart.
+  expected = helpers.probabilities_of(
+      checkpoint, _png_pixels(image)[None], top_layers='locally_connected')[0]
+  expected = [(data_lib.CLASS_NAMES[i], expected[i])
+              for i in np.argsort(-expected, kind='stable')[:3]]
+  assert [name for name, _ in served] == [name for name, _ in expected]
+  np.testing.assert_allclose([probability for _, probability in served],
+                             [probability for _, probability in expected],
+                             rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose([float(p.split(' ')[1]) for p in printed],
-                             [probability for _, probability in served],
+                             [probability for _, probability in expected],
                              atol=5e-4)
 
   # The fully connected model refuses the locally connected checkpoint, in

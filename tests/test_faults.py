@@ -3,12 +3,14 @@
 Each failure test checks the message a user sees and that nothing was lost.
 """
 
+import errno
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -120,9 +122,13 @@ def test_a_signal_stops_training_with_a_checkpoint_of_the_current_step(
     assert stop.group(3) == os.path.join(train_dir, 'model.ckpt-%d' % step)
     assert tf.train.latest_checkpoint(train_dir) == stop.group(3)
     assert tf.train.load_variable(stop.group(3), 'global_step') == step
-    assert training.lines[-2] == (
-        'Caught %s: stopping cleanly (send it again to stop at once).' %
-        stop_signal.name) or helpers.LOG_LINE.match(training.lines[-2])
+    # The signal is said once, when it is taken in; the step under way may
+    # still log its line before the last one.
+    caught = ('Caught %s: stopping cleanly (send it again to stop at once).' %
+              stop_signal.name)
+    assert training.lines.count(caught) == 1, training.lines
+    after = training.lines[training.lines.index(caught) + 1:-1]
+    assert all(helpers.LOG_LINE.match(line) for line in after), after
 
 
 def test_evaluation_beside_training_evaluates_each_checkpoint_once(
@@ -365,14 +371,20 @@ def test_a_directory_that_cannot_be_written(script, flag, more_flags, data_dir,
 
 def test_a_directory_that_exists_but_cannot_be_written(tmp_path):
   if os.geteuid() == 0:
-    read_only = '/sys'  # Root may write anywhere, but not into sysfs.
+    # Root may write anywhere, but not into sysfs: "Permission denied", or,
+    # in a container that mounts /sys read-only, "Read-only file system".
+    read_only = '/sys'
   else:
     read_only = str(tmp_path / 'read_only')
     os.makedirs(read_only, mode=0o555)
+  with pytest.raises(OSError) as refused:  # What the system says here.
+    with tempfile.TemporaryFile(dir=read_only):
+      pass
+  assert refused.value.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
   with pytest.raises(scripts.UserError) as error:
     files.ensure_writable_dir(read_only, 'eval_dir')
-  assert str(error.value) == (
-      '--eval_dir=%s is not writable: Permission denied.' % read_only)
+  assert str(error.value) == '--eval_dir=%s is not writable: %s.' % (
+      read_only, refused.value.strerror)
 
 
 # Bad checkpoints.

@@ -12,7 +12,6 @@ from cifar10_support import devices
 from cifar10_support.quiet import tf
 import gpu_check
 from helpers import run_main
-from helpers import run_script
 
 
 def _gpu_step_trace():
@@ -105,7 +104,7 @@ def test_gpu_memory_is_read_per_gpu_from_nvidia_smi(tmp_path):
 
 
 def test_gpu_check_without_a_gpu_says_so_and_succeeds():
-  result = run_script('tools/gpu_check.py')
+  result = run_main('tools/gpu_check.py')
   assert result.returncode == 0, result.stderr
   assert result.stderr == ''
   assert result.stdout == (
@@ -122,7 +121,7 @@ def test_gpu_check_walks_every_step_on_a_cpu(tmp_path, monkeypatch):
       '/physical_device:GPU:0', '/physical_device:GPU:1'])
   figures_path = str(tmp_path / 'gpu_check.json')
   result = run_main('tools/gpu_check.py', '--training_steps=20',
-                    '--batch_size=16', '--figures_json=' + figures_path)
+                    '--batch_size=8', '--figures_json=' + figures_path)
   assert result.returncode == 0, result.stderr
   lines = result.stdout.splitlines()
   assert lines[0] == ('2 GPU(s): /physical_device:GPU:0, '

@@ -168,6 +168,35 @@ def test_initial_loss_is_near_4_6():
   assert total == pytest.approx(4.6, abs=0.15)
 
 
+def test_the_losses_curves_are_averages_decaying_by_0_9():
+  # What TensorBoard plots under each loss's name: its moving average,
+  # decay 0.9, zero-debiased (the first point is the first loss); under
+  # "(raw)", the loss itself.
+  raw = [4.0, 3.0, 5.0, 2.5, 2.0, 1.0, 3.5]
+  with tf.Graph().as_default():
+    value = tf.placeholder(tf.float32, [])
+    cross_entropy = tf.identity(value, name='cross_entropy')
+    total_loss = tf.add(cross_entropy, 1.0, name='total_loss')
+    averages_op = cifar10.add_loss_summaries(total_loss, [cross_entropy])
+    merged = tf.summary.merge_all()
+    plotted = []
+    with tf.Session() as sess:
+      sess.run(tf.global_variables_initializer())
+      for loss in raw:
+        summary = tf.Summary.FromString(
+            sess.run([merged, averages_op], {value: loss})[0])
+        plotted.append({v.tag: v.simple_value for v in summary.value})
+  biased, expected = 0.0, []
+  for step, loss in enumerate(raw, 1):
+    biased = 0.9 * biased + 0.1 * loss
+    expected.append(biased / (1 - 0.9 ** step))
+  assert [p['cross_entropy (raw)'] for p in plotted] == raw
+  assert [p['cross_entropy'] for p in plotted] == pytest.approx(expected,
+                                                               rel=1e-5)
+  assert [p['total_loss'] for p in plotted] == pytest.approx(
+      [e + 1 for e in expected], rel=1e-5)
+
+
 @pytest.mark.parametrize('step, rate', [
     (0, 0.1), (DECAY_STEPS - 1, 0.1), (DECAY_STEPS, 0.01),
     (2 * DECAY_STEPS - 1, 0.01), (2 * DECAY_STEPS, 0.001)])

@@ -12,7 +12,6 @@ import pytest
 import cifar10
 import cifar10_eval
 import cifar10_export
-from cifar10_support import classifier as classifier_lib
 from cifar10_support import data as data_lib
 from cifar10_support import images as images_lib
 from cifar10_support import params as params_lib
@@ -21,6 +20,7 @@ from cifar10_support.scripts import UserError
 import cifar10_train
 import cifar_data
 from conftest import LEARNING_RATE
+import helpers
 from helpers import EVAL_LINE
 from helpers import resolved
 from helpers import run_main
@@ -238,11 +238,8 @@ def test_predict_prints_top_classes_and_reports_unreadable_files(
   lines = result.stdout.splitlines()
   assert [line.split(': ')[0] for line in lines] == paths
 
-  classifier = classifier_lib.Classifier(train_dir, TRAINED_MODEL)
-  try:
-    expected = classifier.classify(_decoded(paths))
-  finally:
-    classifier.close()
+  expected = helpers.probabilities_of(tf.train.latest_checkpoint(train_dir),
+                                      _decoded(paths), len(CLASSES))
   for line, probabilities in zip(lines, expected):
     pairs = [pair.split(' ') for pair in line.split(': ')[1].split(', ')]
     order = np.argsort(-probabilities)
@@ -284,14 +281,17 @@ def test_export_loads_in_a_fresh_process_and_predicts_the_same(
   assert json.loads(result.stdout) == CLASSES
   served = np.load(str(tmp_path / 'probabilities.npy'))
 
-  classifier = classifier_lib.Classifier(train_dir, TRAINED_MODEL,
-                                         any_size=True)
-  try:
-    expected = classifier.classify(images)
-  finally:
-    classifier.close()
+  # Resized as prepare_data.py does (antialiased bilinear, rounded).
+  with tf.Graph().as_default(), tf.Session() as sess:
+    resized = sess.run(tf.compat.v2.image.resize(
+        images.astype(np.float32), [32, 32], method='bilinear',
+        antialias=True))
+  expected = helpers.probabilities_of(
+      tf.train.latest_checkpoint(train_dir),
+      np.clip(np.round(resized), 0, 255).astype(np.uint8), len(CLASSES))
   assert served.shape == (5, 3)
-  np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
+  assert served.dtype == np.float32
+  np.testing.assert_allclose(served, expected, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(served.sum(axis=1), 1, rtol=1e-5)
   assert served.argmax(axis=1).tolist() == [0, 1, 2, 2, 1]
 

@@ -2,6 +2,7 @@
 
 import collections
 import contextlib
+import datetime
 import glob
 import io
 import json
@@ -17,6 +18,7 @@ import urllib.parse
 import urllib.request
 
 import numpy as np
+from google.protobuf import text_format
 import pytest
 
 import cifar10_eval
@@ -158,6 +160,14 @@ def test_examples_per_sec_is_the_figure_of_the_log_line_of_its_step(logs):
   assert [step for step, _ in summarised] == [10, 20, 30]
   for (step, printed), (_, value) in zip(logged, summarised):
     assert round(value, 1) == pytest.approx(printed, abs=0.051), step
+  # And both are the clock's: each line says when it was printed, and its
+  # figure covers the 10 steps of 16 images since the line before.
+  printed_at = [datetime.datetime.strptime(line.split(': step')[0],
+                                           '%Y-%m-%d %H:%M:%S.%f')
+                for line in logs['printed'] if helpers.LOG_LINE.match(line)][:3]
+  elapsed = (printed_at[2] - printed_at[0]).total_seconds()
+  assert sum(10 * 16 / value for _, value in summarised[1:]) == (
+      pytest.approx(elapsed, rel=0.1))
 
 
 def test_evaluation_events_line_up_with_training_steps(logs):
@@ -194,6 +204,22 @@ def test_multi_device_training_writes_the_same_tags(logs):
     assert tags == {t for t in single[kind] if not QUEUE_SCALAR.match(t)}
     assert not [t for t in multi[kind] if 'tower' in t]
   assert 'batch_prefetch/fraction_of_4_full' in multi['scalars']
+  # The activations shown are the first tower's (each tower's would be
+  # another batch's, under one tag).
+  graph = tf.GraphDef()
+  with open(os.path.join(logs['root'], 'multi', 'train', 'graph.pbtxt')) as f:
+    text_format.Parse(f.read(), graph)
+  nodes = {node.name: node for node in graph.node}
+  merged, = [node for node in graph.node if node.op == 'MergeSummary']
+  shown = {}
+  for name in merged.input:  # The summaries written.
+    node = nodes[name]
+    if node.op == 'HistogramSummary':
+      tag = tf.make_ndarray(nodes[node.input[0]].attr['value'].tensor)
+      shown[tag.item().decode()] = node.input[1]
+  assert {tag: shown[tag] for tag in shown if tag.endswith('/activations')} == {
+      '%s/%s/activations' % (layer, layer): 'tower_0/%s/%s' % (layer, layer)
+      for layer in LAYERS}
 
 
 def readme_tensorboard_command(log_dir):

@@ -191,19 +191,42 @@ def test_checkpoints_of_earlier_versions_resume_and_evaluate(
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(
-    quick_params, capsys):
-  params = quick_params.replace(initial_learning_rate=1e9)
-  with pytest.raises(runtime.NanLossError) as error:
-    _train(params, 1000, capsys)
-  match = re.match(r'loss is NaN at step (\d+): training diverged and was '
-                   r'stopped; the last checkpoint, (\S+), is kept\.',
-                   str(error.value))
-  assert match, str(error.value)
-  assert 1 <= int(match.group(1)) < 1000
-  assert match.group(2) == _checkpoint(params, 0)
+    quick_params):
+  # As a user sees it: one line, status 1, no traceback.
+  params = quick_params
+  result = run_script('cifar10_train.py', '--initial_learning_rate=1e9',
+                      '--max_steps=1000', '--train_dir=' + params.train_dir,
+                      *quick_args(params.data_dir))
+  assert result.returncode == 1
+  match = re.match(r'^Error: loss is (NaN|infinite) at step (\d+): training '
+                   r'diverged and was stopped; the last checkpoint, (\S+), is '
+                   r'kept\. Lower the learning rate, or check the [^\n]+\n$',
+                   result.stderr)
+  assert match, result.stderr
+  assert 1 <= int(match.group(2)) < 1000
+  assert match.group(3) == _checkpoint(params, 0)
   assert tf.train.latest_checkpoint(params.train_dir) == _checkpoint(params, 0)
   assert np.all(np.isfinite(tf.train.load_variable(_checkpoint(params, 0),
                                                    'local3/weights')))
+
+
+def test_log_device_placement_prints_where_each_op_runs(data_dir, tmp_path,
+                                                        capfd):
+  # TensorFlow's own lines, one per op of the graph, written to the
+  # process's stdout: here, all on the CPU. Without the flag, none.
+  for flag in ('--log_device_placement', '--nolog_device_placement'):
+    result = run_main('cifar10_train.py', flag, '--max_steps=1',
+                      '--train_dir=' + str(tmp_path / flag),
+                      *quick_args(data_dir))
+    assert result.returncode == 0, result.stderr
+    placed = dict(re.findall(r'^(\S+): \(\w+\): (/\S+)$',
+                             capfd.readouterr().out, re.M))
+    if flag == '--log_device_placement':
+      assert placed['conv1/Conv2D'] == (
+          '/job:localhost/replica:0/task:0/device:CPU:0')
+      assert len(placed) > 500
+    else:
+      assert placed == {}
 
 
 def test_scripts_train_then_evaluate_with_clean_output(data_dir, tmp_path):

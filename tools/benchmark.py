@@ -75,6 +75,18 @@ flags.DEFINE_string('compare_with', None,
                     'checkout, for a before/after table.')
 flags.DEFINE_integer('repeats', 1, 'Runs of each measurement; the table '
                      'shows their medians.', lower_bound=1)
+flags.DEFINE_integer('ceilings_batch_size', 128,
+                     'The batch of the convolutions measured alone (the '
+                     'machine\'s ceiling); smaller is quicker, less true.',
+                     lower_bound=1)
+flags.DEFINE_integer('synthetic_images',
+                     data_lib.NUM_EXAMPLES_PER_EPOCH_FOR_EVAL,
+                     'Without --data_dir: the images of each of the six '
+                     'files of the synthetic data (CIFAR-10\'s 10,000); '
+                     'fewer is quicker.', lower_bound=100)
+flags.DEFINE_integer('matmul_size', 4096,
+                     'The size of the square matrices of the matmul '
+                     'ceiling; smaller is quicker, less true.', lower_bound=1)
 flags.DEFINE_boolean('profile', False,
                      'Instead of the benchmark: trace one training step (on a '
                      'batch in memory, after a warm-up) and print the time '
@@ -559,7 +571,8 @@ def run_benchmark():
       data = data_lib.read(data_dir)
     else:
       data_dir = os.path.join(work_dir, 'data')
-      data = data_lib.write_random_data_set(data_dir)
+      data = data_lib.write_random_data_set(data_dir,
+                                            FLAGS.synthetic_images)
     trees = {'now': REPO_DIR}
     if FLAGS.compare_with:
       trees = {FLAGS.compare_with: _checkout(FLAGS.compare_with, work_dir),
@@ -608,10 +621,11 @@ def _measure(trees, data_dir, work_dir):
   samples = {name: collections.defaultdict(list) for name in trees}
   ceilings = collections.defaultdict(list)
   for _ in range(FLAGS.repeats):
-    ceilings['matmul_gflops'].append(_matmul_gflops())
-    ceilings['convolutions_gflops'].append(_convolutions_gflops(tf.float32))
+    ceilings['matmul_gflops'].append(_matmul_gflops(FLAGS.matmul_size))
+    ceilings['convolutions_gflops'].append(
+        _convolutions_gflops(tf.float32, FLAGS.ceilings_batch_size))
     ceilings['bfloat16_convolutions_gflops'].append(
-        _convolutions_gflops(tf.bfloat16))
+        _convolutions_gflops(tf.bfloat16, FLAGS.ceilings_batch_size))
     measuring = {name: _measure_tree(tree, data_dir, work_dir)
                  for name, tree in trees.items()}
     for figure in zip(*measuring.values()):  # Tree by tree, in turn.
@@ -639,6 +653,14 @@ def _figures(samples, ceilings, flops):
   return figures
 
 
+# The ceilings' rows: label, and the key of their figure.
+CEILINGS = [
+    ('convolutions alone, float32, batch %(batch)d', 'convolutions_gflops'),
+    ('convolutions alone, bfloat16, batch %(batch)d',
+     'bfloat16_convolutions_gflops'),
+    ('float32 matmul, numpy %(size)dx%(size)d', 'matmul_gflops')]
+
+
 def _print_table(figures, ceilings):
   """The figures, tree beside tree (and their ratio), then the ceilings."""
   trees = list(figures)
@@ -658,12 +680,10 @@ def _print_table(figures, ceilings):
     if len(trees) == 2 and None not in values and unit != '%':
       row += '%9.2fx' % (values[1] / values[0])
     print(row)
-  for label, key in [("the model's convolutions alone, float32",
-                      'convolutions_gflops'),
-                     ("the model's convolutions alone, bfloat16",
-                      'bfloat16_convolutions_gflops'),
-                     ('float32 matmul, numpy 4096x4096', 'matmul_gflops')]:
-    print('%-46s%20s' % (label, '%.0f GFLOP/s' % ceilings[key]))
+  for label, key in CEILINGS:
+    print('%-46s%20s' % (label % {'batch': FLAGS.ceilings_batch_size,
+                                  'size': FLAGS.matmul_size},
+                         '%.0f GFLOP/s' % ceilings[key]))
 
 
 def main(argv):
