@@ -305,8 +305,12 @@ def _break(folder, breakage, small_filesystem, open_files_too=False):
   only chattr +i, on a disk's filesystem (not a tmpfs), does that.
   """
   if breakage == 'gone':
-    shutil.rmtree(small_filesystem.view(folder) if small_filesystem
-                  else folder)
+    # Gone at once (a rename), then removed: shutil.rmtree alone deletes
+    # the files one by one, and a script writing meanwhile would see some
+    # gone from a folder still there.
+    seen = small_filesystem.view(folder) if small_filesystem else folder
+    os.rename(seen, seen + '.removed')
+    shutil.rmtree(seen + '.removed')
     return lambda: None
   if breakage == 'read-only':
     small_filesystem.make_read_only(folder)
