@@ -54,7 +54,8 @@ def test_a_slow_precision_is_warned_of_where_it_is_slow(
   empty = str(tmp_path / 'empty')
   os.makedirs(empty)
   result = run_main('cifar10_eval.py', '--run_once', precision,
-                    '--data_dir=' + data_dir, '--checkpoint_dir=' + empty)
+                    '--data_dir=' + data_dir, '--checkpoint_dir=' + empty,
+                    '--eval_dir=' + str(tmp_path / 'eval'))
   assert result.returncode == 1
   assert result.stderr == warning + (
       'Error: no checkpoint in --checkpoint_dir=%s yet: train first '

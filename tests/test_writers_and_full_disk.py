@@ -337,8 +337,10 @@ def test_training_whose_folder_breaks_stops_in_one_line(
     data_dir, tmp_path, small_filesystems, processes):
   # Three trainings at once, a checkpoint every second; once each logs, its
   # --train_dir is broken. Each stops at its next write, in one line; what
-  # it wrote before is kept, whole. (The one made read-only is on a
-  # filesystem of its own, where it can be; the others on the test's disk.)
+  # it wrote before is kept, whole. (The one made read-only runs on a
+  # filesystem of its own, where it can be; the others on the test's disk,
+  # as this user: in the small filesystem's user namespace, a user who is
+  # not root is root, whom no chmod stops.)
   filesystem = small_filesystems('fs', size_mb=64)
   train_dirs = {breakage: os.path.join(
       filesystem.path if breakage == 'read-only' else str(tmp_path), breakage)
@@ -346,7 +348,8 @@ def test_training_whose_folder_breaks_stops_in_one_line(
   trainings = {breakage: processes(
       'cifar10_train.py', '--train_dir=' + train_dir,
       '--save_checkpoint_secs=1', *helpers.UNTIL_STOPPED,
-      *quick_args(data_dir), wrap=filesystem.command)
+      *quick_args(data_dir),
+      wrap=filesystem.command if breakage == 'read-only' else list)
                for breakage, train_dir in train_dirs.items()}
   undo = []
   try:
@@ -364,7 +367,8 @@ def test_training_whose_folder_breaks_stops_in_one_line(
             r'again, and run it again to train from the start\.\n$' %
             re.escape(train_dir), training.stderr()), training.stderr()
         continue
-      seen = filesystem.view(train_dir)
+      seen = (filesystem.view(train_dir) if breakage == 'read-only'
+              else train_dir)
       latest = tf.train.latest_checkpoint(seen)
       assert re.match(
           r'^Error: --train_dir=%s: %s, writing \S+\. Training stopped at '
