@@ -29,7 +29,6 @@ checkpoint as training writes it, checking every --eval_interval_secs.
 """
 
 from datetime import datetime
-import os
 import time
 
 import numpy as np
@@ -199,8 +198,8 @@ def evaluate(params, data, precision):
   evaluated = set()  # Checkpoints evaluated, or found unreadable.
 
   def what_a_failed_write_left(failure):
-    del failure  # Whatever it was, the summaries written before are whole.
-    if not os.path.isdir(params.eval_dir):
+    # Whatever it was, the summaries written before are whole.
+    if files.folder_gone(failure, params.eval_dir):
       return 'Evaluation stopped; its summaries went with the folder.'
     return 'Evaluation stopped; its summaries written whole are kept.'
 

@@ -101,10 +101,20 @@ def write_failure(error, directory):
   directory = os.path.abspath(directory)
   if path != directory and not path.startswith(directory + os.sep):
     return None
-  _, reason, remedy = _WRITE_ERRORS[number]
   if path == directory and number == errno.ENOENT:
-    reason, remedy = 'the folder is gone', 'Make it again'
+    return _folder_gone(directory)
+  _, reason, remedy = _WRITE_ERRORS[number]
   return WriteFailure(number, path, reason, remedy)
+
+
+def _folder_gone(directory):
+  return WriteFailure(errno.ENOENT, os.path.abspath(directory),
+                      'the folder is gone', 'Make it again')
+
+
+def folder_gone(failure, directory):
+  """Whether a WriteFailure of writes_said is the going of `directory`."""
+  return failure == _folder_gone(directory)
 
 
 def write_error(flag, directory, failure, consequence):
@@ -129,7 +139,10 @@ def writes_said(flag, directory, consequence):
   """Turns a write into `directory` that fails within the block into its one
   line: a WriteError, raised without a traceback.
 
-  Any other error passes through as it is.
+  Any other error passes through as it is. A file not found in a folder
+  that has gone (removed, or replaced by another) is said as the folder
+  gone: TensorFlow, saving a checkpoint, may have made an empty one again
+  since.
 
   Args:
     flag: The flag that gave the folder, e.g. 'eval_dir'.
@@ -137,12 +150,16 @@ def writes_said(flag, directory, consequence):
     consequence: f(WriteFailure) -> what happened and what is kept (it may
       clean up first); or that text.
   """
+  folder = folder_identity(directory)
   try:
     yield
   except Exception as error:  # pylint: disable=broad-except
     failure = write_failure(error, directory)
     if failure is None:
       raise
+    if (failure.errno == errno.ENOENT and folder and
+        folder_identity(directory) != folder):
+      failure = _folder_gone(directory)
     said = consequence(failure) if callable(consequence) else consequence
     raise write_error(flag, directory, failure, said) from None
 
@@ -174,17 +191,22 @@ def ensure_writable_dir(path, flag_name):
 
 def check_still_there(directory, identity):
   """Raises FileNotFoundError if `directory` is not the folder it was (whose
-  os.stat() was `identity`): removed, or replaced by another, while a
+  folder_identity was `identity`): removed, or replaced by another, while a
   process wrote into it. (TensorFlow would make it again, and write a
   checkpoint alone into an empty folder.)"""
-  try:
-    now = os.stat(directory)
-  except FileNotFoundError:
-    now = None
-  if not now or (now.st_dev, now.st_ino) != (identity.st_dev,
-                                             identity.st_ino):
+  if folder_identity(directory) != identity:
     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT),
                             directory)
+
+
+def folder_identity(directory):
+  """What tells the folder `directory` from another made at its path later
+  (for check_still_there); None if there is none."""
+  try:
+    folder = os.stat(directory)
+  except FileNotFoundError:
+    return None
+  return folder.st_dev, folder.st_ino
 
 
 # One writer per training directory.

@@ -252,7 +252,7 @@ class _CheckpointHook(tf.train.SessionRunHook):
     self._timer = tf.train.SecondOrStepTimer(every_secs=save_secs)
     self._saver = saver
     self._summary_writer = summary_writer
-    self._folder = os.stat(train_dir)
+    self._folder = files.folder_identity(train_dir)
     self._graph_written = False
 
   def begin(self):
@@ -594,7 +594,7 @@ def run_training(train_op, loss, params, class_names=data.CLASS_NAMES,
     def what_a_failed_write_left(failure):
       stopped = ('at step %d' % logger.step if logger.step is not None
                  else 'before its first step')
-      if not os.path.isdir(train_dir):
+      if files.folder_gone(failure, train_dir):
         return ('Training stopped %s; its checkpoints went with the folder. '
                 '%s, and run it again to train from the start.' % (
                     stopped, failure.remedy))

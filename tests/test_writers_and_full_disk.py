@@ -289,6 +289,40 @@ def test_what_is_not_a_failed_write_into_the_folder_passes_through(error):
       raise error
 
 
+@pytest.mark.parametrize('made_again', [False, True])
+def test_a_file_missing_from_a_folder_that_went_is_the_folder_gone(
+    tmp_path, made_again):
+  # The folder removed while a file in it was written; TensorFlow, saving a
+  # checkpoint, may make an empty one again at its path meanwhile: either
+  # way the folder is gone, and the consequence is told so.
+  folder = tmp_path / 'out'
+  folder.mkdir()
+  told = []
+
+  def consequence(failure):
+    told.append(files.folder_gone(failure, str(folder)))
+    return 'Not written.'
+
+  with pytest.raises(files.WriteError) as error:
+    with files.writes_said('output_dir', str(folder), consequence):
+      os.rename(folder, tmp_path / 'elsewhere')
+      if made_again:
+        folder.mkdir()
+      raise OSError(errno.ENOENT, 'No such file or directory',
+                    str(folder / 'events.out.tfevents.1.h.2'))
+  assert str(error.value) == (
+      '--output_dir=%s: the folder is gone. Not written.' % folder)
+  assert told == [True]
+  # A file missing from a folder still there is that file's.
+  with pytest.raises(files.WriteError) as error:
+    with files.writes_said('output_dir', str(folder), consequence):
+      raise OSError(errno.ENOENT, 'No such file or directory',
+                    str(folder / 'sub' / 'f'))
+  assert str(error.value) == ('--output_dir=%s: no such file or directory, '
+                              'writing sub/f. Not written.' % folder)
+  assert told == [True, False]
+
+
 # Not only a full disk: a folder whose writes start failing while a script
 # writes into it, as a user or the system breaks it.
 BREAKAGES = ('permissions', 'read-only', 'gone')
