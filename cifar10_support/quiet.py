@@ -256,6 +256,10 @@ _RUNTIME_NOISE = (
     r'|grpc_worker_service\.cc:\d+\] RecvTensor cancelled for \d+'
     r'|master_session\.cc:\d+\] UNAVAILABLE: failed to connect to all '
     r'addresses'
+    # A parameter server that stopped (training done: each worker has said
+    # so; or restarting) before a worker's session cleaned up its step's
+    # graph there: the graph went with the server.
+    r'|master_session\.cc:\d+\] Cleanup partition error: UNAVAILABLE: '
     # A NaN or infinite loss, which training reports itself.
     r'|local_rendezvous\.cc:\d+\] Local rendezvous is aborting with status: '
     r'INVALID_ARGUMENT: (Nan in summary histogram|Infinity in Histogram)'

@@ -13,6 +13,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -454,6 +456,31 @@ def test_a_worker_that_can_never_start_ends_with_one_line(data_dir, processes):
     assert worker.stderr() == ''
   # The parameter server serves on: the chief has not said it is done.
   assert ps.process.poll() is None
+
+
+def test_a_parameter_server_gone_before_a_workers_cleanup_says_nothing():
+  # Once every worker has said it is done, the parameter server stops; a
+  # worker's session may still be cleaning up its last step's graph there
+  # (seen on a loaded machine). TensorFlow logs that as an error, with its
+  # details: dropped from the scripts' stderr, and nothing else with it.
+  seen = (
+      'E0000 00:00:1796618875.476885    5034 master_session.cc:1972] Cleanup '
+      'partition error: UNAVAILABLE: recvmsg:Connection reset by peer\n'
+      'Additional GRPC error information from remote target '
+      '/job:ps/replica:0/task:0 while calling '
+      '/tensorflow.WorkerService/CleanupGraph:\n'
+      ':UNKNOWN:Error received from peer  {grpc_message:"recvmsg:Connection '
+      'reset by peer", grpc_status:14}\n')
+  other = ('E0000 00:00:1796618875.500000    5034 master_session.cc:1972] '
+           'Something else: UNAVAILABLE: kept\n')
+  program = ('import os\n'
+             'from cifar10_support import quiet\n'
+             'quiet.filter_runtime_noise_from_stderr()\n'
+             'os.write(2, %r)\n'
+             'os.write(2, %r)\n' % (seen.encode(), other.encode()))
+  result = subprocess.run([sys.executable, '-c', program], cwd=REPO_DIR,
+                          capture_output=True, text=True, check=True)
+  assert result.stderr == other
 
 
 def test_waiting_is_said_again_while_it_lasts(capsys):
