@@ -12,6 +12,7 @@ import signal
 import shutil
 import socket
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -97,6 +98,22 @@ def small_filesystems(tmp_path):
       SmallFilesystem(str(tmp_path / name), size_mb)) or made[-1]
   for filesystem in made:
     filesystem.close()
+
+
+def _wait_for_summaries(folder, timeout_secs=60):
+  """Waits until an event file of `folder` holds a summary, whole."""
+  deadline = time.time() + timeout_secs
+  while time.time() < deadline:
+    for name in [name for name in os.listdir(folder) if '.tfevents.' in name]:
+      try:
+        if any(event.summary.value for event in tf.train.summary_iterator(
+            os.path.join(folder, name))):
+          return
+      except tf.errors.DataLossError:
+        pass  # A record not yet written whole.
+    time.sleep(0.1)
+  raise AssertionError('no summary in %s within %d s' % (folder,
+                                                         timeout_secs))
 
 
 def _no_space_line(flag, folder, written, consequence):
@@ -453,6 +470,11 @@ def test_evaluation_whose_folder_breaks_stops_in_one_line(
   try:
     for breakage, evaluation in evaluations.items():
       evaluation.wait_for_line(r'^\S+ \S+: precision @ 1 = ')
+      # Broken once its first summaries are on disk: a record still in
+      # the writer's buffer when the file is made immutable cannot be cut
+      # from it, nor its start written already (the graph's, of several
+      # writes).
+      _wait_for_summaries(eval_dirs[breakage])
       undo.append(_break(eval_dirs[breakage], breakage, None,
                          open_files_too=True))
       _copy_checkpoint(latest, checkpoint_dirs[breakage], 2)
