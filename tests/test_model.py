@@ -349,9 +349,12 @@ def _training_graph(kind, params, monkeypatch):
     params, data, precision = resolved(params)
     optimizers = []
     real_optimizer = tf.train.SyncReplicasOptimizer
-    monkeypatch.setattr(tf.train, 'SyncReplicasOptimizer',
-                        lambda *args, **kwargs: optimizers.append(
-                            real_optimizer(*args, **kwargs)) or optimizers[-1])
+
+    def kept_optimizer(*args, **kwargs):
+      optimizers.append(real_optimizer(*args, **kwargs))
+      return optimizers[-1]
+
+    monkeypatch.setattr(tf.train, 'SyncReplicasOptimizer', kept_optimizer)
     with tf.Graph().as_default() as graph:
       images, labels = cifar10.distorted_inputs(data, params.batch_size)
       cifar10_distributed_train.build_train_op(

@@ -104,10 +104,10 @@ def _wait_for_summaries(folder, timeout_secs=60):
   """Waits until an event file of `folder` holds a summary, whole."""
   deadline = time.time() + timeout_secs
   while time.time() < deadline:
-    for name in [name for name in os.listdir(folder) if '.tfevents.' in name]:
+    for path in _event_files(folder):
       try:
-        if any(event.summary.value for event in tf.train.summary_iterator(
-            os.path.join(folder, name))):
+        if any(event.summary.value
+               for event in tf.train.summary_iterator(path)):
           return
       except tf.errors.DataLossError:
         pass  # A record not yet written whole.
@@ -124,11 +124,17 @@ def _no_space_line(flag, folder, written, consequence):
 
 def _assert_whole_events(folder):
   """Every event file of `folder` reads to its end: no half-written record."""
-  names = [name for name in os.listdir(folder) if '.tfevents.' in name]
-  assert names
-  for name in names:
-    for _ in tf.train.summary_iterator(os.path.join(folder, name)):
+  paths = _event_files(folder)
+  assert paths
+  for path in paths:
+    for _ in tf.train.summary_iterator(path):
       pass
+
+
+def _event_files(folder):
+  """The paths of the event files in `folder`."""
+  return [os.path.join(folder, name) for name in os.listdir(folder)
+          if '.tfevents.' in name]
 
 
 def test_training_on_a_full_disk_stops_and_keeps_its_last_checkpoint(
