@@ -355,9 +355,10 @@ def wait_for_tasks(who, tasks, wait_secs, report_secs=WAIT_REPORT_SECS):
 
 
 class _ChiefSessionCreator(tf.train.SessionCreator):
-  """The chief's session: the variables initialised, then restored from the
-  newest readable checkpoint of the training directory, read by this
-  process (on a parameter server, TensorFlow would read its own disk).
+  """The chief's session: the variables restored from the newest readable
+  checkpoint of the training directory, read by this process (on a
+  parameter server, TensorFlow would read its own disk); initialised if
+  there is none.
 
   Made again after a parameter server's restart, it restores the newest
   checkpoint again: the training carries on from there.
@@ -401,8 +402,13 @@ class _ChiefSessionCreator(tf.train.SessionCreator):
         ready_op=self._scaffold.ready_op,
         ready_for_local_init_op=self._scaffold.ready_for_local_init_op,
         graph=tf.get_default_graph())
+    # Restored without being initialised first: a chief started again while
+    # the other workers train would otherwise put the initial values into
+    # the variables they read, and a step they computed from those would
+    # land on the restored values (it undid what a training had learnt).
     session = session_manager.prepare_session(
-        master, init_op=self._scaffold.init_op, config=self._config,
+        master, init_op=None if self.checkpoint else self._scaffold.init_op,
+        config=self._config,
         init_fn=lambda session: self._restore(session, self.checkpoint))
     self._sessions_made += 1
     return session

@@ -8,6 +8,8 @@ server restarted while the workers train, a worker that waits for another
 saying so. The synchronous update's arithmetic is checked in this process.
 """
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -607,6 +609,56 @@ def test_the_parameter_server_counts_each_worker_once():
       sess.run(say_done[0])
   served.join(10)
   assert not served.is_alive()
+
+
+def test_a_chief_started_again_restores_the_variables_the_workers_train_on(
+    quick_params, monkeypatch):
+  # While a chief started again restores its newest checkpoint, the other
+  # workers keep training on the parameter servers' variables: they read
+  # the values they trained, never the initial values (from which a step
+  # they computed would land on the restored ones: it undid the training of
+  # test_killed_workers_restart_and_rejoin_the_chief_from_its_checkpoint).
+  cluster, servers, _ = _cluster_in_this_process()
+  chief = runtime.Worker(
+      index=0, target=servers[0].target, device='/job:worker/task:0',
+      parameter_servers=(), chief_address=cluster.task_address('worker', 0))
+  params = quick_params.replace(max_steps=3, save_checkpoint_secs=3600)
+  with tf.Graph().as_default():
+    with tf.device(tf.train.replica_device_setter(
+        worker_device=chief.device, cluster=cluster)):
+      global_step = tf.train.get_or_create_global_step()
+      weights = tf.get_variable('w', initializer=tf.zeros([4]))
+      loss = tf.reduce_sum(tf.square(weights - 1.0))
+      train_op = cifar10.train(loss, global_step, examples_per_step=4,
+                               examples_per_epoch=4)
+    # The first run of the chief: 3 steps, a checkpoint at step 3.
+    runtime.run_training(train_op, loss, params, worker=chief)
+    checkpoint = tf.train.latest_checkpoint(params.train_dir)
+    assert checkpoint.endswith('model.ckpt-3')
+    saved = tf.train.load_variable(checkpoint, 'w')
+    assert np.all(saved > 0)
+    # The other worker trains on: the variables move on from the checkpoint.
+    other_worker = tf.Session(servers[1].target)
+    trained_on = saved + 0.25
+    other_worker.run(weights.assign(trained_on))
+    read_while_restoring = []
+    restore = checkpoints.restore
+
+    def restore_seen_from_the_other_worker(session, saver, path):
+      read_while_restoring.append(other_worker.run(weights))
+      restore(session, saver, path)
+
+    monkeypatch.setattr(checkpoints, 'restore',
+                        restore_seen_from_the_other_worker)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+      runtime.run_training(train_op, loss, params, worker=chief)
+    np.testing.assert_array_equal(read_while_restoring, [trained_on])
+    # Restored: the checkpoint's values, at its step, nothing left to train.
+    np.testing.assert_array_equal(other_worker.run(weights), saved)
+    assert printed.getvalue().splitlines()[0] == (
+        'Resuming from %s, at step 3.' % checkpoint)
+    other_worker.close()
 
 
 class _Worker(object):
