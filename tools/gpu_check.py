@@ -12,7 +12,8 @@ and with --mixed_precision, it:
 2. runs, each in its own process, cifar10_train.py on one GPU
    (--training_steps, 200), cifar10_multi_gpu_train.py with 1 tower and with
    one per GPU, and cifar10_eval.py --run_once on that GPU while
-   cifar10_train.py trains on it (GPU memory growth lets both fit).
+   cifar10_train.py trains on there from the first run's checkpoint (GPU
+   memory growth lets both fit).
 
 It prints a table (examples/sec, the peak GPU memory of each run, read per
 GPU from nvidia-smi, precision @ 1) and writes the figures as JSON. With no
@@ -156,23 +157,23 @@ def run_checks(data_dir, work_dir, num_gpus, watcher):
       runs.append(('cifar10_multi_gpu_train.py, %d tower(s)%s' % (
           towers, label), 'cifar10_multi_gpu_train.py',
                    ['--num_gpus=%d' % towers], None))
+    train_dirs = []
     for name, script, args, env in runs:
-      train_dir = tempfile.mkdtemp(dir=work_dir)
+      train_dirs.append(tempfile.mkdtemp(dir=work_dir))
       started = time.time()
       lines = _finish(_start(script, common + args + precision_flag +
-                             ['--train_dir=' + train_dir], env), name)
+                             ['--train_dir=' + train_dirs[-1]], env), name)
       rows.append({'run': name, 'examples_per_sec': _examples_per_sec(lines),
                    'peak_gpu_mib': watcher.peak_during(started, time.time())})
-    # Evaluation beside training, on one GPU, from a first checkpoint that
-    # evaluation finds at once (the training resumes from it and, having
-    # it, does not write it again while evaluation reads it).
-    train_dir = tempfile.mkdtemp(dir=work_dir)
-    _finish(_start('cifar10_train.py', common + precision_flag + [
-        '--train_dir=' + train_dir, '--max_steps=10'], one_gpu),
-            'a first checkpoint')
+    # Evaluation beside training, on one GPU, from the checkpoint of the
+    # first run, which evaluation finds at once: the training resumes from
+    # it for as many steps again (and, having it, does not write it again
+    # while evaluation reads it).
+    train_dir = train_dirs[0]
     started = time.time()
     training = _start('cifar10_train.py', common + precision_flag + [
-        '--train_dir=' + train_dir], one_gpu)
+        '--train_dir=' + train_dir,
+        '--max_steps=%d' % (2 * FLAGS.training_steps)], one_gpu)
     evaluation = _start('cifar10_eval.py', [
         '--data_dir=' + data_dir, '--checkpoint_dir=' + train_dir,
         '--batch_size=%d' % FLAGS.batch_size,
