@@ -12,7 +12,7 @@ and with --mixed_precision, it:
 2. runs, each in its own process, cifar10_train.py on one GPU
    (--training_steps, 200), cifar10_multi_gpu_train.py with 1 tower and with
    one per GPU, and cifar10_eval.py --run_once on that GPU while
-   cifar10_train.py trains on there from the first run's checkpoint (GPU
+   cifar10_train.py, resuming the first run's checkpoint, trains on it (GPU
    memory growth lets both fit).
 
 It prints a table (examples/sec, the peak GPU memory of each run, read per
