@@ -638,27 +638,27 @@ def test_a_chief_started_again_restores_the_variables_the_workers_train_on(
     saved = tf.train.load_variable(checkpoint, 'w')
     assert np.all(saved > 0)
     # The other worker trains on: the variables move on from the checkpoint.
-    other_worker = tf.Session(servers[1].target)
-    trained_on = saved + 0.25
-    other_worker.run(weights.assign(trained_on))
-    read_while_restoring = []
-    restore = checkpoints.restore
+    with tf.Session(servers[1].target) as other_worker:
+      trained_on = saved + 0.25
+      other_worker.run(weights.assign(trained_on))
+      read_while_restoring = []
+      restore = checkpoints.restore
 
-    def restore_seen_from_the_other_worker(session, saver, path):
-      read_while_restoring.append(other_worker.run(weights))
-      restore(session, saver, path)
+      def restore_seen_from_the_other_worker(session, saver, path):
+        read_while_restoring.append(other_worker.run(weights))
+        restore(session, saver, path)
 
-    monkeypatch.setattr(checkpoints, 'restore',
-                        restore_seen_from_the_other_worker)
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-      runtime.run_training(train_op, loss, params, worker=chief)
-    np.testing.assert_array_equal(read_while_restoring, [trained_on])
-    # Restored: the checkpoint's values, at its step, nothing left to train.
-    np.testing.assert_array_equal(other_worker.run(weights), saved)
+      monkeypatch.setattr(checkpoints, 'restore',
+                          restore_seen_from_the_other_worker)
+      printed = io.StringIO()
+      with contextlib.redirect_stdout(printed):
+        runtime.run_training(train_op, loss, params, worker=chief)
+      np.testing.assert_array_equal(read_while_restoring, [trained_on])
+      # Restored: the checkpoint's values, at its step, nothing left to
+      # train.
+      np.testing.assert_array_equal(other_worker.run(weights), saved)
     assert printed.getvalue().splitlines()[0] == (
         'Resuming from %s, at step 3.' % checkpoint)
-    other_worker.close()
 
 
 class _Worker(object):
