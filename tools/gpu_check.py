@@ -145,9 +145,8 @@ def _precision(lines):
 def run_checks(data_dir, work_dir, num_gpus, watcher):
   """Every run, one after the other; returns the rows of the table."""
   rows = []
-  common = ['--data_dir=' + data_dir,
-            '--max_steps=%d' % FLAGS.training_steps,
-            '--batch_size=%d' % FLAGS.batch_size, '--log_frequency=10']
+  common = ['--data_dir=' + data_dir, '--batch_size=%d' % FLAGS.batch_size,
+            '--log_frequency=10']
   one_gpu = {'CUDA_VISIBLE_DEVICES': '0'}
   for precision_flag in ([], ['--mixed_precision']):
     label = ' (mixed precision)' if precision_flag else ''
@@ -161,8 +160,9 @@ def run_checks(data_dir, work_dir, num_gpus, watcher):
     for name, script, args, env in runs:
       train_dirs.append(tempfile.mkdtemp(dir=work_dir))
       started = time.time()
-      lines = _finish(_start(script, common + args + precision_flag +
-                             ['--train_dir=' + train_dirs[-1]], env), name)
+      lines = _finish(_start(script, common + args + precision_flag + [
+          '--train_dir=' + train_dirs[-1],
+          '--max_steps=%d' % FLAGS.training_steps], env), name)
       rows.append({'run': name, 'examples_per_sec': _examples_per_sec(lines),
                    'peak_gpu_mib': watcher.peak_during(started, time.time())})
     # Evaluation beside training, on one GPU, from the checkpoint of the
