@@ -184,6 +184,18 @@ def run_scripts(*commands, wrap=list, env=None):
   return results
 
 
+def stderr_through_the_quiet_filter(*writes):
+  """What a script's stderr shows of `writes` (texts, each written to
+  descriptor 2 in one write) once cifar10_support.quiet filters it, as in
+  every script; run in a process of its own."""
+  program = ('import os\n'
+             'from cifar10_support import quiet\n'
+             'quiet.filter_runtime_noise_from_stderr()\n' +
+             ''.join('os.write(2, %r)\n' % text.encode() for text in writes))
+  return subprocess.run([sys.executable, '-c', program], cwd=REPO_DIR,
+                        capture_output=True, text=True, check=True).stderr
+
+
 def run_main(script, *args):
   """Runs a script's main in this process, as a user's command would run.
 

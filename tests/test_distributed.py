@@ -15,8 +15,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -475,14 +473,7 @@ def test_a_parameter_server_gone_before_a_workers_cleanup_says_nothing():
       'reset by peer", grpc_status:14}\n')
   other = ('E0000 00:00:1796618875.500000    5034 master_session.cc:1972] '
            'Something else: UNAVAILABLE: kept\n')
-  program = ('import os\n'
-             'from cifar10_support import quiet\n'
-             'quiet.filter_runtime_noise_from_stderr()\n'
-             'os.write(2, %r)\n'
-             'os.write(2, %r)\n' % (seen.encode(), other.encode()))
-  result = subprocess.run([sys.executable, '-c', program], cwd=REPO_DIR,
-                          capture_output=True, text=True, check=True)
-  assert result.stderr == other
+  assert helpers.stderr_through_the_quiet_filter(seen, other) == other
 
 
 def test_waiting_is_said_again_while_it_lasts(capsys):

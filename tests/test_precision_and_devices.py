@@ -29,6 +29,7 @@ from helpers import cross_entropy_on_test_set
 from helpers import EVAL_LINE
 from helpers import resolved
 from helpers import run_main
+from helpers import stderr_through_the_quiet_filter
 
 
 def test_mixed_precision_is_float32_variables_and_low_precision_compute():
@@ -405,19 +406,10 @@ def test_a_script_says_it_and_tensorflows_warning_is_dropped_after(
       'not built with CUDA kernel binaries compatible with compute capability '
       '12.0. CUDA kernels will be jit-compiled from PTX, which could take 30 '
       'minutes or longer.\n')
-  program = (
-      'import os\n'
-      'from cifar10_support import quiet\n'
-      'quiet.filter_runtime_noise_from_stderr()\n'
-      'os.write(2, %r)\n'
-      'os.write(2, b"Warning: " + %r + b"\\n")\n'
-      'os.write(2, %r)\n'
-      'os.write(2, %r)\n' % (tensorflow_says.encode(),
-                              warnings[0].encode(), tensorflow_says.encode(),
-                              tensorflow_says.encode()))
-  result = subprocess.run([sys.executable, '-c', program], cwd=REPO_DIR,
-                          capture_output=True, text=True, check=True)
-  assert result.stderr == tensorflow_says + 'Warning: %s\n' % warnings[0]
+  warned = 'Warning: %s\n' % warnings[0]
+  assert stderr_through_the_quiet_filter(
+      tensorflow_says, warned, tensorflow_says, tensorflow_says) == (
+          tensorflow_says + warned)
 
 
 def test_a_process_that_dies_while_tensorflow_loads_shows_why():

@@ -74,8 +74,7 @@ def test_a_train_dir_has_one_writer_and_its_hold_ends_with_it(
                             str(holder.process.pid), socket.gethostname())
   # One writer: one file of summaries. (The holder is stopped: nothing
   # comes of it until it is killed.)
-  assert len([name for name in os.listdir(train_dir)
-              if '.tfevents.' in name]) == 1
+  assert len(_event_files(train_dir)) == 1
 
   # Killed, it holds nothing: the operating system ended the hold, and no
   # lock is left to delete by hand.
