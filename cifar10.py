@@ -272,9 +272,14 @@ def inference(images, num_classes=NUM_CLASSES, top_layers='fully_connected',
       conv1 = tf.nn.relu(pre_activation, name=scope.name)
       _activation_summary(conv1)
 
-    # pool1
-    pool1 = tf.nn.max_pool(conv1, ksize=[1, 3, 3, 1], strides=[1, 2, 2, 1],
-                           padding='SAME', name='pool1')
+    # pool1: max_pool(conv1), computed as relu(max_pool(pre_activation)), the
+    # same values and gradients (relu keeps the order of values, so the
+    # maxima are at the same places), with relu and its gradient on a
+    # quarter of the values. conv1 itself is computed for its summaries only.
+    pool1 = tf.nn.relu(
+        tf.nn.max_pool(pre_activation, ksize=[1, 3, 3, 1],
+                       strides=[1, 2, 2, 1], padding='SAME',
+                       name='pool1_before_relu'), name='pool1')
     # norm1
     norm1 = lrn.local_response_normalization(
         pool1, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75, name='norm1')

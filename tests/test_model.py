@@ -76,7 +76,12 @@ def test_layers_are_the_tutorials():
   with tf.Graph().as_default() as graph:
     cifar10.inference(tf.constant(_random_images() * 3))
     ops = {op.name: op for op in graph.get_operations()}
-  for pool in ['pool1', 'pool2']:
+  # pool1 is max_pool(conv1), computed as relu(max_pool(its pre-activation))
+  # (test_pool1_is_the_max_pool_of_conv1 below).
+  assert ops['pool1'].type == 'Relu'
+  assert ops['pool1'].inputs[0].op.name == 'pool1_before_relu'
+  for pool in ['pool1_before_relu', 'pool2']:
+    assert ops[pool].type == 'MaxPool'
     assert ops[pool].get_attr('ksize') == [1, 3, 3, 1]
     assert ops[pool].get_attr('strides') == [1, 2, 2, 1]
     assert ops[pool].get_attr('padding') == b'SAME'
@@ -99,6 +104,37 @@ def test_layers_are_the_tutorials():
                         expected)
   np.testing.assert_allclose(values[0], values[2], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(values[1], values[3], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('dtype', [tf.float32, tf.bfloat16])
+def test_pool1_is_the_max_pool_of_conv1(dtype):
+  # The tutorial's max_pool(relu(conv)), computed as relu(max_pool(conv)):
+  # the same values, and the same gradients, to the bit. Half the values of
+  # conv1 are 0 here (windows whose maxima tie at 0, where the gradient must
+  # reach no weight).
+  with tf.Graph().as_default() as graph:
+    cifar10.inference(tf.cast(_random_images(), dtype),
+                      variable_dtype=tf.float32)
+    conv1, pool1 = (graph.get_tensor_by_name(name + ':0')
+                    for name in ['conv1/conv1', 'pool1'])
+    tutorials = tf.nn.max_pool(conv1, ksize=[1, 3, 3, 1],
+                               strides=[1, 2, 2, 1], padding='SAME')
+    upstream = tf.cast(tf.constant(np.random.default_rng(1).normal(
+        size=pool1.shape.as_list()).astype(np.float32)), dtype)
+    weights = [v for v in tf.trainable_variables()
+               if v.op.name.startswith('conv1/')]
+    gradients = [tf.gradients(pool * upstream, weights)
+                 for pool in [pool1, tutorials]]
+    with tf.Session() as sess:
+      sess.run(tf.global_variables_initializer())
+      zeros, ours, theirs, our_gradients, their_gradients = sess.run(
+          [tf.reduce_mean(tf.cast(tf.equal(conv1, 0), tf.float32)), pool1,
+           tutorials] + gradients)
+  assert 0.3 < zeros < 0.7
+  np.testing.assert_array_equal(ours, theirs)
+  for ours, theirs in zip(our_gradients, their_gradients):
+    assert np.any(ours != 0)
+    np.testing.assert_array_equal(ours, theirs)
 
 
 def test_initial_values_and_placement():
