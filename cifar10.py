@@ -238,6 +238,42 @@ def inputs(eval_data, data, batch_size=BATCH_SIZE, dtype=tf.float32):
     return tf.cast(images, dtype), labels
 
 
+def _max_pool_of_relu(pre_activation, activations, name):
+  """The tutorial's max pooling of activations = relu(pre_activation), whose
+  gradient reaches pre_activation directly, through relu at the maxima only.
+
+  Differentiated op by op, the gradient goes to the places of the maxima
+  among all the activations, then through relu's gradient over all of them.
+  Through relu's gradient at the maxima first, on a quarter of the values,
+  it is the same to the bit: a maximum passes relu exactly where it is
+  positive, and so is the activation at its place.
+
+  Args:
+    pre_activation: A 4-D Tensor, before relu.
+    activations: tf.nn.relu(pre_activation).
+    name: Name of the max pooling.
+
+  Returns:
+    max_pool(activations): 3x3 windows, stride 2, as the tutorial's.
+  """
+  ksize, strides, padding = [1, 3, 3, 1], [1, 2, 2, 1], 'SAME'
+
+  @tf.custom_gradient
+  def max_pool(pre_activation, activations):
+    pooled = tf.nn.max_pool(activations, ksize=ksize, strides=strides,
+                            padding=padding, name=name)
+
+    def gradient(upstream):
+      through_relu = tf.raw_ops.ReluGrad(gradients=upstream, features=pooled)
+      return tf.raw_ops.MaxPoolGrad(
+          orig_input=activations, orig_output=pooled, grad=through_relu,
+          ksize=ksize, strides=strides, padding=padding), None
+
+    return pooled, gradient
+
+  return max_pool(pre_activation, activations)
+
+
 def inference(images, num_classes=NUM_CLASSES, top_layers='fully_connected',
               variable_dtype=None):
   """Build the CIFAR-10 model (kept whole: its layers in order are the lesson).
@@ -272,14 +308,8 @@ def inference(images, num_classes=NUM_CLASSES, top_layers='fully_connected',
       conv1 = tf.nn.relu(pre_activation, name=scope.name)
       _activation_summary(conv1)
 
-    # pool1: max_pool(conv1), computed as relu(max_pool(pre_activation)), the
-    # same values and gradients (relu keeps the order of values, so the
-    # maxima are at the same places), with relu and its gradient on a
-    # quarter of the values. conv1 itself is computed for its summaries only.
-    pool1 = tf.nn.relu(
-        tf.nn.max_pool(pre_activation, ksize=[1, 3, 3, 1],
-                       strides=[1, 2, 2, 1], padding='SAME',
-                       name='pool1_before_relu'), name='pool1')
+    # pool1
+    pool1 = _max_pool_of_relu(pre_activation, conv1, name='pool1')
     # norm1
     norm1 = lrn.local_response_normalization(
         pool1, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75, name='norm1')

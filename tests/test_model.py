@@ -76,11 +76,7 @@ def test_layers_are_the_tutorials():
   with tf.Graph().as_default() as graph:
     cifar10.inference(tf.constant(_random_images() * 3))
     ops = {op.name: op for op in graph.get_operations()}
-  # pool1 is max_pool(conv1), computed as relu(max_pool(its pre-activation))
-  # (test_pool1_is_the_max_pool_of_conv1 below).
-  assert ops['pool1'].type == 'Relu'
-  assert ops['pool1'].inputs[0].op.name == 'pool1_before_relu'
-  for pool in ['pool1_before_relu', 'pool2']:
+  for pool in ['pool1', 'pool2']:
     assert ops[pool].type == 'MaxPool'
     assert ops[pool].get_attr('ksize') == [1, 3, 3, 1]
     assert ops[pool].get_attr('strides') == [1, 2, 2, 1]
@@ -108,15 +104,20 @@ def test_layers_are_the_tutorials():
 
 @pytest.mark.parametrize('dtype', [tf.float32, tf.bfloat16])
 def test_pool1_is_the_max_pool_of_conv1(dtype):
-  # The tutorial's max_pool(relu(conv)), computed as relu(max_pool(conv)):
-  # the same values, and the same gradients, to the bit. Half the values of
-  # conv1 are 0 here (windows whose maxima tie at 0, where the gradient must
-  # reach no weight).
+  # pool1's gradient, written out (cifar10._max_pool_of_relu), against
+  # TensorFlow's op by op: the same to the bit. Half the values of conv1 are
+  # 0 here (windows whose maxima tie at 0, where the gradient must reach no
+  # weight).
   with tf.Graph().as_default() as graph:
     cifar10.inference(tf.cast(_random_images(), dtype),
                       variable_dtype=tf.float32)
-    conv1, pool1 = (graph.get_tensor_by_name(name + ':0')
-                    for name in ['conv1/conv1', 'pool1'])
+    conv1 = graph.get_tensor_by_name('conv1/conv1:0')
+    # pool1 as norm1 reads it: the max pooling's output with its gradient
+    # (tf.custom_gradient's IdentityN).
+    pool1, = [consumer.outputs[0] for consumer in
+              graph.get_tensor_by_name('pool1:0').consumers()
+              if consumer.type == 'IdentityN']
+    assert pool1 in graph.get_operation_by_name('norm1_terms/Square').inputs
     tutorials = tf.nn.max_pool(conv1, ksize=[1, 3, 3, 1],
                                strides=[1, 2, 2, 1], padding='SAME')
     upstream = tf.cast(tf.constant(np.random.default_rng(1).normal(
