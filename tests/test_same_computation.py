@@ -108,6 +108,43 @@ def test_the_training_step_computes_what_it_did_before_the_speed_work():
                     '%s %s' % (name, part))
 
 
+@pytest.mark.parametrize('dtype', [tf.float32, tf.bfloat16])
+def test_pool1s_gradient_is_tensorflows_to_the_bit(dtype):
+  # pool1's gradient, written out (cifar10._max_pool_of_relu), against
+  # TensorFlow's op by op: the same to the bit. Half the values of conv1 are
+  # 0 here (windows whose maxima tie at 0, where the gradient must reach no
+  # weight).
+  images = np.random.default_rng(0).normal(size=(8, 24, 24, 3))
+  with tf.Graph().as_default() as graph:
+    cifar10.inference(tf.cast(images.astype(np.float32), dtype),
+                      variable_dtype=tf.float32)
+    conv1 = graph.get_tensor_by_name('conv1/conv1:0')
+    # pool1 as norm1 reads it: the max pooling's output with its gradient
+    # (tf.custom_gradient's IdentityN).
+    pool1, = [consumer.outputs[0] for consumer in
+              graph.get_tensor_by_name('pool1:0').consumers()
+              if consumer.type == 'IdentityN']
+    assert pool1 in graph.get_operation_by_name('norm1_terms/Square').inputs
+    tutorials = tf.nn.max_pool(conv1, ksize=[1, 3, 3, 1],
+                               strides=[1, 2, 2, 1], padding='SAME')
+    upstream = tf.cast(tf.constant(np.random.default_rng(1).normal(
+        size=pool1.shape.as_list()).astype(np.float32)), dtype)
+    weights = [v for v in tf.trainable_variables()
+               if v.op.name.startswith('conv1/')]
+    gradients = [tf.gradients(pool * upstream, weights)
+                 for pool in [pool1, tutorials]]
+    with tf.Session() as sess:
+      sess.run(tf.global_variables_initializer())
+      zeros, ours, theirs, our_gradients, their_gradients = sess.run(
+          [tf.reduce_mean(tf.cast(tf.equal(conv1, 0), tf.float32)), pool1,
+           tutorials] + gradients)
+  assert 0.3 < zeros < 0.7
+  np.testing.assert_array_equal(ours, theirs)
+  for ours, theirs in zip(our_gradients, their_gradients):
+    assert np.any(ours != 0)
+    np.testing.assert_array_equal(ours, theirs)
+
+
 def test_local_response_normalization_is_tf_nn_lrn():
   rng = np.random.default_rng(3)
   x_value = (rng.normal(size=(8, 12, 12, 64)) * 3).astype(np.float32)
