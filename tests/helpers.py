@@ -310,6 +310,12 @@ class ScriptProcess(object):
       self.process.wait(10)
 
 
+def event_files(folder):
+  """The paths of the summaries' event files in `folder`."""
+  return [os.path.join(folder, name) for name in os.listdir(folder)
+          if '.tfevents.' in name]
+
+
 def assert_readable(checkpoint_path):
   """Every value of a checkpoint can be read: it is whole."""
   reader = tf.train.load_checkpoint(checkpoint_path)

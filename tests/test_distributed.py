@@ -221,7 +221,7 @@ def test_on_machines_of_their_own_training_survives_a_ps_restart(
   chief_train_dir = cluster.disk('worker0', cluster.train_dir)
   _check_trained(chief_train_dir, cluster.disk('worker0', cluster.data_dir),
                  target, tmp_path)
-  assert [n for n in os.listdir(chief_train_dir) if '.tfevents.' in n]
+  assert helpers.event_files(chief_train_dir)
   assert os.listdir(cluster.disk('ps0')) == []
   assert os.listdir(cluster.disk('worker1')) == ['data']
 

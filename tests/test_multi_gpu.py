@@ -279,12 +279,11 @@ def _rewritten(checkpoint, train_dir, changes, dropped=()):
 def _learning_rates(train_dir):
   """{step: the learning rate summarised at it}."""
   rates = {}
-  for name in os.listdir(train_dir):
-    if '.tfevents.' in name:
-      for event in tf.train.summary_iterator(os.path.join(train_dir, name)):
-        for value in event.summary.value:
-          if value.tag == 'learning_rate':
-            rates[event.step] = value.simple_value
+  for path in helpers.event_files(train_dir):
+    for event in tf.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.tag == 'learning_rate':
+          rates[event.step] = value.simple_value
   return rates
 
 

@@ -3,7 +3,6 @@
 import collections
 import contextlib
 import datetime
-import glob
 import io
 import json
 import math
@@ -58,7 +57,7 @@ def _read_events(log_dir):
   """{'scalars'|'histograms'|'images': {tag: [(step, value)]}}, graphs."""
   found = collections.defaultdict(lambda: collections.defaultdict(list))
   graphs = 0
-  for path in sorted(glob.glob(os.path.join(log_dir, 'events.out.tfevents.*'))):
+  for path in sorted(helpers.event_files(log_dir)):
     for event in tf.train.summary_iterator(path):
       graphs += event.HasField('graph_def')
       for value in event.summary.value:

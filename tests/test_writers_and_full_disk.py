@@ -74,7 +74,7 @@ def test_a_train_dir_has_one_writer_and_its_hold_ends_with_it(
                             str(holder.process.pid), socket.gethostname())
   # One writer: one file of summaries. (The holder is stopped: nothing
   # comes of it until it is killed.)
-  assert len(_event_files(train_dir)) == 1
+  assert len(helpers.event_files(train_dir)) == 1
 
   # Killed, it holds nothing: the operating system ended the hold, and no
   # lock is left to delete by hand.
@@ -103,7 +103,7 @@ def _wait_for_summaries(folder, timeout_secs=60):
   """Waits until an event file of `folder` holds a summary, whole."""
   deadline = time.time() + timeout_secs
   while time.time() < deadline:
-    for path in _event_files(folder):
+    for path in helpers.event_files(folder):
       try:
         if any(event.summary.value
                for event in tf.train.summary_iterator(path)):
@@ -123,17 +123,11 @@ def _no_space_line(flag, folder, written, consequence):
 
 def _assert_whole_events(folder):
   """Every event file of `folder` reads to its end: no half-written record."""
-  paths = _event_files(folder)
+  paths = helpers.event_files(folder)
   assert paths
   for path in paths:
     for _ in tf.train.summary_iterator(path):
       pass
-
-
-def _event_files(folder):
-  """The paths of the event files in `folder`."""
-  return [os.path.join(folder, name) for name in os.listdir(folder)
-          if '.tfevents.' in name]
 
 
 def test_training_on_a_full_disk_stops_and_keeps_its_last_checkpoint(
