@@ -184,6 +184,14 @@ def run_scripts(*commands, wrap=list, env=None):
   return results
 
 
+def run_program(program, env=None):
+  """Runs Python code (a str) in a process of its own, in the checkout;
+  returns the CompletedProcess, having checked it succeeded."""
+  return subprocess.run([sys.executable, '-c', program], cwd=REPO_DIR,
+                        env=env, capture_output=True, timeout=300, check=True,
+                        **TEXT)
+
+
 def stderr_through_the_quiet_filter(*writes):
   """What a script's stderr shows of `writes` (texts, each written to
   descriptor 2 in one write) once cifar10_support.quiet filters it, as in

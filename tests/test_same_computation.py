@@ -9,6 +9,7 @@ averages. The file was written by this module, run as
 on the code before the speed work (tf.nn.lrn, distortions image by image).
 """
 
+import contextlib
 import json
 import os
 
@@ -17,6 +18,7 @@ import pytest
 
 import cifar10
 import cifar10_input
+import conftest
 from cifar10_support import lrn
 from cifar10_support.quiet import tf
 
@@ -124,7 +126,7 @@ def test_pool1s_gradient_is_tensorflows_to_the_bit(dtype):
     pool1, = [consumer.outputs[0] for consumer in
               graph.get_tensor_by_name('pool1:0').consumers()
               if consumer.type == 'IdentityN']
-    assert pool1 in graph.get_operation_by_name('norm1_terms/Square').inputs
+    assert any(op.name.startswith('norm1_terms/') for op in pool1.consumers())
     tutorials = tf.nn.max_pool(conv1, ksize=[1, 3, 3, 1],
                                strides=[1, 2, 2, 1], padding='SAME')
     upstream = tf.cast(tf.constant(np.random.default_rng(1).normal(
@@ -145,33 +147,57 @@ def test_pool1s_gradient_is_tensorflows_to_the_bit(dtype):
     np.testing.assert_array_equal(our_gradient, their_gradient)
 
 
-def test_local_response_normalization_is_tf_nn_lrn():
+# The two ways lrn.py computes LRN: its fused CPU kernel, and TensorFlow's
+# ops (on a GPU, in a SavedModel).
+LRN_WAYS = ['fused kernel', 'tensorflow ops']
+
+
+@contextlib.contextmanager
+def _lrn_built(way):
+  """Builds the LRNs in it `way`; then checks that they were built so."""
+  if way == 'fused kernel':
+    conftest.require(lrn.fused_kernel() is not None,
+                     'the fused LRN kernel cannot be built here (no C++ '
+                     'compiler?): the log says why')
+  graph = tf.get_default_graph()
+  with (lrn.tensorflow_ops_only() if way == 'tensorflow ops'
+        else contextlib.nullcontext()):
+    yield
+  kernels = [op for op in graph.get_operations() if op.type == 'Cifar10Lrn']
+  assert bool(kernels) == (way == 'fused kernel')
+
+
+@pytest.mark.parametrize('way', LRN_WAYS)
+def test_local_response_normalization_is_tf_nn_lrn(way):
   rng = np.random.default_rng(3)
   x_value = (rng.normal(size=(8, 12, 12, 64)) * 3).astype(np.float32)
   upstream = rng.normal(size=x_value.shape).astype(np.float32)
   with tf.Graph().as_default():
     x = tf.constant(x_value)
-    ours = lrn.local_response_normalization(x, 4, bias=1.0,
-                                                alpha=0.001 / 9.0, beta=0.75,
-                                                name='ours')
+    with _lrn_built(way):
+      ours = lrn.local_response_normalization(x, 4, bias=1.0,
+                                              alpha=0.001 / 9.0, beta=0.75,
+                                              name='ours')
+      other_beta = lrn.local_response_normalization(x, 2, bias=2.0,
+                                                    alpha=1e-3, beta=0.5,
+                                                    name='other')
     reference = tf.nn.lrn(x, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75)
-    other_beta = lrn.local_response_normalization(x, 2, bias=2.0,
-                                                      alpha=1e-3, beta=0.5,
-                                                      name='other')
     other_reference = tf.nn.lrn(x, 2, bias=2.0, alpha=1e-3, beta=0.5)
     gradients = [tf.gradients(y, x, grad_ys=upstream)[0]
-                 for y in [ours, reference]]
+                 for y in [ours, reference, other_beta, other_reference]]
     with tf.Session() as sess:
       values = sess.run([ours, reference, other_beta, other_reference] +
                         gradients)
   np.testing.assert_allclose(values[0], values[1], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(values[2], values[3], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(values[4], values[5], rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(values[6], values[7], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize('way', LRN_WAYS)
 @pytest.mark.parametrize('activation_scale', [0.5, 3.0, 30.0])
 def test_local_response_normalization_in_bfloat16_is_off_by_its_rounding(
-    activation_scale):
+    activation_scale, way):
   # Mixed precision's LRN, forward and written-out gradient, against
   # tf.nn.lrn in float32, on ReLU outputs of three scales. Measured: the
   # values and gradients are off by 0.14-0.34% on average (differentiating
@@ -185,8 +211,9 @@ def test_local_response_normalization_in_bfloat16_is_off_by_its_rounding(
     x = tf.constant(x_value)
     reference = tf.nn.lrn(x, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75)
     x_bfloat16 = tf.cast(x, tf.bfloat16)
-    ours = lrn.local_response_normalization(
-        x_bfloat16, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75, name='ours')
+    with _lrn_built(way):
+      ours = lrn.local_response_normalization(
+          x_bfloat16, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75, name='ours')
     gradients = [
         tf.gradients(reference, x, grad_ys=upstream)[0],
         tf.cast(tf.gradients(ours, x_bfloat16,
@@ -204,9 +231,10 @@ def test_local_response_normalization_in_bfloat16_is_off_by_its_rounding(
     assert abs((error * want).sum() / (want * want).sum()) < 0.005, what
 
 
+@pytest.mark.parametrize('way', LRN_WAYS)
 @pytest.mark.parametrize('largest', [1.0, 100.0, 1000.0, 10000.0, 65504.0])
 def test_local_response_normalization_in_float16_is_finite_to_its_range(
-    largest):
+    largest, way):
   # ReLU outputs up to `largest`, one of them at it, up to float16's largest
   # number: no inf or NaN (computed in float16, the squares overflowed from
   # 256 on, and a whole pixel became NaN); the values and the gradient are
@@ -219,8 +247,9 @@ def test_local_response_normalization_in_float16_is_finite_to_its_range(
   upstream = rng.normal(size=x_value.shape).astype(np.float16)
   with tf.Graph().as_default():
     x = tf.constant(x_value)
-    ours = lrn.local_response_normalization(
-        x, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75, name='ours')
+    with _lrn_built(way):
+      ours = lrn.local_response_normalization(
+          x, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75, name='ours')
     x32 = tf.constant(x_value.astype(np.float32))
     reference = tf.nn.lrn(x32, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75)
     gradients = [tf.gradients(ours, x, grad_ys=upstream)[0],

@@ -1,0 +1,175 @@
+"""LRN's fused CPU kernel: built once, used where the model runs on a CPU,
+and, where it cannot be built, TensorFlow's ops instead, said once.
+
+(That it computes tf.nn.lrn, and its gradient: test_same_computation.py.)
+"""
+
+import logging
+import os
+import stat
+
+import numpy as np
+import pytest
+
+import conftest
+import helpers
+from cifar10_support import devices
+from cifar10_support import lrn
+from cifar10_support.quiet import tf
+
+
+@pytest.fixture
+def fresh_build(monkeypatch, tmp_path):
+  """fused_kernel() asked again, with its cache in tmp_path/cache; the
+  process's own kernel again afterwards."""
+  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+  lrn.fused_kernel.cache_clear()
+  yield tmp_path / 'cache' / 'cifar10'
+  monkeypatch.undo()
+  lrn.fused_kernel.cache_clear()
+
+
+def _kernels_in(build):
+  """The types of the LRN ops that build() puts in a new graph."""
+  with tf.Graph().as_default() as graph:
+    build()
+  return sorted({op.type for op in graph.get_operations()
+                 if op.type.startswith('Cifar10Lrn') or op.type == 'MatMul'})
+
+
+def _normalize(x):
+  return lrn.local_response_normalization(x, 4, bias=1.0, alpha=0.001 / 9.0,
+                                          beta=0.75, name='norm')
+
+
+def _normalize_with_gradient():
+  x = tf.zeros([2, 3, 3, 64])
+  tf.gradients(_normalize(x), x)
+
+
+# Two runs of a program that uses LRN, one after the other, each a process.
+_A_RUN = """
+from absl import logging
+import numpy as np
+from cifar10_support import lrn
+from cifar10_support.quiet import tf
+logging.set_verbosity(logging.INFO)
+x = tf.constant(np.ones([1, 1, 1, 3], np.float32))
+y = lrn.local_response_normalization(x, 1, bias=1.0, alpha=1.0, beta=0.5,
+                                     name='norm')
+tf.gradients(y, x)
+print(sorted(op.type for op in tf.get_default_graph().get_operations()
+             if op.type.startswith('Cifar10')))
+print(tf.Session().run(y).ravel().astype(float).round(4).tolist())
+"""
+
+
+def test_the_kernel_is_compiled_once_and_kept(tmp_path):
+  conftest.require(lrn.fused_kernel() is not None,
+                   'the fused LRN kernel cannot be built here (no C++ '
+                   'compiler?): the log says why')
+  env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path))
+  cache = tmp_path / 'cifar10'
+  first = helpers.run_program(_A_RUN, env=env)
+  built, = os.listdir(cache)
+  assert built.startswith('lrn_kernel-') and built.endswith('.so')
+  assert ('LRN: compiling the fused CPU kernel (once, a few seconds): %s'
+          % (cache / built)) in first.stderr
+  modified = os.stat(cache / built).st_mtime_ns
+  second = helpers.run_program(_A_RUN, env=env)
+  assert 'compiling' not in second.stderr
+  assert os.listdir(cache) == [built]
+  assert os.stat(cache / built).st_mtime_ns == modified
+  for run in [first, second]:
+    # The kernel and its gradient; 1 / (1 + the window's sum of squares)
+    # ** 0.5, for windows of 2, 3, 2 ones.
+    assert run.stdout.splitlines() == ["['Cifar10Lrn', 'Cifar10LrnGrad']",
+                                       '[0.5774, 0.5, 0.5774]'], run.stderr
+
+
+def test_without_a_compiler_tensorflows_ops_and_one_warning(
+    fresh_build, monkeypatch, caplog):
+  monkeypatch.setenv('CXX', '/nonexistent/c++')
+  with caplog.at_level(logging.WARNING):
+    assert lrn.fused_kernel() is None
+    assert _kernels_in(_normalize_with_gradient) == ['MatMul']
+    assert lrn.fused_kernel() is None  # Asked again: said once.
+  warnings = [r.getMessage() for r in caplog.records
+              if r.levelno == logging.WARNING]
+  assert len(warnings) == 1
+  assert warnings[0].startswith('LRN: no C++ compiler (/nonexistent/c++: ')
+  assert "using TensorFlow's ops" in warnings[0]
+  assert not os.path.exists(fresh_build)
+
+
+def test_a_compilers_error_is_said_and_nothing_is_left(
+    fresh_build, monkeypatch, tmp_path, caplog):
+  compiler = tmp_path / 'broken-c++'
+  compiler.write_text('#!/bin/sh\n'
+                      '[ "$1" = --version ] && { echo broken 1.0; exit 0; }\n'
+                      'echo "lrn_kernel.cc:1: error: no headers here" >&2\n'
+                      'exit 1\n')
+  compiler.chmod(compiler.stat().st_mode | stat.S_IEXEC)
+  monkeypatch.setenv('CXX', str(compiler))
+  with caplog.at_level(logging.WARNING):
+    assert lrn.fused_kernel() is None
+  assert ('LRN: %s could not compile %s' % (compiler, lrn.KERNEL_SOURCE)
+          in caplog.text)
+  assert 'error: no headers here' in caplog.text
+  assert os.listdir(fresh_build) == []  # No half-built library.
+
+
+def test_a_cache_it_cannot_write_is_named(fresh_build, monkeypatch, tmp_path,
+                                          caplog):
+  # The cache's parent is a file: no folder can be made there, root or not.
+  (tmp_path / 'not_a_folder').write_text('')
+  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'not_a_folder'))
+  with caplog.at_level(logging.WARNING):
+    assert lrn.fused_kernel() is None
+  assert ('LRN: cannot build the fused kernel in %s'
+          % (tmp_path / 'not_a_folder' / 'cifar10') in caplog.text)
+
+
+def test_on_a_gpu_and_in_a_savedmodel_tensorflows_ops(monkeypatch):
+  conftest.require(lrn.fused_kernel() is not None,
+                   'the fused LRN kernel cannot be built here (no C++ '
+                   'compiler?): the log says why')
+
+  def on(device):
+    def build():
+      with tf.device(device):
+        _normalize_with_gradient()
+    return build
+
+  assert _kernels_in(on('/cpu:0')) == ['Cifar10Lrn', 'Cifar10LrnGrad']
+  assert _kernels_in(on('/gpu:0')) == ['MatMul']
+  assert _kernels_in(on('/job:worker/task:1')) == ['Cifar10Lrn',
+                                                   'Cifar10LrnGrad']
+
+  def in_a_savedmodel():
+    with lrn.tensorflow_ops_only():
+      _normalize(tf.zeros([2, 3, 3, 64]))
+
+  assert _kernels_in(in_a_savedmodel) == ['MatMul']
+  # No device named, on a machine with a GPU: TensorFlow places it there.
+  monkeypatch.setattr(devices, 'gpus', lambda: ['/physical_device:GPU:0'])
+  assert _kernels_in(on('/job:worker/task:1')) == ['MatMul']
+
+
+def test_bad_shapes_are_refused_by_name():
+  conftest.require(lrn.fused_kernel() is not None,
+                   'the fused LRN kernel cannot be built here (no C++ '
+                   'compiler?): the log says why')
+  kernel = lrn.fused_kernel()
+  settings = dict(depth_radius=4, bias=1.0, alpha=1e-4, beta=0.75)
+  with tf.Graph().as_default():
+    with pytest.raises(ValueError, match='must be rank 4'):
+      kernel.cifar10_lrn(tf.zeros([3, 64]), **settings)
+    upstream = tf.placeholder(tf.float32, [None, 3, 3, 64])
+    gradient = kernel.cifar10_lrn_grad(upstream, tf.zeros([2, 3, 3, 64]),
+                                       **settings)
+    with tf.Session() as sess:
+      with pytest.raises(tf.errors.InvalidArgumentError,
+                         match=r"LRN's gradient: upstream \[1,3,3,64\] and "
+                               r'activations \[2,3,3,64\] differ'):
+        sess.run(gradient, {upstream: np.zeros([1, 3, 3, 64])})
