@@ -121,12 +121,17 @@ def tensorflow_ops_only():
 
 
 def _runs_on_a_cpu(x):
-  """Whether ops that take `x` run on a CPU: where its device says, or, if it
-  names none, where TensorFlow puts them (a GPU, if the machine has one)."""
-  device_type = tf.DeviceSpec.from_string(x.device or '').device_type
-  if device_type:
-    return device_type == 'CPU'
-  return not devices.gpus()
+  """Whether ops that take `x` run on a CPU: where its device says, if this
+  machine has that device (a GPU it lacks means the CPU: soft placement),
+  or, if it names none, where TensorFlow puts them (a GPU, if there is one).
+  """
+  device = tf.DeviceSpec.from_string(x.device or '')
+  gpus = len(devices.gpus())
+  if device.device_type == 'GPU':
+    return (device.device_index or 0) >= gpus
+  if device.device_type:
+    return device.device_type == 'CPU'
+  return gpus == 0
 
 
 def local_response_normalization(x, depth_radius, bias, alpha, beta, name):

@@ -185,9 +185,11 @@ PRECISIONS = {'float32': {}, 'use_fp16': {'use_fp16': True},
 
 @pytest.fixture(params=sorted(PRECISIONS))
 def gpu_params(request, data_dir, monkeypatch):
-  # As on a machine with GPUs: mixed precision then computes in float16.
+  # As on a machine with two GPUs (one a tower): mixed precision then
+  # computes in float16.
   monkeypatch.setattr(devices, 'gpus',
-                      lambda: ['/physical_device:GPU:0'])
+                      lambda: ['/physical_device:GPU:0',
+                               '/physical_device:GPU:1'])
   params = params_lib.Params(data_dir=data_dir, batch_size=16,
                              **PRECISIONS[request.param])
   assert devices.precision(params).compute_dtype == (

@@ -130,7 +130,8 @@ def test_a_cache_it_cannot_write_is_named(fresh_build, monkeypatch, tmp_path,
           % (tmp_path / 'not_a_folder' / 'cifar10') in caplog.text)
 
 
-def test_on_a_gpu_and_in_a_savedmodel_tensorflows_ops(monkeypatch):
+def test_the_kernel_on_a_cpu_tensorflows_ops_on_a_gpu_and_in_a_savedmodel(
+    monkeypatch):
   conftest.require(lrn.fused_kernel() is not None,
                    'the fused LRN kernel cannot be built here (no C++ '
                    'compiler?): the log says why')
@@ -141,19 +142,25 @@ def test_on_a_gpu_and_in_a_savedmodel_tensorflows_ops(monkeypatch):
         _normalize_with_gradient()
     return build
 
-  assert _kernels_in(on('/cpu:0')) == ['Cifar10Lrn', 'Cifar10LrnGrad']
-  assert _kernels_in(on('/gpu:0')) == ['MatMul']
-  assert _kernels_in(on('/job:worker/task:1')) == ['Cifar10Lrn',
-                                                   'Cifar10LrnGrad']
+  kernel, tensorflows = ['Cifar10Lrn', 'Cifar10LrnGrad'], ['MatMul']
+  assert _kernels_in(on('/cpu:0')) == kernel
+  assert _kernels_in(on('/job:worker/task:1')) == kernel
+  # A GPU this machine does not have: soft placement puts it on the CPU
+  # (cifar10_multi_gpu_train.py's towers, where GPUs are fewer).
+  assert _kernels_in(on('/gpu:0')) == kernel
 
   def in_a_savedmodel():
     with lrn.tensorflow_ops_only():
       _normalize(tf.zeros([2, 3, 3, 64]))
 
-  assert _kernels_in(in_a_savedmodel) == ['MatMul']
-  # No device named, on a machine with a GPU: TensorFlow places it there.
+  assert _kernels_in(in_a_savedmodel) == tensorflows
+  # On a machine with one GPU: there, and where no device is named (TensorFlow
+  # places it on the GPU); a second GPU's tower runs on the CPU.
   monkeypatch.setattr(devices, 'gpus', lambda: ['/physical_device:GPU:0'])
-  assert _kernels_in(on('/job:worker/task:1')) == ['MatMul']
+  assert _kernels_in(on('/gpu:0')) == tensorflows
+  assert _kernels_in(on('/job:worker/task:1')) == tensorflows
+  assert _kernels_in(on('/gpu:1')) == kernel
+  assert _kernels_in(on('/cpu:0')) == kernel
 
 
 def test_bad_shapes_are_refused_by_name():
