@@ -45,6 +45,28 @@ def kernel_cache_dir():
   return os.path.join(cache_home, 'cifar10')
 
 
+def kernel_compiler():
+  """The C++ compiler that builds the kernel: $CXX, or g++."""
+  return os.environ.get('CXX') or 'g++'
+
+
+def _kernel_flags():
+  """The compiler's flags: (before the source, after it)."""
+  return (_KERNEL_FLAGS + tf.sysconfig.get_compile_flags(),
+          tf.sysconfig.get_link_flags())
+
+
+def kernel_library(compiler_version):
+  """The compiled kernel's file in kernel_cache_dir(): one for each source,
+  flags, version of TensorFlow and compiler (`compiler_version`, what it
+  says to --version)."""
+  with open(KERNEL_SOURCE, 'rb') as f:
+    source = f.read()
+  key = hashlib.sha256(repr((source, _kernel_flags(), compiler_version,
+                             tf.__version__)).encode()).hexdigest()[:16]
+  return os.path.join(kernel_cache_dir(), 'lrn_kernel-%s.so' % key)
+
+
 @functools.lru_cache(maxsize=None)
 def fused_kernel():
   """The ops of lrn_kernel.cc (cifar10_lrn, cifar10_lrn_grad), or None.
@@ -55,7 +77,7 @@ def fused_kernel():
   a compiler's error), says why, once, and returns None: the model then uses
   TensorFlow's ops, the same values a little slower.
   """
-  compiler = os.environ.get('CXX') or 'g++'
+  compiler = kernel_compiler()
   try:
     version = subprocess.run([compiler, '--version'], capture_output=True,
                              text=True, check=True).stdout
@@ -64,13 +86,8 @@ def fused_kernel():
                     '(slower on a CPU; set CXX to a compiler to build the '
                     'fused kernel).', compiler, e)
     return None
-  with open(KERNEL_SOURCE, 'rb') as f:
-    source = f.read()
-  flags = (_KERNEL_FLAGS + tf.sysconfig.get_compile_flags(),
-           tf.sysconfig.get_link_flags())
-  key = hashlib.sha256(repr((source, flags, version, tf.__version__))
-                       .encode()).hexdigest()[:16]
-  library = os.path.join(kernel_cache_dir(), 'lrn_kernel-%s.so' % key)
+  flags = _kernel_flags()
+  library = kernel_library(version)
   if not os.path.exists(library):
     logging.info('LRN: compiling the fused CPU kernel (once, a few seconds): '
                  '%s', library)
@@ -98,7 +115,13 @@ def fused_kernel():
                       '(slower on a CPU). Its last lines:\n%s', compiler,
                       KERNEL_SOURCE, '\n'.join(e.stderr.splitlines()[-5:]))
       return None
-  return tf.load_op_library(library)
+  try:
+    return tf.load_op_library(library)
+  except tf.errors.OpError as e:  # Damaged, or built for another system.
+    logging.warning('LRN: cannot load %s (%s); using TensorFlow\'s ops '
+                    '(slower on a CPU). Remove it to build it again.',
+                    library, e.message)
+    return None
 
 
 @tf.RegisterGradient('Cifar10Lrn')

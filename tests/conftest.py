@@ -27,6 +27,7 @@ import json  # pylint: disable=g-import-not-at-top
 
 import pytest  # pylint: disable=g-import-not-at-top
 
+from cifar10_support import lrn  # pylint: disable=g-import-not-at-top
 from cifar10_support import params as params_lib  # pylint: disable=g-import-not-at-top
 import cifar10_train  # pylint: disable=g-import-not-at-top
 
@@ -54,6 +55,15 @@ LONGEST_FIRST = ['test_distributed.py', 'test_gpu_check.py',
                  'test_writers_and_full_disk.py', 'test_multi_gpu.py',
                  'test_other_machines.py', 'test_precision_and_devices.py',
                  'test_own_data.py', 'test_gpu_placement.py']
+
+
+def pytest_configure(config):
+  # LRN's CPU kernel is compiled here, once, before any test starts a script
+  # (whose output they check): a new checkout's first run compiles it (a few
+  # seconds); the next find it in ~/.cache/cifar10. (xdist's workers find it
+  # built by the controller.)
+  if not hasattr(config, 'workerinput'):
+    lrn.fused_kernel()
 
 
 def pytest_collection_modifyitems(items):

@@ -6,7 +6,9 @@ and, where it cannot be built, TensorFlow's ops instead, said once.
 
 import logging
 import os
+import shutil
 import stat
+import subprocess
 
 import numpy as np
 import pytest
@@ -117,6 +119,21 @@ def test_a_compilers_error_is_said_and_nothing_is_left(
           in caplog.text)
   assert 'error: no headers here' in caplog.text
   assert os.listdir(fresh_build) == []  # No half-built library.
+
+
+def test_a_damaged_library_is_named_and_not_loaded(fresh_build, caplog):
+  conftest.require(shutil.which(lrn.kernel_compiler()),
+                   'no C++ compiler here (%s)' % lrn.kernel_compiler())
+  version = subprocess.run([lrn.kernel_compiler(), '--version'],
+                           capture_output=True, text=True).stdout
+  damaged = lrn.kernel_library(version)
+  os.makedirs(os.path.dirname(damaged))
+  with open(damaged, 'w') as f:
+    f.write('not a shared library')
+  with caplog.at_level(logging.WARNING):
+    assert lrn.fused_kernel() is None
+  assert ('LRN: cannot load %s (' % damaged) in caplog.text
+  assert 'Remove it to build it again.' in caplog.text
 
 
 def test_a_cache_it_cannot_write_is_named(fresh_build, monkeypatch, tmp_path,
