@@ -126,6 +126,7 @@ def fused_kernel():
 
 @tf.RegisterGradient('Cifar10Lrn')
 def _fused_kernels_gradient(op, upstream):
+  """Cifar10Lrn's gradient: Cifar10LrnGrad, with the same settings."""
   settings = {name: op.get_attr(name)
               for name in ('depth_radius', 'bias', 'alpha', 'beta')}
   return fused_kernel().cifar10_lrn_grad(upstream, op.inputs[0], **settings)

@@ -180,6 +180,21 @@ def test_the_kernel_on_a_cpu_tensorflows_ops_on_a_gpu_and_in_a_savedmodel(
   assert _kernels_in(on('/cpu:0')) == kernel
 
 
+def test_a_saved_graph_with_the_kernel_imports_once_it_is_loaded(tmp_path):
+  # The README's way to import a CPU training's model.ckpt-N.meta.
+  conftest.require(lrn.fused_kernel() is not None,
+                   'the fused LRN kernel cannot be built here (no C++ '
+                   'compiler?): the log says why')
+  meta = str(tmp_path / 'model.ckpt-0.meta')
+  with tf.Graph().as_default():
+    _normalize_with_gradient()
+    tf.train.export_meta_graph(meta)
+  with tf.Graph().as_default() as graph:
+    lrn.fused_kernel()
+    tf.train.import_meta_graph(meta)
+    assert 'Cifar10LrnGrad' in {op.type for op in graph.get_operations()}
+
+
 def test_bad_shapes_are_refused_by_name():
   conftest.require(lrn.fused_kernel() is not None,
                    'the fused LRN kernel cannot be built here (no C++ '
