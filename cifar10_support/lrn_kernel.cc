@@ -31,14 +31,18 @@
 namespace tensorflow {
 namespace {
 
+// The settings of both ops, as tf.nn.lrn names them.
+#define LRN_SETTINGS                  \
+  Attr("T: {float, bfloat16}")        \
+      .Attr("depth_radius: int >= 0") \
+      .Attr("bias: float")            \
+      .Attr("alpha: float")           \
+      .Attr("beta: float")
+
 REGISTER_OP("Cifar10Lrn")
     .Input("x: T")
     .Output("normalized: T")
-    .Attr("T: {float, bfloat16}")
-    .Attr("depth_radius: int >= 0")
-    .Attr("bias: float")
-    .Attr("alpha: float")
-    .Attr("beta: float")
+    .LRN_SETTINGS
     .SetShapeFn([](shape_inference::InferenceContext* c) {
       shape_inference::ShapeHandle x;
       TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
@@ -50,11 +54,7 @@ REGISTER_OP("Cifar10LrnGrad")
     .Input("upstream: T")
     .Input("x: T")
     .Output("gradient: T")
-    .Attr("T: {float, bfloat16}")
-    .Attr("depth_radius: int >= 0")
-    .Attr("bias: float")
-    .Attr("alpha: float")
-    .Attr("beta: float")
+    .LRN_SETTINGS
     .SetShapeFn([](shape_inference::InferenceContext* c) {
       shape_inference::ShapeHandle x;
       TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 4, &x));
