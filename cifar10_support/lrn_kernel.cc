@@ -10,8 +10,7 @@
 //                 - 2 alpha beta x[c] * sum over j in c's window of
 //                   upstream[j] * normalized[j] / denominator[j]
 // (the window is symmetric). The gradient computes the denominators again
-// from x rather than keep them: reading x costs less than writing and
-// reading them.
+// from x, so that nothing is kept between the passes but x itself.
 //
 // float32 and bfloat16; bfloat16 is computed in float32 and rounded once.
 // Built and loaded by lrn.py (fused_kernel()); there are no GPU kernels: on
