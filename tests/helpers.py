@@ -18,9 +18,11 @@ import numpy as np
 import cifar10
 from cifar10_support import data as data_lib
 from cifar10_support import devices
+from cifar10_support import lrn
 from cifar10_support import runtime
 from cifar10_support import scripts
 from cifar10_support.quiet import tf
+import conftest
 from conftest import REPO_DIR
 from conftest import SMALL_QUEUE_FRACTION
 
@@ -192,6 +194,16 @@ def run_program(program, env=None):
                         **TEXT)
 
 
+def require_lrn_kernel():
+  """LRN's fused CPU kernel (lrn.fused_kernel()); the test is skipped (a
+  failure under CI's STRICT) where it cannot be built."""
+  kernel = lrn.fused_kernel()
+  conftest.require(kernel is not None,
+                   'the fused LRN kernel cannot be built here (no C++ '
+                   'compiler?): the log says why')
+  return kernel
+
+
 def stderr_through_the_quiet_filter(*writes):
   """What a script's stderr shows of `writes` (texts, each written to
   descriptor 2 in one write) once cifar10_support.quiet filters it, as in
@@ -200,8 +212,7 @@ def stderr_through_the_quiet_filter(*writes):
              'from cifar10_support import quiet\n'
              'quiet.filter_runtime_noise_from_stderr()\n' +
              ''.join('os.write(2, %r)\n' % text.encode() for text in writes))
-  return subprocess.run([sys.executable, '-c', program], cwd=REPO_DIR,
-                        capture_output=True, text=True, check=True).stderr
+  return run_program(program).stderr
 
 
 def run_main(script, *args):

@@ -67,9 +67,7 @@ print(tf.Session().run(y).ravel().astype(float).round(4).tolist())
 
 
 def test_the_kernel_is_compiled_once_and_kept(tmp_path):
-  conftest.require(lrn.fused_kernel() is not None,
-                   'the fused LRN kernel cannot be built here (no C++ '
-                   'compiler?): the log says why')
+  helpers.require_lrn_kernel()
   env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path))
   cache = tmp_path / 'cifar10'
   first = helpers.run_program(_A_RUN, env=env)
@@ -149,9 +147,7 @@ def test_a_cache_it_cannot_write_is_named(fresh_build, monkeypatch, tmp_path,
 
 def test_the_kernel_on_a_cpu_tensorflows_ops_on_a_gpu_and_in_a_savedmodel(
     monkeypatch):
-  conftest.require(lrn.fused_kernel() is not None,
-                   'the fused LRN kernel cannot be built here (no C++ '
-                   'compiler?): the log says why')
+  helpers.require_lrn_kernel()
 
   def on(device):
     def build():
@@ -182,9 +178,7 @@ def test_the_kernel_on_a_cpu_tensorflows_ops_on_a_gpu_and_in_a_savedmodel(
 
 def test_a_saved_graph_with_the_kernel_imports_once_it_is_loaded(tmp_path):
   # The README's way to import a CPU training's model.ckpt-N.meta.
-  conftest.require(lrn.fused_kernel() is not None,
-                   'the fused LRN kernel cannot be built here (no C++ '
-                   'compiler?): the log says why')
+  helpers.require_lrn_kernel()
   meta = str(tmp_path / 'model.ckpt-0.meta')
   with tf.Graph().as_default():
     _normalize_with_gradient()
@@ -196,10 +190,7 @@ def test_a_saved_graph_with_the_kernel_imports_once_it_is_loaded(tmp_path):
 
 
 def test_bad_shapes_are_refused_by_name():
-  conftest.require(lrn.fused_kernel() is not None,
-                   'the fused LRN kernel cannot be built here (no C++ '
-                   'compiler?): the log says why')
-  kernel = lrn.fused_kernel()
+  kernel = helpers.require_lrn_kernel()
   settings = dict(depth_radius=4, bias=1.0, alpha=1e-4, beta=0.75)
   with tf.Graph().as_default():
     with pytest.raises(ValueError, match='must be rank 4'):

@@ -18,7 +18,7 @@ import pytest
 
 import cifar10
 import cifar10_input
-import conftest
+import helpers
 from cifar10_support import lrn
 from cifar10_support.quiet import tf
 
@@ -156,9 +156,7 @@ LRN_WAYS = ['fused kernel', 'tensorflow ops']
 def _lrn_built(way):
   """Builds the LRNs in it `way`; then checks that they were built so."""
   if way == 'fused kernel':
-    conftest.require(lrn.fused_kernel() is not None,
-                     'the fused LRN kernel cannot be built here (no C++ '
-                     'compiler?): the log says why')
+    helpers.require_lrn_kernel()
   graph = tf.get_default_graph()
   with (lrn.tensorflow_ops_only() if way == 'tensorflow ops'
         else contextlib.nullcontext()):
