@@ -192,6 +192,36 @@ def test_local_response_normalization_is_tf_nn_lrn(way):
   np.testing.assert_allclose(values[6], values[7], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize('dtype', [tf.float32, tf.bfloat16])
+@pytest.mark.parametrize('shape, radius', [
+    ((3, 5, 7, 64), 4),  # the model's depth and radius, compiled for them
+    ((2, 5, 5, 24), 3),  # any other, by the general loops
+])
+def test_the_kernels_blocks_of_pixels_end_where_the_pixels_do(shape, radius,
+                                                              dtype):
+  # The kernel goes 16 pixels at a time: 105 and 50 pixels end mid-block,
+  # in every thread's share. Each pixel, the last ones too, is tf.nn.lrn's.
+  rng = np.random.default_rng(5)
+  x_value = (rng.normal(size=shape) * 3).astype(np.float32)
+  upstream = rng.normal(size=shape).astype(np.float32)
+  settings = dict(bias=1.0, alpha=0.001 / 9.0, beta=0.75)
+  with tf.Graph().as_default():
+    x = tf.constant(x_value)
+    with _lrn_built('fused kernel'):
+      ours = lrn.local_response_normalization(tf.cast(x, dtype), radius,
+                                              name='ours', **settings)
+    reference = tf.nn.lrn(tf.cast(tf.cast(x, dtype), tf.float32), radius,
+                          **settings)
+    gradients = [tf.gradients(ours, x, grad_ys=tf.cast(upstream, dtype))[0],
+                 tf.gradients(reference, x, grad_ys=upstream)[0]]
+    with tf.Session() as sess:
+      values = sess.run([tf.cast(ours, tf.float32), reference] + gradients)
+  tolerance = 1e-5 if dtype == tf.float32 else 2 ** -7  # bfloat16's rounding
+  np.testing.assert_allclose(values[0], values[1], rtol=tolerance, atol=1e-6)
+  np.testing.assert_allclose(values[2], values[3], rtol=10 * tolerance,
+                             atol=10 * tolerance * np.abs(values[3]).max())
+
+
 @pytest.mark.parametrize('way', LRN_WAYS)
 @pytest.mark.parametrize('activation_scale', [0.5, 3.0, 30.0])
 def test_local_response_normalization_in_bfloat16_is_off_by_its_rounding(
