@@ -111,11 +111,13 @@ def test_the_training_step_computes_what_it_did_before_the_speed_work():
 
 
 @pytest.mark.parametrize('dtype', [tf.float32, tf.bfloat16])
-def test_pool1s_gradient_is_tensorflows_to_the_bit(dtype):
+def test_pool1s_gradient_is_tensorflows(dtype):
   # pool1's gradient, written out (cifar10._max_pool_of_relu), against
-  # TensorFlow's op by op: the same to the bit. Half the values of conv1 are
-  # 0 here, and some windows' maxima too (they tie at 0: the gradient must
-  # reach no weight through them).
+  # TensorFlow's op by op: the same to the bit, but for the float32 biases'
+  # gradient, summed at the maxima alone (in another order: to float32's
+  # rounding of the sum). Half the values of conv1 are 0 here, and some
+  # windows' maxima too (they tie at 0: the gradient must reach no weight
+  # through them).
   images = np.random.default_rng(0).normal(size=(8, 24, 24, 3))
   with tf.Graph().as_default() as graph:
     cifar10.inference(tf.cast(images.astype(np.float32), dtype),
@@ -131,20 +133,31 @@ def test_pool1s_gradient_is_tensorflows_to_the_bit(dtype):
                                strides=[1, 2, 2, 1], padding='SAME')
     upstream = tf.cast(tf.constant(np.random.default_rng(1).normal(
         size=pool1.shape.as_list()).astype(np.float32)), dtype)
-    weights = [v for v in tf.trainable_variables()
-               if v.op.name.startswith('conv1/')]
-    gradients = [tf.gradients(pool * upstream, weights)
+    weights_and_biases = [v for v in tf.trainable_variables()
+                          if v.op.name.startswith('conv1/')]
+    assert [v.op.name for v in weights_and_biases] == ['conv1/weights',
+                                                       'conv1/biases']
+    gradients = [tf.gradients(pool * upstream, weights_and_biases)
                  for pool in [pool1, tutorials]]
+    # The terms the biases' gradient sums, each place's.
+    terms = tf.gradients(tutorials * upstream, conv1.op.inputs[0])[0]
     with tf.Session() as sess:
       sess.run(tf.global_variables_initializer())
-      zeros, ours, theirs, our_gradients, their_gradients = sess.run(
+      zeros, ours, theirs, our_gradients, their_gradients, terms = sess.run(
           [tf.reduce_mean(tf.cast(tf.equal(conv1, 0), tf.float32)), pool1,
-           tutorials] + gradients)
+           tutorials] + gradients + [terms])
   assert 0.3 < zeros < 0.7 and np.any(theirs == 0)
   np.testing.assert_array_equal(ours, theirs)
   for our_gradient, their_gradient in zip(our_gradients, their_gradients):
     assert np.any(our_gradient != 0)
-    np.testing.assert_array_equal(our_gradient, their_gradient)
+  np.testing.assert_array_equal(our_gradients[0], their_gradients[0])
+  if dtype == tf.float32:
+    rounding = 2.0 ** -24 * np.sqrt(terms[..., 0].size) * np.abs(
+        terms.astype(np.float64)).sum(axis=(0, 1, 2))
+    np.testing.assert_array_less(
+        np.abs(our_gradients[1] - their_gradients[1]), rounding)
+  else:
+    np.testing.assert_array_equal(our_gradients[1], their_gradients[1])
 
 
 # The two ways lrn.py computes LRN: its fused CPU kernel, and TensorFlow's
