@@ -139,6 +139,19 @@ struct Scratch {
   std::vector<float> window, scale, inverse;
 };
 
+// The squares of the channels of a block's n pixels (x, n * depth values)
+// into their windows (window[p * stride + c], the first past each window's
+// leading zeros).
+template <int kDepth>
+__attribute__((always_inline)) inline void SquaresIntoWindows(
+    const float* __restrict x, int64_t n, int depth, int stride,
+    float* __restrict window) {
+  if (kDepth) depth = kDepth;
+  for (int64_t p = 0; p < n; ++p)
+    for (int c = 0; c < depth; ++c)
+      window[p * stride + c] = x[p * depth + c] * x[p * depth + c];
+}
+
 // Normalize and Gradient, for a depth and radius known when compiled, or
 // (kDepth 0) not.
 template <int kDepth, int kRadius>
@@ -154,9 +167,7 @@ __attribute__((always_inline)) inline void NormalizeBlocks(
     const int64_t n = std::min(kBlock, pixels - first);
     const float* xs = x + first * depth;
     float* outs = normalized + first * depth;
-    for (int64_t p = 0; p < n; ++p)
-      for (int c = 0; c < depth; ++c)
-        window[p * stride + c] = xs[p * depth + c] * xs[p * depth + c];
+    SquaresIntoWindows<kDepth>(xs, n, depth, stride, window);
     for (int64_t p = 0; p < n; ++p) {
       WindowSums<kDepth, kRadius>(window - radius + p * stride, depth, radius,
                                   scale);
@@ -184,9 +195,7 @@ __attribute__((always_inline)) inline void GradientBlocks(
     const float* ups = upstream + first * depth;
     const float* xs = x + first * depth;
     float* outs = gradient + first * depth;
-    for (int64_t p = 0; p < n; ++p)
-      for (int c = 0; c < depth; ++c)
-        window[p * stride + c] = xs[p * depth + c] * xs[p * depth + c];
+    SquaresIntoWindows<kDepth>(xs, n, depth, stride, window);
     for (int64_t p = 0; p < n; ++p) {
       WindowSums<kDepth, kRadius>(window - radius + p * stride, depth, radius,
                                   scale + p * depth);
