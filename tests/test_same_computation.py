@@ -212,8 +212,8 @@ def test_local_response_normalization_is_tf_nn_lrn(way):
 ])
 def test_the_kernels_blocks_of_pixels_end_where_the_pixels_do(shape, radius,
                                                               dtype):
-  # The kernel goes 16 pixels at a time: 105 and 50 pixels end mid-block,
-  # in every thread's share. Each pixel, the last ones too, is tf.nn.lrn's.
+  # The kernel goes 16 pixels at a time: 105 and 50 pixels end mid-block.
+  # Each pixel, the last ones too, is tf.nn.lrn's.
   rng = np.random.default_rng(5)
   x_value = (rng.normal(size=shape) * 3).astype(np.float32)
   upstream = rng.normal(size=shape).astype(np.float32)
