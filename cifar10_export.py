@@ -29,7 +29,7 @@ from cifar10_support import classifier as classifier_lib
 from cifar10_support import command_line
 from cifar10_support import devices
 from cifar10_support import files
-from cifar10_support import lrn
+from cifar10_support import kernels
 from cifar10_support import scripts
 from cifar10_support.quiet import tf
 from cifar10_support.scripts import UserError
@@ -67,7 +67,7 @@ def export(checkpoint_dir, export_dir, model, config=None):
     raise UserError('--export_dir=%s exists: give a new folder (nothing is '
                     'overwritten).' % export_dir)
   # TensorFlow's own ops only: the SavedModel loads without this code.
-  with lrn.tensorflow_ops_only():
+  with kernels.tensorflow_ops_only():
     classifier = classifier_lib.Classifier(checkpoint_dir, model,
                                            any_size=True, config=config)
   try:

@@ -32,6 +32,7 @@ Summary of available functions:
 """
 
 from cifar10_support import data as data_lib
+from cifar10_support import kernels
 from cifar10_support.quiet import tf
 
 # Process images of this size. Note that this differs from the original CIFAR
@@ -52,15 +53,18 @@ NUM_PREPROCESS_THREADS = 16
 RECORDS_PER_READ = 128
 
 
-def _decode_records(values):
+def _decode_records(values, data_format='NHWC'):
   """Splits raw CIFAR-10 records into labels and images.
 
   Args:
     values: 1-D string Tensor of records, each RECORD_BYTES long.
+    data_format: The images' layout: 'NHWC', as the model takes them, or
+      'NCHW', each image's planes as the records hold them.
 
   Returns:
     labels: int32 Tensor [n], each a class's number (0..9 for CIFAR-10).
-    uint8images: uint8 Tensor [n, height, width, depth].
+    uint8images: uint8 Tensor [n, height, width, depth] ('NHWC') or [n,
+      depth, height, width] ('NCHW').
   """
   # Convert from strings to rows of uint8 that are RECORD_BYTES long.
   record_bytes = tf.reshape(tf.decode_raw(values, tf.uint8),
@@ -74,6 +78,8 @@ def _decode_records(values):
   depth_major = tf.reshape(record_bytes[:, data_lib.LABEL_BYTES:],
                            [-1, data_lib.SOURCE_DEPTH, data_lib.SOURCE_HEIGHT,
                             data_lib.SOURCE_WIDTH])
+  if data_format == 'NCHW':
+    return labels, depth_major
   # Convert from [depth, height, width] to [height, width, depth].
   return labels, tf.transpose(depth_major, [0, 2, 3, 1])
 
@@ -119,20 +125,28 @@ def read_cifar10(filename_queue):
   return result
 
 
-def read_cifar10_records(filename_queue, max_records):
+def read_cifar10_records(filename_queue, max_records, data_format='NHWC'):
   """Reads up to `max_records` records at once: read_cifar10, in bulk.
 
   One read and one decode for many records costs far less than one each,
   which, on a CPU, the input pipeline would take from training.
 
+  Args:
+    filename_queue: A queue of strings with the filenames to read from.
+    max_records: How many records to read at most.
+    data_format: The images' layout: 'NHWC', as the model takes them, or
+      'NCHW', each image's planes as the records hold them (crop_and_flip
+      takes them so).
+
   Returns:
     keys: string Tensor [n], "filename:record number" of each record.
     labels: int32 Tensor [n], the labels (0..9 for CIFAR-10).
-    uint8images: uint8 Tensor [n, height, width, depth].
+    uint8images: uint8 Tensor [n, height, width, depth] ('NHWC') or [n,
+      depth, height, width] ('NCHW').
   """
   reader = tf.FixedLengthRecordReader(record_bytes=data_lib.RECORD_BYTES)
   keys, values = reader.read_up_to(filename_queue, max_records)
-  labels, uint8images = _decode_records(values)
+  labels, uint8images = _decode_records(values, data_format)
   return keys, labels, uint8images
 
 
@@ -163,13 +177,29 @@ def random_brightness_and_contrast(count):
 
 
 def crop_and_flip(images, offsets, flips):
-  """Crops a 24x24 window of each image [n, 32, 32, 3] at its offsets [n,
-  2] (first row, column), and flips those of `flips` [n] left to right.
+  """Crops a 24x24 window of each image at its offsets, and flips those of
+  `flips` left to right.
 
   What tf.image.crop_to_bounding_box and tf.image.flip_left_right do for one
-  image, done for a whole batch at once; the flip is folded into the choice
-  of columns.
+  image, done for a whole batch at once, from the records' layout: on a CPU,
+  with the transpose, in one pass of a kernel of this project's own
+  (input_kernel.cc); otherwise with TensorFlow's ops, the flip folded into
+  the choice of columns.
+
+  Args:
+    images: uint8 Tensor [n, 3, 32, 32], each image's planes as the records
+      hold them (read_cifar10_records(..., data_format='NCHW')).
+    offsets: int32 Tensor [n, 2], each crop's first row and column.
+    flips: bool Tensor [n].
+
+  Returns:
+    uint8 Tensor [n, 24, 24, 3].
   """
+  kernel = kernels.for_ops_on(images)
+  if kernel is not None:
+    return kernel.cifar10_crop_and_flip(images, offsets, flips,
+                                        size=IMAGE_SIZE)
+  images = tf.transpose(images, [0, 2, 3, 1])
   window = tf.range(IMAGE_SIZE)
   rows = offsets[:, :1] + window
   columns = offsets[:, 1:] + tf.where_v2(flips[:, None],
@@ -179,21 +209,35 @@ def crop_and_flip(images, offsets, flips):
 
 
 def adjust_and_standardize(images, brightness_deltas, contrast_factors):
-  """Changes the brightness, then the contrast, then standardises images
-  (float32 [n, 24, 24, 3], a delta and a factor [n] each).
+  """Changes the brightness, then the contrast, then standardises images.
 
   What tf.image.adjust_brightness, tf.image.adjust_contrast (about each
   channel's mean) and tf.image.per_image_standardization do for one image,
-  done for a whole batch at once, in the tutorial's order.
+  done for a whole batch at once, in the tutorial's order: on a CPU, in one
+  pass of a kernel of this project's own (input_kernel.cc), from each
+  channel's sums; otherwise with TensorFlow's ops.
 
   NOTE: as in the tutorial, the brightness change has no effect: adding the
   same delta to every pixel moves the image's mean by it, and the
   standardisation subtracts the mean (the contrast change, about each
   channel's mean, keeps the shift too). Only the contrast changes what the
-  network sees.
+  network sees; the kernel leaves the deltas out.
+
+  Args:
+    images: uint8 Tensor [n, 24, 24, 3].
+    brightness_deltas: float32 Tensor [n].
+    contrast_factors: float32 Tensor [n].
+
+  Returns:
+    float32 Tensor [n, 24, 24, 3].
   """
+  kernel = kernels.for_ops_on(images)
+  if kernel is not None:
+    return kernel.cifar10_adjust_contrast_and_standardize(images,
+                                                          contrast_factors)
   # Because these operations are not commutative, consider randomizing
   # the order their operation.
+  images = tf.cast(images, tf.float32)
   adjusted = images + tf.reshape(brightness_deltas, [-1, 1, 1, 1])
   channel_means = tf.reduce_mean(adjusted, axis=[1, 2], keepdims=True)
   contrast = tf.reshape(contrast_factors, [-1, 1, 1, 1])
@@ -274,8 +318,8 @@ def distorted_inputs(data, batch_size, min_fraction_of_examples_in_queue=0.4):
 
   with tf.name_scope('data_augmentation'):
     # Read examples from files in the filename queue, many at a time.
-    _, labels, uint8images = read_cifar10_records(filename_queue,
-                                                  RECORDS_PER_READ)
+    _, labels, uint8images = read_cifar10_records(
+        filename_queue, RECORDS_PER_READ, data_format='NCHW')
 
     # Image processing for training the network. Note the many random
     # distortions applied to the images: first a random crop and flip.
@@ -293,8 +337,7 @@ def distorted_inputs(data, batch_size, min_fraction_of_examples_in_queue=0.4):
   with tf.name_scope('data_augmentation'):
     # Then a random brightness and contrast, and the standardisation.
     images = adjust_and_standardize(
-        tf.cast(uint8_batch, tf.float32),
-        **random_brightness_and_contrast(batch_size))
+        uint8_batch, **random_brightness_and_contrast(batch_size))
 
   # Display the training images in the visualizer.
   tf.summary.image('images', images)

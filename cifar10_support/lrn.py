@@ -7,121 +7,17 @@ float32 for float16 models, whose range it would overflow
 
 - on a CPU, with lrn_kernel.cc, a kernel of this project's own that computes
   the normalization, and its gradient, in one pass each over the
-  activations, on every core. It is compiled on first use with the C++
-  compiler ($CXX, g++ by default) and TensorFlow's headers, and kept in
-  ~/.cache/cifar10 ($XDG_CACHE_HOME/cifar10) for the next runs;
-- on a GPU, where it cannot be built, and inside tensorflow_ops_only() (a
-  SavedModel that loads without this code), with TensorFlow's own ops: the
-  windowed sum as a product with a band matrix.
+  activations, on every core (compiled on first use: kernels.py);
+- on a GPU, where it cannot be built, and inside
+  kernels.tensorflow_ops_only() (a SavedModel that loads without this
+  code), with TensorFlow's own ops: the windowed sum as a product with a
+  band matrix.
 """
 
-import contextlib
-import functools
-import hashlib
-import os
-import subprocess
-import tempfile
-
-from absl import logging
 import numpy as np
 
-from cifar10_support import devices
+from cifar10_support import kernels
 from cifar10_support.quiet import tf
-
-KERNEL_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                             'lrn_kernel.cc')
-# -fno-math-errno lets the compiler vectorise the square roots. No
-# -march=native: the library may be shared by machines of other kinds.
-_KERNEL_FLAGS = ['-shared', '-fPIC', '-O3', '-fno-math-errno',
-                 '-fno-trapping-math', '-w']
-_tensorflow_ops_only = False
-
-
-def kernel_cache_dir():
-  """Where the compiled kernel is kept: $XDG_CACHE_HOME/cifar10, or
-  ~/.cache/cifar10."""
-  cache_home = (os.environ.get('XDG_CACHE_HOME') or
-                os.path.join(os.path.expanduser('~'), '.cache'))
-  return os.path.join(cache_home, 'cifar10')
-
-
-def kernel_compiler():
-  """The C++ compiler that builds the kernel: $CXX, or g++."""
-  return os.environ.get('CXX') or 'g++'
-
-
-def _kernel_flags():
-  """The compiler's flags: (before the source, after it)."""
-  return (_KERNEL_FLAGS + tf.sysconfig.get_compile_flags(),
-          tf.sysconfig.get_link_flags())
-
-
-def kernel_library(compiler_version):
-  """The compiled kernel's file in kernel_cache_dir(): one for each source,
-  flags, version of TensorFlow and compiler (`compiler_version`, what it
-  says to --version)."""
-  with open(KERNEL_SOURCE, 'rb') as f:
-    source = f.read()
-  key = hashlib.sha256(repr((source, _kernel_flags(), compiler_version,
-                             tf.__version__)).encode()).hexdigest()[:16]
-  return os.path.join(kernel_cache_dir(), 'lrn_kernel-%s.so' % key)
-
-
-@functools.lru_cache(maxsize=None)
-def fused_kernel():
-  """The ops of lrn_kernel.cc (cifar10_lrn, cifar10_lrn_grad), or None.
-
-  Compiled the first time (about 5 seconds), once for each source, version of
-  TensorFlow and compiler, into kernel_cache_dir(); loaded once a process.
-  Where it cannot be built (no C++ compiler, a cache folder it cannot write,
-  a compiler's error), says why, once, and returns None: the model then uses
-  TensorFlow's ops, the same values a little slower.
-  """
-  compiler = kernel_compiler()
-  try:
-    version = subprocess.run([compiler, '--version'], capture_output=True,
-                             text=True, check=True).stdout
-  except (OSError, subprocess.CalledProcessError) as e:
-    logging.warning('LRN: no C++ compiler (%s: %s); using TensorFlow\'s ops '
-                    '(slower on a CPU; set CXX to a compiler to build the '
-                    'fused kernel).', compiler, e)
-    return None
-  flags = _kernel_flags()
-  library = kernel_library(version)
-  if not os.path.exists(library):
-    logging.info('LRN: compiling the fused CPU kernel (once, a few seconds): '
-                 '%s', library)
-    try:
-      os.makedirs(kernel_cache_dir(), exist_ok=True)
-      # Compiled beside its place, then moved there in one step: processes
-      # that build it at once never load half a file.
-      handle, building = tempfile.mkstemp(suffix='.so',
-                                          dir=kernel_cache_dir())
-      os.close(handle)
-      try:
-        subprocess.run([compiler] + flags[0] + [KERNEL_SOURCE, '-o', building]
-                       + flags[1], capture_output=True, text=True, check=True)
-        os.replace(building, library)
-      finally:
-        if os.path.exists(building):
-          os.remove(building)
-    except OSError as e:
-      logging.warning('LRN: cannot build the fused kernel in %s (%s); using '
-                      'TensorFlow\'s ops (slower on a CPU).',
-                      kernel_cache_dir(), e)
-      return None
-    except subprocess.CalledProcessError as e:
-      logging.warning('LRN: %s could not compile %s; using TensorFlow\'s ops '
-                      '(slower on a CPU). Its last lines:\n%s', compiler,
-                      KERNEL_SOURCE, '\n'.join(e.stderr.splitlines()[-5:]))
-      return None
-  try:
-    return tf.load_op_library(library)
-  except tf.errors.OpError as e:  # Damaged, or built for another system.
-    logging.warning('LRN: cannot load %s (%s); using TensorFlow\'s ops '
-                    '(slower on a CPU). Remove it to build it again.',
-                    library, e.message)
-    return None
 
 
 @tf.RegisterGradient('Cifar10Lrn')
@@ -129,33 +25,8 @@ def _fused_kernels_gradient(op, upstream):
   """Cifar10Lrn's gradient: Cifar10LrnGrad, with the same settings."""
   settings = {name: op.get_attr(name)
               for name in ('depth_radius', 'bias', 'alpha', 'beta')}
-  return fused_kernel().cifar10_lrn_grad(upstream, op.inputs[0], **settings)
-
-
-@contextlib.contextmanager
-def tensorflow_ops_only():
-  """Within it, local_response_normalization() builds TensorFlow's own ops
-  only: for a graph that must run without this code (a SavedModel)."""
-  global _tensorflow_ops_only
-  before, _tensorflow_ops_only = _tensorflow_ops_only, True
-  try:
-    yield
-  finally:
-    _tensorflow_ops_only = before
-
-
-def _runs_on_a_cpu(x):
-  """Whether ops that take `x` run on a CPU: where its device says, if this
-  machine has that device (a GPU it lacks means the CPU: soft placement),
-  or, if it names none, where TensorFlow puts them (a GPU, if there is one).
-  """
-  device = tf.DeviceSpec.from_string(x.device or '')
-  gpus = len(devices.gpus())
-  if device.device_type == 'GPU':
-    return (device.device_index or 0) >= gpus
-  if device.device_type:
-    return device.device_type == 'CPU'
-  return gpus == 0
+  return kernels.library().cifar10_lrn_grad(upstream, op.inputs[0],
+                                            **settings)
 
 
 def local_response_normalization(x, depth_radius, bias, alpha, beta, name):
@@ -164,7 +35,7 @@ def local_response_normalization(x, depth_radius, bias, alpha, beta, name):
   Each output is x / (bias + alpha * sum of x**2 over the channels within
   depth_radius of its own) ** beta, as tf.nn.lrn defines it. TensorFlow's CPU
   kernels for LRN and its gradient run on one thread. On a CPU, the fused
-  kernel (fused_kernel()) computes each in one pass on every core. Otherwise
+  kernel (lrn_kernel.cc) computes each in one pass on every core. Otherwise
   the windowed sum of squares is a product with a band matrix, which oneDNN
   or the GPU multiplies on every core; elementwise ops cost more than their
   FLOPs, so there are few: alpha and the bias go into the product, and the
@@ -218,8 +89,7 @@ def local_response_normalization(x, depth_radius, bias, alpha, beta, name):
     return normalized, gradient
 
   def normalize_here(x):
-    kernel = (None if _tensorflow_ops_only or not _runs_on_a_cpu(x)
-              else fused_kernel())
+    kernel = kernels.for_ops_on(x)
     if kernel is None:
       return normalize(x)
     return kernel.cifar10_lrn(x, depth_radius=depth_radius, bias=bias,

@@ -13,8 +13,8 @@
 // from x, so that nothing is kept between the passes but x itself.
 //
 // float32 and bfloat16; bfloat16 is computed in float32 and rounded once.
-// Built and loaded by lrn.py (fused_kernel()); there are no GPU kernels: on
-// a GPU the model uses TensorFlow's ops.
+// Built and loaded with input_kernel.cc, by kernels.py; there are no GPU
+// kernels: on a GPU the model uses TensorFlow's ops (lrn.py).
 
 #include <algorithm>
 #include <cmath>

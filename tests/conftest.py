@@ -27,7 +27,7 @@ import json  # pylint: disable=g-import-not-at-top
 
 import pytest  # pylint: disable=g-import-not-at-top
 
-from cifar10_support import lrn  # pylint: disable=g-import-not-at-top
+from cifar10_support import kernels  # pylint: disable=g-import-not-at-top
 from cifar10_support import params as params_lib  # pylint: disable=g-import-not-at-top
 import cifar10_train  # pylint: disable=g-import-not-at-top
 
@@ -58,12 +58,12 @@ LONGEST_FIRST = ['test_distributed.py', 'test_gpu_check.py',
 
 
 def pytest_configure(config):
-  # LRN's CPU kernel is compiled here, once, before any test starts a script
-  # (whose output they check): a new checkout's first run compiles it (a few
-  # seconds); the next find it in ~/.cache/cifar10. (xdist's workers find it
-  # built by the controller.)
+  # This project's CPU kernels are compiled here, once, before any test
+  # starts a script (whose output they check): a new checkout's first run
+  # compiles them (about 20 seconds); the next find them in ~/.cache/cifar10.
+  # (xdist's workers find them built by the controller.)
   if not hasattr(config, 'workerinput'):
-    lrn.fused_kernel()
+    kernels.library()
 
 
 def pytest_collection_modifyitems(items):

@@ -18,7 +18,7 @@ import numpy as np
 import cifar10
 from cifar10_support import data as data_lib
 from cifar10_support import devices
-from cifar10_support import lrn
+from cifar10_support import kernels
 from cifar10_support import runtime
 from cifar10_support import scripts
 from cifar10_support.quiet import tf
@@ -194,14 +194,14 @@ def run_program(program, env=None):
                         **TEXT)
 
 
-def require_lrn_kernel():
-  """LRN's fused CPU kernel (lrn.fused_kernel()); the test is skipped (a
-  failure under CI's STRICT) where it cannot be built."""
-  kernel = lrn.fused_kernel()
-  conftest.require(kernel is not None,
-                   'the fused LRN kernel cannot be built here (no C++ '
+def require_kernels():
+  """This project's CPU kernels (kernels.library()); the test is skipped (a
+  failure under CI's STRICT) where they cannot be built."""
+  library = kernels.library()
+  conftest.require(library is not None,
+                   "this project's CPU kernels cannot be built here (no C++ "
                    'compiler?): the log says why')
-  return kernel
+  return library
 
 
 def stderr_through_the_quiet_filter(*writes):

@@ -19,6 +19,7 @@ import pytest
 import cifar10
 import cifar10_input
 import helpers
+from cifar10_support import kernels
 from cifar10_support import lrn
 from cifar10_support.quiet import tf
 
@@ -160,32 +161,34 @@ def test_pool1s_gradient_is_tensorflows(dtype):
     np.testing.assert_array_equal(our_gradients[1], their_gradients[1])
 
 
-# The two ways lrn.py computes LRN: its fused CPU kernel, and TensorFlow's
-# ops (on a GPU, in a SavedModel).
-LRN_WAYS = ['fused kernel', 'tensorflow ops']
+# The two ways of the graph builders that have CPU kernels of this project's
+# own (LRN, the training images' distortions): those fused kernels, and
+# TensorFlow's ops (on a GPU, in a SavedModel).
+WAYS = ['fused kernel', 'tensorflow ops']
 
 
 @contextlib.contextmanager
-def _lrn_built(way):
-  """Builds the LRNs in it `way`; then checks that they were built so."""
+def _built(way, kernel):
+  """Builds ops in it `way`; then checks that they were built so: with the
+  op type `kernel` for the fused kernel, without it otherwise."""
   if way == 'fused kernel':
-    helpers.require_lrn_kernel()
+    helpers.require_kernels()
   graph = tf.get_default_graph()
-  with (lrn.tensorflow_ops_only() if way == 'tensorflow ops'
+  with (kernels.tensorflow_ops_only() if way == 'tensorflow ops'
         else contextlib.nullcontext()):
     yield
-  kernels = [op for op in graph.get_operations() if op.type == 'Cifar10Lrn']
-  assert bool(kernels) == (way == 'fused kernel')
+  built = [op for op in graph.get_operations() if op.type == kernel]
+  assert bool(built) == (way == 'fused kernel')
 
 
-@pytest.mark.parametrize('way', LRN_WAYS)
+@pytest.mark.parametrize('way', WAYS)
 def test_local_response_normalization_is_tf_nn_lrn(way):
   rng = np.random.default_rng(3)
   x_value = (rng.normal(size=(8, 12, 12, 64)) * 3).astype(np.float32)
   upstream = rng.normal(size=x_value.shape).astype(np.float32)
   with tf.Graph().as_default():
     x = tf.constant(x_value)
-    with _lrn_built(way):
+    with _built(way, 'Cifar10Lrn'):
       ours = lrn.local_response_normalization(x, 4, bias=1.0,
                                               alpha=0.001 / 9.0, beta=0.75,
                                               name='ours')
@@ -220,7 +223,7 @@ def test_the_kernels_blocks_of_pixels_end_where_the_pixels_do(shape, radius,
   settings = dict(bias=1.0, alpha=0.001 / 9.0, beta=0.75)
   with tf.Graph().as_default():
     x = tf.constant(x_value)
-    with _lrn_built('fused kernel'):
+    with _built('fused kernel', 'Cifar10Lrn'):
       ours = lrn.local_response_normalization(tf.cast(x, dtype), radius,
                                               name='ours', **settings)
     reference = tf.nn.lrn(tf.cast(tf.cast(x, dtype), tf.float32), radius,
@@ -235,7 +238,7 @@ def test_the_kernels_blocks_of_pixels_end_where_the_pixels_do(shape, radius,
                              atol=10 * tolerance * np.abs(values[3]).max())
 
 
-@pytest.mark.parametrize('way', LRN_WAYS)
+@pytest.mark.parametrize('way', WAYS)
 @pytest.mark.parametrize('activation_scale', [0.5, 3.0, 30.0])
 def test_local_response_normalization_in_bfloat16_is_off_by_its_rounding(
     activation_scale, way):
@@ -252,7 +255,7 @@ def test_local_response_normalization_in_bfloat16_is_off_by_its_rounding(
     x = tf.constant(x_value)
     reference = tf.nn.lrn(x, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75)
     x_bfloat16 = tf.cast(x, tf.bfloat16)
-    with _lrn_built(way):
+    with _built(way, 'Cifar10Lrn'):
       ours = lrn.local_response_normalization(
           x_bfloat16, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75, name='ours')
     gradients = [
@@ -272,7 +275,7 @@ def test_local_response_normalization_in_bfloat16_is_off_by_its_rounding(
     assert abs((error * want).sum() / (want * want).sum()) < 0.005, what
 
 
-@pytest.mark.parametrize('way', LRN_WAYS)
+@pytest.mark.parametrize('way', WAYS)
 @pytest.mark.parametrize('largest', [1.0, 100.0, 1000.0, 10000.0, 65504.0])
 def test_local_response_normalization_in_float16_is_finite_to_its_range(
     largest, way):
@@ -288,7 +291,7 @@ def test_local_response_normalization_in_float16_is_finite_to_its_range(
   upstream = rng.normal(size=x_value.shape).astype(np.float16)
   with tf.Graph().as_default():
     x = tf.constant(x_value)
-    with _lrn_built(way):
+    with _built(way, 'Cifar10Lrn'):
       ours = lrn.local_response_normalization(
           x, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75, name='ours')
     x32 = tf.constant(x_value.astype(np.float32))
@@ -308,21 +311,26 @@ def test_local_response_normalization_in_float16_is_finite_to_its_range(
     assert error.max() <= 2.0 ** -10
 
 
-def test_batched_distortions_are_the_per_image_ops():
+@pytest.mark.parametrize('way', WAYS)
+def test_batched_distortions_are_the_per_image_ops(way):
   rng = np.random.default_rng(4)
-  count = 6
+  count = 8
   images = rng.integers(0, 256, (count, 32, 32, 3)).astype(np.float32)
-  offsets = np.array([[0, 0], [8, 8], [3, 5], [8, 0], [1, 7], [4, 4]],
-                     np.int32)
-  flips = np.array([False, True, True, False, True, False])
-  deltas = np.array([-63, 62.9, 10.5, 0, -20, 33], np.float32)
-  factors = np.array([0.2, 1.79, 1.0, 0.5, 1.3, 0.9], np.float32)
+  images[6] = 7.0  # One value: its standard deviation is 0.
+  images[7] = rng.integers(100, 103, (32, 32, 3))  # Hardly any contrast.
+  offsets = np.array([[0, 0], [8, 8], [3, 5], [8, 0], [1, 7], [4, 4], [2, 2],
+                      [5, 1]], np.int32)
+  flips = np.array([False, True, True, False, True, False, True, False])
+  deltas = np.array([-63, 62.9, 10.5, 0, -20, 33, 50, -40], np.float32)
+  factors = np.array([0.2, 1.79, 1.0, 0.5, 1.3, 0.9, 1.5, 0.2], np.float32)
   with tf.Graph().as_default():
-    # The crops are queued as bytes; the rest is done after the queue.
-    crops = cifar10_input.crop_and_flip(tf.constant(images.astype(np.uint8)),
-                                        offsets, flips)
-    batched = cifar10_input.adjust_and_standardize(
-        tf.cast(crops, tf.float32), deltas, factors)
+    # From the records' layout; the crops are queued as bytes, the rest is
+    # done after the queue.
+    records_layout = tf.constant(images.astype(np.uint8).transpose(0, 3, 1, 2))
+    with _built(way, 'Cifar10CropAndFlip'):
+      crops = cifar10_input.crop_and_flip(records_layout, offsets, flips)
+    with _built(way, 'Cifar10AdjustContrastAndStandardize'):
+      batched = cifar10_input.adjust_and_standardize(crops, deltas, factors)
     one_by_one = []
     for i in range(count):
       image = tf.image.crop_to_bounding_box(images[i], offsets[i, 0],

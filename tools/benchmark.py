@@ -59,7 +59,7 @@ import cifar10  # pylint: disable=g-import-not-at-top,wrong-import-position
 from cifar10_support import command_line
 from cifar10_support import data as data_lib
 from cifar10_support import devices
-from cifar10_support import lrn
+from cifar10_support import kernels
 from cifar10_support import params as params_lib
 from cifar10_support import runtime
 from cifar10_support import scripts
@@ -201,7 +201,7 @@ def training_flops_per_image(num_classes=cifar10.NUM_CLASSES,
   computes them, with TensorFlow's own count of each op's FLOPs (a
   multiply-accumulate is 2). Counted for a whole batch and divided, so that
   what is done once per batch (the weight decay) is shared out. LRN is
-  counted as TensorFlow's ops compute it (lrn.tensorflow_ops_only: TensorFlow
+  counted as TensorFlow's ops compute it (kernels.tensorflow_ops_only: TensorFlow
   has no count for the fused kernel's ops), so that the count is the same on
   every machine and revision.
 
@@ -216,7 +216,7 @@ def training_flops_per_image(num_classes=cifar10.NUM_CLASSES,
   from tensorflow.python.framework import ops as ops_lib  # pylint: disable=g-import-not-at-top
   from tensorflow.python.ops import op_selector  # pylint: disable=g-import-not-at-top
   graph = tf.Graph()
-  with graph.as_default(), lrn.tensorflow_ops_only():
+  with graph.as_default(), kernels.tensorflow_ops_only():
     logits = cifar10.inference(tf.zeros([batch_size, 24, 24, 3]), num_classes,
                                top_layers)
     loss = cifar10.loss(logits, tf.zeros([batch_size], tf.int32))

@@ -1,7 +1,8 @@
-"""LRN's fused CPU kernel: built once, used where the model runs on a CPU,
-and, where it cannot be built, TensorFlow's ops instead, said once.
+"""This project's CPU kernels: built once, used where the ops run on a CPU,
+and, where they cannot be built, TensorFlow's ops instead, said once.
 
-(That it computes tf.nn.lrn, and its gradient: test_same_computation.py.)
+(That they compute tf.nn.lrn and its gradient, and the tutorial's
+distortions: test_same_computation.py.)
 """
 
 import logging
@@ -16,19 +17,20 @@ import pytest
 import conftest
 import helpers
 from cifar10_support import devices
+from cifar10_support import kernels
 from cifar10_support import lrn
 from cifar10_support.quiet import tf
 
 
 @pytest.fixture
 def fresh_build(monkeypatch, tmp_path):
-  """fused_kernel() asked again, with its cache in tmp_path/cache; the
-  process's own kernel again afterwards."""
+  """library() asked again, with its cache in tmp_path/cache; the process's
+  own library again afterwards."""
   monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
-  lrn.fused_kernel.cache_clear()
+  kernels.library.cache_clear()
   yield tmp_path / 'cache' / 'cifar10'
   monkeypatch.undo()
-  lrn.fused_kernel.cache_clear()
+  kernels.library.cache_clear()
 
 
 def _kernels_in(build):
@@ -53,6 +55,7 @@ def _normalize_with_gradient():
 _A_RUN = """
 from absl import logging
 import numpy as np
+from cifar10_support import kernels
 from cifar10_support import lrn
 from cifar10_support.quiet import tf
 logging.set_verbosity(logging.INFO)
@@ -66,15 +69,15 @@ print(tf.Session().run(y).ravel().astype(float).round(4).tolist())
 """
 
 
-def test_the_kernel_is_compiled_once_and_kept(tmp_path):
-  helpers.require_lrn_kernel()
+def test_the_kernels_are_compiled_once_and_kept(tmp_path):
+  helpers.require_kernels()
   env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path))
   cache = tmp_path / 'cifar10'
   first = helpers.run_program(_A_RUN, env=env)
   built, = os.listdir(cache)
-  assert built.startswith('lrn_kernel-') and built.endswith('.so')
-  assert ('LRN: compiling the fused CPU kernel (once, a few seconds): %s'
-          % (cache / built)) in first.stderr
+  assert built.startswith('cifar10_kernels-') and built.endswith('.so')
+  assert ("CPU kernels: compiling this project's kernels (once, about 20 "
+          'seconds): %s' % (cache / built)) in first.stderr
   modified = os.stat(cache / built).st_mtime_ns
   second = helpers.run_program(_A_RUN, env=env)
   assert 'compiling' not in second.stderr
@@ -91,13 +94,14 @@ def test_without_a_compiler_tensorflows_ops_and_one_warning(
     fresh_build, monkeypatch, caplog):
   monkeypatch.setenv('CXX', '/nonexistent/c++')
   with caplog.at_level(logging.WARNING):
-    assert lrn.fused_kernel() is None
+    assert kernels.library() is None
     assert _kernels_in(_normalize_with_gradient) == ['MatMul']
-    assert lrn.fused_kernel() is None  # Asked again: said once.
+    assert kernels.library() is None  # Asked again: said once.
   warnings = [r.getMessage() for r in caplog.records
               if r.levelno == logging.WARNING]
   assert len(warnings) == 1
-  assert warnings[0].startswith('LRN: no C++ compiler (/nonexistent/c++: ')
+  assert warnings[0].startswith(
+      'CPU kernels: no C++ compiler (/nonexistent/c++: ')
   assert "using TensorFlow's ops" in warnings[0]
   assert not os.path.exists(fresh_build)
 
@@ -112,25 +116,25 @@ def test_a_compilers_error_is_said_and_nothing_is_left(
   compiler.chmod(compiler.stat().st_mode | stat.S_IEXEC)
   monkeypatch.setenv('CXX', str(compiler))
   with caplog.at_level(logging.WARNING):
-    assert lrn.fused_kernel() is None
-  assert ('LRN: %s could not compile %s' % (compiler, lrn.KERNEL_SOURCE)
-          in caplog.text)
+    assert kernels.library() is None
+  assert ('CPU kernels: %s could not compile %s' % (
+      compiler, ' '.join(kernels.SOURCES)) in caplog.text)
   assert 'error: no headers here' in caplog.text
   assert os.listdir(fresh_build) == []  # No half-built library.
 
 
 def test_a_damaged_library_is_named_and_not_loaded(fresh_build, caplog):
-  conftest.require(shutil.which(lrn.kernel_compiler()),
-                   'no C++ compiler here (%s)' % lrn.kernel_compiler())
-  version = subprocess.run([lrn.kernel_compiler(), '--version'],
+  conftest.require(shutil.which(kernels.compiler()),
+                   'no C++ compiler here (%s)' % kernels.compiler())
+  version = subprocess.run([kernels.compiler(), '--version'],
                            capture_output=True, text=True).stdout
-  damaged = lrn.kernel_library(version)
+  damaged = kernels.library_path(version)
   os.makedirs(os.path.dirname(damaged))
   with open(damaged, 'w') as f:
     f.write('not a shared library')
   with caplog.at_level(logging.WARNING):
-    assert lrn.fused_kernel() is None
-  assert ('LRN: cannot load %s (' % damaged) in caplog.text
+    assert kernels.library() is None
+  assert ('CPU kernels: cannot load %s (' % damaged) in caplog.text
   assert 'Remove it to build it again.' in caplog.text
 
 
@@ -140,14 +144,14 @@ def test_a_cache_it_cannot_write_is_named(fresh_build, monkeypatch, tmp_path,
   (tmp_path / 'not_a_folder').write_text('')
   monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'not_a_folder'))
   with caplog.at_level(logging.WARNING):
-    assert lrn.fused_kernel() is None
-  assert ('LRN: cannot build the fused kernel in %s'
+    assert kernels.library() is None
+  assert ('CPU kernels: cannot build them in %s'
           % (tmp_path / 'not_a_folder' / 'cifar10') in caplog.text)
 
 
 def test_the_kernel_on_a_cpu_tensorflows_ops_on_a_gpu_and_in_a_savedmodel(
     monkeypatch):
-  helpers.require_lrn_kernel()
+  helpers.require_kernels()
 
   def on(device):
     def build():
@@ -163,7 +167,7 @@ def test_the_kernel_on_a_cpu_tensorflows_ops_on_a_gpu_and_in_a_savedmodel(
   assert _kernels_in(on('/gpu:0')) == kernel
 
   def in_a_savedmodel():
-    with lrn.tensorflow_ops_only():
+    with kernels.tensorflow_ops_only():
       _normalize(tf.zeros([2, 3, 3, 64]))
 
   assert _kernels_in(in_a_savedmodel) == tensorflows
@@ -178,19 +182,19 @@ def test_the_kernel_on_a_cpu_tensorflows_ops_on_a_gpu_and_in_a_savedmodel(
 
 def test_a_saved_graph_with_the_kernel_imports_once_it_is_loaded(tmp_path):
   # The README's way to import a CPU training's model.ckpt-N.meta.
-  helpers.require_lrn_kernel()
+  helpers.require_kernels()
   meta = str(tmp_path / 'model.ckpt-0.meta')
   with tf.Graph().as_default():
     _normalize_with_gradient()
     tf.train.export_meta_graph(meta)
   with tf.Graph().as_default() as graph:
-    lrn.fused_kernel()
+    kernels.library()
     tf.train.import_meta_graph(meta)
     assert 'Cifar10LrnGrad' in {op.type for op in graph.get_operations()}
 
 
 def test_bad_shapes_are_refused_by_name():
-  kernel = helpers.require_lrn_kernel()
+  kernel = helpers.require_kernels()
   settings = dict(depth_radius=4, bias=1.0, alpha=1e-4, beta=0.75)
   with tf.Graph().as_default():
     with pytest.raises(ValueError, match='must be rank 4'):
@@ -203,3 +207,31 @@ def test_bad_shapes_are_refused_by_name():
                          match=r"LRN's gradient: upstream \[1,3,3,64\] and "
                                r'activations \[2,3,3,64\] differ'):
         sess.run(gradient, {upstream: np.zeros([1, 3, 3, 64])})
+
+
+def test_bad_crops_and_factors_are_refused_by_name():
+  library = helpers.require_kernels()
+  with tf.Graph().as_default():
+    offsets = tf.placeholder(tf.int32, [None, 2])
+    crops = library.cifar10_crop_and_flip(tf.zeros([2, 3, 32, 32], tf.uint8),
+                                          offsets, [False, True], size=24)
+    factors = tf.placeholder(tf.float32, [None])
+    standardized = library.cifar10_adjust_contrast_and_standardize(
+        tf.zeros([2, 24, 24, 3], tf.uint8), factors)
+    with tf.Session() as sess:
+      with pytest.raises(tf.errors.InvalidArgumentError,
+                         match=r"Image 1's 24x24 crop at row 3, column 9 "
+                               r'leaves its 32x32 pixels \(rows from 0 to 8, '
+                               r'columns from 0 to 8\)'):
+        sess.run(crops, {offsets: [[0, 0], [3, 9]]})
+      with pytest.raises(tf.errors.InvalidArgumentError,
+                         match=r'Crops of 2 images take offsets \[2, 2\] and '
+                               r'flips \[2\], got \[1,2\] and \[2\]'):
+        sess.run(crops, {offsets: [[0, 0]]})
+      with pytest.raises(tf.errors.InvalidArgumentError,
+                         match=r'Contrast factors of 2 images are \[2\], got '
+                               r'\[3\]'):
+        sess.run(standardized, {factors: [1.0, 1.0, 1.0]})
+    with pytest.raises(ValueError, match='must be rank 4'):
+      library.cifar10_crop_and_flip(tf.zeros([3, 32, 32], tf.uint8),
+                                    [[0, 0]], [False], size=24)
