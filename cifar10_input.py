@@ -65,7 +65,12 @@ def _decode_records(values, data_format='NHWC'):
     labels: int32 Tensor [n], each a class's number (0..9 for CIFAR-10).
     uint8images: uint8 Tensor [n, height, width, depth] ('NHWC') or [n,
       depth, height, width] ('NCHW').
+
+  Raises:
+    ValueError: data_format is neither.
   """
+  if data_format not in ('NHWC', 'NCHW'):
+    raise ValueError("data_format is 'NHWC' or 'NCHW', not %r" % data_format)
   # Convert from strings to rows of uint8 that are RECORD_BYTES long.
   record_bytes = tf.reshape(tf.decode_raw(values, tf.uint8),
                             [-1, data_lib.RECORD_BYTES])
@@ -235,9 +240,9 @@ def adjust_and_standardize(images, brightness_deltas, contrast_factors):
   if kernel is not None:
     return kernel.cifar10_adjust_contrast_and_standardize(images,
                                                           contrast_factors)
+  images = tf.cast(images, tf.float32)
   # Because these operations are not commutative, consider randomizing
   # the order their operation.
-  images = tf.cast(images, tf.float32)
   adjusted = images + tf.reshape(brightness_deltas, [-1, 1, 1, 1])
   channel_means = tf.reduce_mean(adjusted, axis=[1, 2], keepdims=True)
   contrast = tf.reshape(contrast_factors, [-1, 1, 1, 1])

@@ -91,6 +91,30 @@ def test_record_decodes_label_and_planes_in_order(tmp_path):
     assert key.decode().endswith('records.bin:%d' % i)
 
 
+def test_records_read_in_bulk_in_either_layout(tmp_path):
+  rng = np.random.default_rng(2)
+  images = rng.integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
+  path = str(tmp_path / 'records.bin')
+  with open(path, 'wb') as f:
+    f.write(cifar_data.encode_records([1, 2, 3, 4, 5], images))
+  read = {}
+  for data_format in ['NHWC', 'NCHW']:
+    with tf.Graph().as_default():
+      queue = tf.train.string_input_producer([path], shuffle=False)
+      _, labels, uint8images = cifar10_input.read_cifar10_records(
+          queue, 5, data_format=data_format)
+      (read[data_format],) = _run_queued([labels, uint8images], 1)
+  for labels, _ in read.values():
+    assert labels.tolist() == [1, 2, 3, 4, 5]
+  np.testing.assert_array_equal(read['NHWC'][1], images)
+  np.testing.assert_array_equal(read['NCHW'][1], images.transpose(0, 3, 1, 2))
+  with tf.Graph().as_default():
+    queue = tf.train.string_input_producer([path])
+    with pytest.raises(ValueError,
+                       match="data_format is 'NHWC' or 'NCHW', not 'nchw'"):
+      cifar10_input.read_cifar10_records(queue, 5, data_format='nchw')
+
+
 def _marker_image():
   """A grey image with one bright pixel at row 16, column 10."""
   image = np.full((32, 32, 3), 100, dtype=np.uint8)

@@ -201,9 +201,9 @@ def training_flops_per_image(num_classes=cifar10.NUM_CLASSES,
   computes them, with TensorFlow's own count of each op's FLOPs (a
   multiply-accumulate is 2). Counted for a whole batch and divided, so that
   what is done once per batch (the weight decay) is shared out. LRN is
-  counted as TensorFlow's ops compute it (kernels.tensorflow_ops_only: TensorFlow
-  has no count for the fused kernel's ops), so that the count is the same on
-  every machine and revision.
+  counted as TensorFlow's ops compute it (kernels.tensorflow_ops_only:
+  TensorFlow has no count for the fused kernel's ops), so that the count is
+  the same on every machine and revision.
 
   Args:
     num_classes: The model's classes.
