@@ -204,6 +204,27 @@ def require_kernels():
   return library
 
 
+# The two ways of the graph builders that have CPU kernels of this project's
+# own (LRN, the training images' distortions): those fused kernels, and
+# TensorFlow's ops (on a GPU, in a SavedModel, without a compiler).
+KERNEL_WAYS = ['fused kernel', 'tensorflow ops']
+
+
+@contextlib.contextmanager
+def built(way, kernel):
+  """Builds ops in it `way` (one of KERNEL_WAYS); then checks that they were
+  built so: with ops of type `kernel` for the fused kernel, without
+  otherwise."""
+  if way == 'fused kernel':
+    require_kernels()
+  graph = tf.get_default_graph()
+  with (kernels.tensorflow_ops_only() if way == 'tensorflow ops'
+        else contextlib.nullcontext()):
+    yield
+  built_ops = [op for op in graph.get_operations() if op.type == kernel]
+  assert bool(built_ops) == (way == 'fused kernel')
+
+
 def stderr_through_the_quiet_filter(*writes):
   """What a script's stderr shows of `writes` (texts, each written to
   descriptor 2 in one write) once cifar10_support.quiet filters it, as in

@@ -9,6 +9,7 @@ import cifar10_input
 from cifar10_support import data as data_lib
 from cifar10_support.quiet import tf
 import cifar_data
+import helpers
 
 
 def _run_queued(tensors, runs, local_init=False):
@@ -146,13 +147,15 @@ def test_eval_input_is_the_central_crop_standardised(tmp_path):
                              got_images[order])
 
 
-def test_training_crops_and_flips_vary(tmp_path):
+@pytest.mark.parametrize('way', helpers.KERNEL_WAYS)
+def test_training_crops_and_flips_vary(tmp_path, way):
   images = np.stack([_marker_image()] * 20)
   data = _data_set_of(tmp_path, images, np.zeros(20))
   with tf.Graph().as_default():
-    train_images, _ = cifar10_input.distorted_inputs(
-        data=data, batch_size=100,
-        min_fraction_of_examples_in_queue=0.001)
+    with helpers.built(way, 'Cifar10CropAndFlip'):
+      train_images, _ = cifar10_input.distorted_inputs(
+          data=data, batch_size=100,
+          min_fraction_of_examples_in_queue=0.001)
     batch, = _run_queued(train_images, 1)
   rows, columns = [], []
   for image in batch:
@@ -294,7 +297,8 @@ def _contrast_ratio(images):
   return within / between
 
 
-def test_training_images_get_their_own_contrast(tmp_path):
+@pytest.mark.parametrize('way', helpers.KERNEL_WAYS)
+def test_training_images_get_their_own_contrast(tmp_path, way):
   # The same image, over and over: channels of distinct means, with noise.
   # A crop or a flip barely changes the ratio of the spread within the
   # channels to the spread between their means; a change of contrast (about
@@ -306,9 +310,10 @@ def test_training_images_get_their_own_contrast(tmp_path):
                   rng.normal(0, 20, size=(32, 32, 3)), 0, 255).astype(np.uint8)
   data = _data_set_of(tmp_path, np.stack([image] * 20), np.zeros(20))
   with tf.Graph().as_default():
-    train_images, _ = cifar10_input.distorted_inputs(
-        data=data, batch_size=200,
-        min_fraction_of_examples_in_queue=0.001)
+    with helpers.built(way, 'Cifar10AdjustContrastAndStandardize'):
+      train_images, _ = cifar10_input.distorted_inputs(
+          data=data, batch_size=200,
+          min_fraction_of_examples_in_queue=0.001)
     batch, = _run_queued(train_images, 1)
   ratios = _contrast_ratio(batch)
   undistorted = _contrast_ratio(image[None, 4:28, 4:28].astype(np.float64))[0]

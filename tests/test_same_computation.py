@@ -9,7 +9,6 @@ averages. The file was written by this module, run as
 on the code before the speed work (tf.nn.lrn, distortions image by image).
 """
 
-import contextlib
 import json
 import os
 
@@ -19,7 +18,6 @@ import pytest
 import cifar10
 import cifar10_input
 import helpers
-from cifar10_support import kernels
 from cifar10_support import lrn
 from cifar10_support.quiet import tf
 
@@ -161,34 +159,14 @@ def test_pool1s_gradient_is_tensorflows(dtype):
     np.testing.assert_array_equal(our_gradients[1], their_gradients[1])
 
 
-# The two ways of the graph builders that have CPU kernels of this project's
-# own (LRN, the training images' distortions): those fused kernels, and
-# TensorFlow's ops (on a GPU, in a SavedModel).
-WAYS = ['fused kernel', 'tensorflow ops']
-
-
-@contextlib.contextmanager
-def _built(way, kernel):
-  """Builds ops in it `way`; then checks that they were built so: with the
-  op type `kernel` for the fused kernel, without it otherwise."""
-  if way == 'fused kernel':
-    helpers.require_kernels()
-  graph = tf.get_default_graph()
-  with (kernels.tensorflow_ops_only() if way == 'tensorflow ops'
-        else contextlib.nullcontext()):
-    yield
-  built = [op for op in graph.get_operations() if op.type == kernel]
-  assert bool(built) == (way == 'fused kernel')
-
-
-@pytest.mark.parametrize('way', WAYS)
+@pytest.mark.parametrize('way', helpers.KERNEL_WAYS)
 def test_local_response_normalization_is_tf_nn_lrn(way):
   rng = np.random.default_rng(3)
   x_value = (rng.normal(size=(8, 12, 12, 64)) * 3).astype(np.float32)
   upstream = rng.normal(size=x_value.shape).astype(np.float32)
   with tf.Graph().as_default():
     x = tf.constant(x_value)
-    with _built(way, 'Cifar10Lrn'):
+    with helpers.built(way, 'Cifar10Lrn'):
       ours = lrn.local_response_normalization(x, 4, bias=1.0,
                                               alpha=0.001 / 9.0, beta=0.75,
                                               name='ours')
@@ -223,7 +201,7 @@ def test_the_kernels_blocks_of_pixels_end_where_the_pixels_do(shape, radius,
   settings = dict(bias=1.0, alpha=0.001 / 9.0, beta=0.75)
   with tf.Graph().as_default():
     x = tf.constant(x_value)
-    with _built('fused kernel', 'Cifar10Lrn'):
+    with helpers.built('fused kernel', 'Cifar10Lrn'):
       ours = lrn.local_response_normalization(tf.cast(x, dtype), radius,
                                               name='ours', **settings)
     reference = tf.nn.lrn(tf.cast(tf.cast(x, dtype), tf.float32), radius,
@@ -238,7 +216,7 @@ def test_the_kernels_blocks_of_pixels_end_where_the_pixels_do(shape, radius,
                              atol=10 * tolerance * np.abs(values[3]).max())
 
 
-@pytest.mark.parametrize('way', WAYS)
+@pytest.mark.parametrize('way', helpers.KERNEL_WAYS)
 @pytest.mark.parametrize('activation_scale', [0.5, 3.0, 30.0])
 def test_local_response_normalization_in_bfloat16_is_off_by_its_rounding(
     activation_scale, way):
@@ -255,7 +233,7 @@ def test_local_response_normalization_in_bfloat16_is_off_by_its_rounding(
     x = tf.constant(x_value)
     reference = tf.nn.lrn(x, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75)
     x_bfloat16 = tf.cast(x, tf.bfloat16)
-    with _built(way, 'Cifar10Lrn'):
+    with helpers.built(way, 'Cifar10Lrn'):
       ours = lrn.local_response_normalization(
           x_bfloat16, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75, name='ours')
     gradients = [
@@ -275,7 +253,7 @@ def test_local_response_normalization_in_bfloat16_is_off_by_its_rounding(
     assert abs((error * want).sum() / (want * want).sum()) < 0.005, what
 
 
-@pytest.mark.parametrize('way', WAYS)
+@pytest.mark.parametrize('way', helpers.KERNEL_WAYS)
 @pytest.mark.parametrize('largest', [1.0, 100.0, 1000.0, 10000.0, 65504.0])
 def test_local_response_normalization_in_float16_is_finite_to_its_range(
     largest, way):
@@ -291,7 +269,7 @@ def test_local_response_normalization_in_float16_is_finite_to_its_range(
   upstream = rng.normal(size=x_value.shape).astype(np.float16)
   with tf.Graph().as_default():
     x = tf.constant(x_value)
-    with _built(way, 'Cifar10Lrn'):
+    with helpers.built(way, 'Cifar10Lrn'):
       ours = lrn.local_response_normalization(
           x, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75, name='ours')
     x32 = tf.constant(x_value.astype(np.float32))
@@ -311,7 +289,7 @@ def test_local_response_normalization_in_float16_is_finite_to_its_range(
     assert error.max() <= 2.0 ** -10
 
 
-@pytest.mark.parametrize('way', WAYS)
+@pytest.mark.parametrize('way', helpers.KERNEL_WAYS)
 def test_batched_distortions_are_the_per_image_ops(way):
   rng = np.random.default_rng(4)
   count = 8
@@ -327,9 +305,9 @@ def test_batched_distortions_are_the_per_image_ops(way):
     # From the records' layout; the crops are queued as bytes, the rest is
     # done after the queue.
     records_layout = tf.constant(images.astype(np.uint8).transpose(0, 3, 1, 2))
-    with _built(way, 'Cifar10CropAndFlip'):
+    with helpers.built(way, 'Cifar10CropAndFlip'):
       crops = cifar10_input.crop_and_flip(records_layout, offsets, flips)
-    with _built(way, 'Cifar10AdjustContrastAndStandardize'):
+    with helpers.built(way, 'Cifar10AdjustContrastAndStandardize'):
       batched = cifar10_input.adjust_and_standardize(crops, deltas, factors)
     one_by_one = []
     for i in range(count):
