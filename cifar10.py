@@ -288,6 +288,43 @@ def _max_pool_of_relu(convolution, biases, activations, name):
   return max_pool(convolution, biases, activations)
 
 
+def _normalization_of_relu(convolution, biases, activations, depth_radius,
+                           bias, alpha, beta, name):
+  """The tutorial's local response normalization of activations =
+  relu(convolution + biases), whose gradient reaches the convolution and the
+  biases directly: on a CPU, LRN's gradient kernel applies relu's in its own
+  pass (lrn.gradient_through_relu), where differentiated op by op relu's
+  gradient is a pass over all the activations after it (docs/speed.md).
+
+  Args:
+    convolution: A 4-D Tensor, the convolution before its biases.
+    biases: Its biases, a 1-D Tensor of the last dimension's size.
+    activations: tf.nn.relu(tf.nn.bias_add(convolution, biases)); the
+      gradient goes to convolution and biases, none to them.
+    depth_radius, bias, alpha, beta: As tf.nn.lrn's.
+    name: Name of the normalization.
+
+  Returns:
+    The normalized activations, as tf.nn.lrn computes them.
+  """
+
+  @tf.custom_gradient
+  def normalize(convolution, biases, activations):
+    normalized = lrn.local_response_normalization(
+        activations, depth_radius, bias=bias, alpha=alpha, beta=beta,
+        name=name)
+
+    def gradient(upstream):
+      to_convolution = lrn.gradient_through_relu(activations, normalized,
+                                                 upstream)
+      return (to_convolution,
+              tf.raw_ops.BiasAddGrad(out_backprop=to_convolution), None)
+
+    return normalized, gradient
+
+  return normalize(convolution, biases, activations)
+
+
 def inference(images, num_classes=NUM_CLASSES, top_layers='fully_connected',
               variable_dtype=None):
   """Build the CIFAR-10 model (kept whole: its layers in order are the lesson).
@@ -339,8 +376,8 @@ def inference(images, num_classes=NUM_CLASSES, top_layers='fully_connected',
       _activation_summary(conv2)
 
     # norm2
-    norm2 = lrn.local_response_normalization(
-        conv2, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75, name='norm2')
+    norm2 = _normalization_of_relu(conv, biases, conv2, 4, bias=1.0,
+                                   alpha=0.001 / 9.0, beta=0.75, name='norm2')
     # pool2
     pool2 = tf.nn.max_pool(norm2, ksize=[1, 3, 3, 1],
                            strides=[1, 2, 2, 1], padding='SAME', name='pool2')

@@ -108,3 +108,31 @@ def local_response_normalization(x, depth_radius, bias, alpha, beta, name):
     else:
       normalized = normalize_here(x)
   return tf.identity(normalized, name=name)
+
+
+def gradient_through_relu(x, normalized, upstream):
+  """The gradient of local_response_normalization's `normalized` (of `x`,
+  given `upstream`), on through the relu whose output `x` is: for a caller
+  whose own gradient goes past that relu (cifar10's norm2).
+
+  Where the fused kernel normalized x, its gradient applies relu's in its
+  own pass (0 where x is not positive): a pass over the activations fewer
+  than relu's gradient after it. Otherwise, TensorFlow's gradient of the
+  normalization, then relu's.
+
+  Args:
+    x: The normalization's input, relu's output.
+    normalized: local_response_normalization(x, ...).
+    upstream: The gradient of the loss with respect to `normalized`.
+
+  Returns:
+    The gradient with respect to relu's input, of the shape of `x`.
+  """
+  kernel_op = normalized.op.inputs[0].op  # normalized is its identity.
+  if kernel_op.type == 'Cifar10Lrn':
+    settings = {name: kernel_op.get_attr(name)
+                for name in ('depth_radius', 'bias', 'alpha', 'beta')}
+    return kernels.library().cifar10_lrn_grad(upstream, x, through_relu=True,
+                                              **settings)
+  through_normalization, = tf.gradients(normalized, x, grad_ys=upstream)
+  return tf.raw_ops.ReluGrad(gradients=through_normalization, features=x)

@@ -10,7 +10,9 @@
 //                 - 2 alpha beta x[c] * sum over j in c's window of
 //                   upstream[j] * normalized[j] / denominator[j]
 // (the window is symmetric). The gradient computes the denominators again
-// from x, so that nothing is kept between the passes but x itself.
+// from x, so that nothing is kept between the passes but x itself. With
+// through_relu, x is a relu's output and the gradient goes on through relu's
+// in the same pass: 0 where x is not positive.
 //
 // float32 and bfloat16; bfloat16 is computed in float32 and rounded once.
 // Built and loaded with input_kernel.cc, by kernels.py; there are no GPU
@@ -54,6 +56,7 @@ REGISTER_OP("Cifar10LrnGrad")
     .Input("x: T")
     .Output("gradient: T")
     .LRN_SETTINGS
+    .Attr("through_relu: bool = false")
     .SetShapeFn([](shape_inference::InferenceContext* c) {
       shape_inference::ShapeHandle x;
       TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 4, &x));
@@ -78,6 +81,9 @@ REGISTER_OP("Cifar10LrnGrad")
 struct Settings {
   int radius;
   float bias, alpha, beta;
+  // The gradient's: x is relu's output, and the gradient goes on through
+  // relu's (0 where x is not positive), in the same pass.
+  bool through_relu = false;
 };
 
 // Per pixel: window[radius + c] holds a value of channel c (the radius
@@ -210,8 +216,10 @@ __attribute__((always_inline)) inline void GradientBlocks(
     for (int64_t p = 0; p < n; ++p)
       WindowSums<kDepth, kRadius>(window - radius + p * stride, depth, radius,
                                   outs + p * depth);
-    for (int64_t i = 0; i < size; ++i)
-      outs[i] = ups[i] * scale[i] - weight * xs[i] * outs[i];
+    for (int64_t i = 0; i < size; ++i) {
+      const float through_lrn = ups[i] * scale[i] - weight * xs[i] * outs[i];
+      outs[i] = !s.through_relu || xs[i] > 0.f ? through_lrn : 0.f;
+    }
   }
 }
 
@@ -267,6 +275,10 @@ class LrnOp : public OpKernel {
     OP_REQUIRES_OK(context, context->GetAttr("bias", &settings_.bias));
     OP_REQUIRES_OK(context, context->GetAttr("alpha", &settings_.alpha));
     OP_REQUIRES_OK(context, context->GetAttr("beta", &settings_.beta));
+    if (context->num_inputs() == 2) {
+      OP_REQUIRES_OK(context, context->GetAttr("through_relu",
+                                               &settings_.through_relu));
+    }
   }
 
   void Compute(OpKernelContext* context) override {

@@ -160,6 +160,48 @@ def test_pool1s_gradient_is_tensorflows(dtype):
 
 
 @pytest.mark.parametrize('way', helpers.KERNEL_WAYS)
+@pytest.mark.parametrize('dtype', [tf.float32, tf.bfloat16])
+def test_norm2s_gradient_is_op_by_ops(way, dtype):
+  # norm2's gradient, relu's applied by LRN's (cifar10._normalization_of_relu;
+  # with the kernel, in its pass), against the same LRN differentiated op by
+  # op, relu's gradient after it: the same to the bit. About half the
+  # activations are 0, where the gradient must stop.
+  rng = np.random.default_rng(6)
+
+  def constant(*shape):
+    return tf.cast(tf.constant(rng.normal(size=shape).astype(np.float32)),
+                   dtype)
+
+  settings = dict(bias=1.0, alpha=0.001 / 9.0, beta=0.75)
+  with tf.Graph().as_default() as graph:
+    convolution, biases = constant(8, 12, 12, 64), constant(64)
+    upstream = constant(8, 12, 12, 64)
+    with helpers.built(way, 'Cifar10LrnGrad'):
+      activations = tf.nn.relu(tf.nn.bias_add(convolution, biases))
+      ours = cifar10._normalization_of_relu(convolution, biases, activations,
+                                            4, name='ours', **settings)
+      our_gradients = tf.gradients(ours, [convolution, biases], upstream)
+      relu_gradients = [op for op in graph.get_operations()
+                        if op.type == 'ReluGrad']
+      op_by_op = lrn.local_response_normalization(
+          tf.nn.relu(tf.nn.bias_add(convolution, biases)), 4, name='op_by_op',
+          **settings)
+      their_gradients = tf.gradients(op_by_op, [convolution, biases],
+                                     upstream)
+    with tf.Session() as sess:
+      zeros, forward, their_forward, gradients, expected = sess.run(
+          [tf.reduce_mean(tf.cast(tf.equal(activations, 0), tf.float32)),
+           ours, op_by_op, our_gradients, their_gradients])
+  # With the kernel, no pass of relu's gradient of its own.
+  assert len(relu_gradients) == (0 if way == 'fused kernel' else 1)
+  assert 0.3 < zeros < 0.7
+  np.testing.assert_array_equal(forward, their_forward)
+  for gradient, expected_gradient in zip(gradients, expected):
+    assert np.any(gradient != 0)
+    np.testing.assert_array_equal(gradient, expected_gradient)
+
+
+@pytest.mark.parametrize('way', helpers.KERNEL_WAYS)
 def test_local_response_normalization_is_tf_nn_lrn(way):
   rng = np.random.default_rng(3)
   x_value = (rng.normal(size=(8, 12, 12, 64)) * 3).astype(np.float32)
