@@ -20,13 +20,17 @@ from cifar10_support import kernels
 from cifar10_support.quiet import tf
 
 
+def _settings_of(kernel_op):
+  """A Cifar10Lrn op's settings, as its gradient op takes them."""
+  return {name: kernel_op.get_attr(name)
+          for name in ('depth_radius', 'bias', 'alpha', 'beta')}
+
+
 @tf.RegisterGradient('Cifar10Lrn')
 def _fused_kernels_gradient(op, upstream):
   """Cifar10Lrn's gradient: Cifar10LrnGrad, with the same settings."""
-  settings = {name: op.get_attr(name)
-              for name in ('depth_radius', 'bias', 'alpha', 'beta')}
   return kernels.library().cifar10_lrn_grad(upstream, op.inputs[0],
-                                            **settings)
+                                            **_settings_of(op))
 
 
 def local_response_normalization(x, depth_radius, bias, alpha, beta, name):
@@ -130,9 +134,7 @@ def gradient_through_relu(x, normalized, upstream):
   """
   kernel_op = normalized.op.inputs[0].op  # normalized is its identity.
   if kernel_op.type == 'Cifar10Lrn':
-    settings = {name: kernel_op.get_attr(name)
-                for name in ('depth_radius', 'bias', 'alpha', 'beta')}
     return kernels.library().cifar10_lrn_grad(upstream, x, through_relu=True,
-                                              **settings)
+                                              **_settings_of(kernel_op))
   through_normalization, = tf.gradients(normalized, x, grad_ys=upstream)
   return tf.raw_ops.ReluGrad(gradients=through_normalization, features=x)
