@@ -55,7 +55,6 @@ def _normalize_with_gradient():
 _A_RUN = """
 from absl import logging
 import numpy as np
-from cifar10_support import kernels
 from cifar10_support import lrn
 from cifar10_support.quiet import tf
 logging.set_verbosity(logging.INFO)
