@@ -238,54 +238,65 @@ def inputs(eval_data, data, batch_size=BATCH_SIZE, dtype=tf.float32):
     return tf.cast(images, dtype), labels
 
 
-def _max_pool_of_relu(convolution, biases, activations, name):
+def _normalized_max_pool_of_relu(convolution, biases, activations,
+                                 depth_radius, bias, alpha, beta, pool_name,
+                                 normalization_name):
   """The tutorial's max pooling of activations = relu(convolution + biases),
-  whose gradient reaches the convolution and the biases directly, through
-  relu at the maxima only.
+  then its local response normalization, whose gradient reaches the
+  convolution and the biases directly, through relu at the maxima only.
 
   Differentiated op by op, the gradient goes to the places of the maxima
   among all the activations, then through relu's gradient over all of them
   (on a CPU, 7% of a bfloat16 step: docs/speed.md). Through relu's gradient
   at the maxima first, on a quarter of the values, it is the same to the bit:
   a maximum passes relu exactly where it is positive, and so is the
-  activation at its place. In float32, the biases' gradient, the sum of the
-  gradient at every place, is summed at the maxima (each lands on one place),
-  a quarter of the values again.
+  activation at its place. The pooled values are relu's output at the
+  maxima, so LRN's gradient applies relu's in its own pass, as norm2's does
+  (lrn.gradient_through_relu). In float32, the biases' gradient, the sum of
+  the gradient at every place, is summed at the maxima (each lands on one
+  place), a quarter of the values again.
 
   Args:
     convolution: A 4-D Tensor, the convolution before its biases.
     biases: Its biases, a 1-D Tensor of the last dimension's size.
     activations: tf.nn.relu(tf.nn.bias_add(convolution, biases)); the
-      pooling's gradient goes to convolution and biases, none to them.
-    name: Name of the max pooling.
+      gradient goes to convolution and biases, none to them.
+    depth_radius, bias, alpha, beta: As tf.nn.lrn's.
+    pool_name: Name of the max pooling.
+    normalization_name: Name of the normalization.
 
   Returns:
-    max_pool(activations): 3x3 windows, stride 2, as the tutorial's.
+    The normalized max pooling of activations: 3x3 windows, stride 2, as the
+    tutorial's pool1, then LRN as tf.nn.lrn computes it.
   """
   ksize, strides, padding = [1, 3, 3, 1], [1, 2, 2, 1], 'SAME'
 
   @tf.custom_gradient
-  def max_pool(convolution, biases, activations):
+  def pool_and_normalize(convolution, biases, activations):
     pooled = tf.nn.max_pool(activations, ksize=ksize, strides=strides,
-                            padding=padding, name=name)
+                            padding=padding, name=pool_name)
+    normalized = lrn.local_response_normalization(
+        pooled, depth_radius, bias=bias, alpha=alpha, beta=beta,
+        name=normalization_name)
 
     def gradient(upstream):
-      through_relu = tf.raw_ops.ReluGrad(gradients=upstream, features=pooled)
+      # pooled = relu(max_pool(convolution + biases)): relu's gradient there.
+      at_maxima = lrn.gradient_through_relu(pooled, normalized, upstream)
       to_convolution = tf.raw_ops.MaxPoolGrad(
-          orig_input=activations, orig_output=pooled, grad=through_relu,
+          orig_input=activations, orig_output=pooled, grad=at_maxima,
           ksize=ksize, strides=strides, padding=padding)
       # The biases' gradient: the sum of the gradient at every place, which
       # is the sum at the maxima (each lands on one place). In float32,
       # oneDNN's filter gradient, which would sum it with its own, is 2 ms
       # slower than that alone; in bfloat16 it is faster (docs/speed.md).
       to_biases = tf.raw_ops.BiasAddGrad(
-          out_backprop=(through_relu if through_relu.dtype == tf.float32
+          out_backprop=(at_maxima if at_maxima.dtype == tf.float32
                         else to_convolution))
       return to_convolution, to_biases, None
 
-    return pooled, gradient
+    return normalized, gradient
 
-  return max_pool(convolution, biases, activations)
+  return pool_and_normalize(convolution, biases, activations)
 
 
 def _normalization_of_relu(convolution, biases, activations, depth_radius,
@@ -359,11 +370,10 @@ def inference(images, num_classes=NUM_CLASSES, top_layers='fully_connected',
       conv1 = tf.nn.relu(pre_activation, name=scope.name)
       _activation_summary(conv1)
 
-    # pool1
-    pool1 = _max_pool_of_relu(conv, biases, conv1, name='pool1')
-    # norm1
-    norm1 = lrn.local_response_normalization(
-        pool1, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75, name='norm1')
+    # pool1, then norm1
+    norm1 = _normalized_max_pool_of_relu(
+        conv, biases, conv1, 4, bias=1.0, alpha=0.001 / 9.0, beta=0.75,
+        pool_name='pool1', normalization_name='norm1')
 
     # conv2
     with tf.variable_scope('conv2') as scope:

@@ -109,43 +109,57 @@ def test_the_training_step_computes_what_it_did_before_the_speed_work():
                     '%s %s' % (name, part))
 
 
+@pytest.mark.parametrize('way', helpers.KERNEL_WAYS)
 @pytest.mark.parametrize('dtype', [tf.float32, tf.bfloat16])
-def test_pool1s_gradient_is_tensorflows(dtype):
-  # pool1's gradient, written out (cifar10._max_pool_of_relu), against
-  # TensorFlow's op by op: the same to the bit, but for the float32 biases'
-  # gradient, summed at the maxima alone (in another order: to float32's
-  # rounding of the sum). Half the values of conv1 are 0 here, and some
-  # windows' maxima too (they tie at 0: the gradient must reach no weight
-  # through them).
+def test_pool1_and_norm1s_gradient_is_op_by_ops(way, dtype):
+  # pool1's and norm1's gradient, written out
+  # (cifar10._normalized_max_pool_of_relu: relu's gradient at the maxima,
+  # applied by LRN's; with the kernel, in its pass), against the same ops
+  # differentiated op by op: the same to the bit, but for the float32
+  # biases' gradient, summed at the maxima alone (in another order: to
+  # float32's rounding of the sum). Half the values of conv1 are 0 here, and
+  # some windows' maxima too (they tie at 0: the gradient must reach no
+  # weight through them).
   images = np.random.default_rng(0).normal(size=(8, 24, 24, 3))
+  settings = dict(bias=1.0, alpha=0.001 / 9.0, beta=0.75)
   with tf.Graph().as_default() as graph:
-    cifar10.inference(tf.cast(images.astype(np.float32), dtype),
-                      variable_dtype=tf.float32)
-    conv1 = graph.get_tensor_by_name('conv1/conv1:0')
-    # pool1 as norm1 reads it: the max pooling's output with its gradient
-    # (tf.custom_gradient's IdentityN).
-    pool1, = [consumer.outputs[0] for consumer in
-              graph.get_tensor_by_name('pool1:0').consumers()
-              if consumer.type == 'IdentityN']
-    assert any(op.name.startswith('norm1_terms/') for op in pool1.consumers())
-    tutorials = tf.nn.max_pool(conv1, ksize=[1, 3, 3, 1],
-                               strides=[1, 2, 2, 1], padding='SAME')
-    upstream = tf.cast(tf.constant(np.random.default_rng(1).normal(
-        size=pool1.shape.as_list()).astype(np.float32)), dtype)
-    weights_and_biases = [v for v in tf.trainable_variables()
-                          if v.op.name.startswith('conv1/')]
-    assert [v.op.name for v in weights_and_biases] == ['conv1/weights',
-                                                       'conv1/biases']
-    gradients = [tf.gradients(pool * upstream, weights_and_biases)
-                 for pool in [pool1, tutorials]]
-    # The terms the biases' gradient sums, each place's.
-    terms = tf.gradients(tutorials * upstream, conv1.op.inputs[0])[0]
+    with helpers.built(way, 'Cifar10LrnGrad'):
+      cifar10.inference(tf.cast(images.astype(np.float32), dtype),
+                        variable_dtype=tf.float32)
+      conv1 = graph.get_tensor_by_name('conv1/conv1:0')
+      # norm1 as conv2 reads it: the normalization's output with its
+      # gradient (tf.custom_gradient's IdentityN).
+      norm1, = [consumer.outputs[0] for consumer in
+                graph.get_tensor_by_name('norm1:0').consumers()
+                if consumer.type == 'IdentityN']
+      assert any(op.name.startswith('conv2/') for op in norm1.consumers())
+      op_by_op = lrn.local_response_normalization(
+          tf.nn.max_pool(conv1, ksize=[1, 3, 3, 1], strides=[1, 2, 2, 1],
+                         padding='SAME'), 4, name='op_by_op', **settings)
+      upstream = tf.cast(tf.constant(np.random.default_rng(1).normal(
+          size=norm1.shape.as_list()).astype(np.float32)), dtype)
+      weights_and_biases = [v for v in tf.trainable_variables()
+                            if v.op.name.startswith('conv1/')]
+      assert [v.op.name for v in weights_and_biases] == ['conv1/weights',
+                                                         'conv1/biases']
+      gradients = [tf.gradients(normalized * upstream, weights_and_biases)
+                   for normalized in [norm1, op_by_op]]
+      # The terms the biases' gradient sums, each place's.
+      terms = tf.gradients(op_by_op * upstream, conv1.op.inputs[0])[0]
+      relu_gradients = [op.name for op in graph.get_operations()
+                        if op.type == 'ReluGrad']
     with tf.Session() as sess:
       sess.run(tf.global_variables_initializer())
-      zeros, ours, theirs, our_gradients, their_gradients, terms = sess.run(
-          [tf.reduce_mean(tf.cast(tf.equal(conv1, 0), tf.float32)), pool1,
-           tutorials] + gradients + [terms])
-  assert 0.3 < zeros < 0.7 and np.any(theirs == 0)
+      zeros, pool1, ours, theirs, our_gradients, their_gradients, terms = (
+          sess.run([tf.reduce_mean(tf.cast(tf.equal(conv1, 0), tf.float32)),
+                    graph.get_tensor_by_name('pool1:0'), norm1, op_by_op] +
+                   gradients + [terms]))
+  # With the kernel, no pass of relu's gradient of ours (the first
+  # tf.gradients' ops); with TensorFlow's ops, one, over pool1's maxima.
+  ours_relu_gradients = [name for name in relu_gradients
+                         if name.startswith('gradients/')]
+  assert len(ours_relu_gradients) == (0 if way == 'fused kernel' else 1)
+  assert 0.3 < zeros < 0.7 and np.any(pool1 == 0)
   np.testing.assert_array_equal(ours, theirs)
   for our_gradient, their_gradient in zip(our_gradients, their_gradients):
     assert np.any(our_gradient != 0)
