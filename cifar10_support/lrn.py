@@ -117,7 +117,8 @@ def local_response_normalization(x, depth_radius, bias, alpha, beta, name):
 def gradient_through_relu(x, normalized, upstream):
   """The gradient of local_response_normalization's `normalized` (of `x`,
   given `upstream`), on through the relu whose output `x` is: for a caller
-  whose own gradient goes past that relu (cifar10's norm2).
+  whose own gradient goes past that relu (cifar10's norm2; and norm1, whose
+  input, pool1's maxima of relu's outputs, is relu's output too).
 
   Where the fused kernel normalized x, its gradient applies relu's in its
   own pass (0 where x is not positive): a pass over the activations fewer
