@@ -41,6 +41,8 @@ def test_profile_prints_the_ops_of_a_traced_step_by_type(precision, tmp_path):
 # The rows of the benchmark's table: label, and the figure of the JSON.
 TABLE = [
     ('training, real input pipeline', 'training_examples_per_sec'),
+    ('  all steps, summary steps included',
+     'training_all_steps_examples_per_sec'),
     ('  launch to first step (queue fill included)', 'first_step_secs'),
     ('  peak resident memory', 'peak_rss_mb'),
     ('training with --mixed_precision', 'mixed_precision_examples_per_sec'),

@@ -8,8 +8,10 @@ One run measures, each in a fresh process so that none inherits another's
 threads or memory:
 
 - training with the real input pipeline (cifar10_train.py as a user runs it,
-  batch 128): median examples/sec of its log lines after a warm-up, seconds
-  from launch to the first step (queue fill included), peak resident memory;
+  batch 128): median examples/sec of its log lines after a warm-up, the
+  rate of all those steps' time (the steps that write the summaries, every
+  100, included), seconds from launch to the first step (queue fill
+  included), peak resident memory;
 - training with --mixed_precision (bfloat16 on a CPU);
 - the training step on the real input pipeline and the same step on a batch
   already in memory, in one process, block by block in turn: how much the
@@ -412,6 +414,10 @@ def _training_figures(tree, script, extra_args, data_dir, train_dir):
                                            lines)
            if m and int(m.group(1)) > FLAGS.warmup_steps]
   return {'examples_per_sec': float(np.median(rates)),
+          # Every logged stretch is as many steps: the rate of their whole
+          # time, the summary steps' (every --save_summaries_steps) included.
+          'examples_per_sec_all_steps': len(rates) / float(
+              np.sum(1.0 / np.array(rates))),
           'first_step_secs': first_step_secs,
           'peak_rss_mb': peak_rss / 1e6}
 
@@ -454,6 +460,8 @@ def _measure_tree(tree, data_dir, work_dir):
   training = _training_figures(tree, 'cifar10_train.py', [], data_dir,
                                train_dir)
   yield 'training_examples_per_sec', training['examples_per_sec']
+  yield 'training_all_steps_examples_per_sec', training[
+      'examples_per_sec_all_steps']
   yield 'first_step_secs', training['first_step_secs']
   yield 'peak_rss_mb', training['peak_rss_mb']
   eval_lines, eval_secs, _ = _run_script(
@@ -486,6 +494,8 @@ def _measure_tree(tree, data_dir, work_dir):
 _ROWS = [
     ('training_examples_per_sec', 'examples/sec',
      'training, real input pipeline'),
+    ('training_all_steps_examples_per_sec', 'examples/sec',
+     '  all steps, summary steps included'),
     ('first_step_secs', 's', '  launch to first step (queue fill included)'),
     ('peak_rss_mb', 'MB', '  peak resident memory'),
     ('mixed_precision_examples_per_sec', 'examples/sec',
