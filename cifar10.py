@@ -49,7 +49,6 @@ import re
 import cifar10_input
 from cifar10_support import checkpoints
 from cifar10_support import download
-from cifar10_support import kernels
 from cifar10_support import lrn
 from cifar10_support import params
 from cifar10_support.quiet import tf
@@ -101,21 +100,9 @@ def scalar_summary(tag, value):
 
 
 def histogram_summary(tag, values):
-  """Summarises the distribution of `values` under exactly `tag`.
-
-  On a CPU, by a kernel of this project's own (histogram_kernel.cc): the same
-  summary as TensorFlow's HistogramSummary, to the byte, which takes 140 ms
-  of a summary step for conv1's activations alone.
-  """
-  kernel = kernels.for_ops_on(values)
-  if kernel is not None and values.dtype.base_dtype in (
-      tf.float32, tf.bfloat16, tf.float16, tf.float64):
-    summary = kernel.cifar10_histogram_summary(tag, values,
-                                               name='histogram_summary')
-  else:
-    summary = tf.raw_ops.HistogramSummary(tag=tag, values=values,
-                                          name='histogram_summary')
-  _add_summary(summary)
+  """Summarises the distribution of `values` under exactly `tag`."""
+  _add_summary(tf.raw_ops.HistogramSummary(tag=tag, values=values,
+                                           name='histogram_summary'))
 
 
 def _activation_summary(x):

@@ -18,8 +18,8 @@ the model itself, one role a module, and imports nothing of theirs:
 - download: the data set fetched, all or nothing, MD5-checked.
 - devices: the machine: GPUs, fast bfloat16, the sessions' configuration,
   the devices of a traced step.
-- kernels: this project's CPU kernels (lrn_kernel.cc, input_kernel.cc,
-  histogram_kernel.cc), compiled on first use; TensorFlow's ops where they cannot be, or on a GPU.
+- kernels: this project's CPU kernels (lrn_kernel.cc, input_kernel.cc),
+  compiled on first use; TensorFlow's ops where they cannot be, or on a GPU.
 - lrn: local response normalization, fast: on a CPU in a kernel of its own,
   elsewhere in TensorFlow's ops.
 - checkpoints: the newest checkpoint, checked against the model built,

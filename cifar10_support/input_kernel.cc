@@ -16,7 +16,7 @@
 // its values and of their squares, which are exact in integers; the values
 // are computed in double and rounded once.
 //
-// Built and loaded with the other sources, by kernels.py; there are no GPU
+// Built and loaded with lrn_kernel.cc, by kernels.py; there are no GPU
 // kernels: the input pipeline runs on the CPU.
 
 #include <algorithm>

@@ -1,13 +1,10 @@
 """This project's CPU kernels: TensorFlow ops of its own, compiled on first use.
 
-Three sources, compiled into one library:
+Two sources, compiled into one library:
 - lrn_kernel.cc: local response normalization, and its gradient, each in one
   pass over the activations (lrn.py: the model's norm1 and norm2);
 - input_kernel.cc: the training images' crop and flip, and their contrast
-  and standardisation, each in one pass over the images (cifar10_input.py);
-- histogram_kernel.cc: TensorBoard's histograms of the activations, weights
-  and gradients, as TensorFlow's HistogramSummary makes them, faster
-  (cifar10.histogram_summary).
+  and standardisation, each in one pass over the images (cifar10_input.py).
 
 The library is compiled the first time it is asked for, with the C++
 compiler ($CXX, g++ by default) and TensorFlow's headers, and kept in
@@ -32,8 +29,7 @@ from cifar10_support.quiet import tf
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = [os.path.join(_HERE, 'lrn_kernel.cc'),
-           os.path.join(_HERE, 'input_kernel.cc'),
-           os.path.join(_HERE, 'histogram_kernel.cc')]
+           os.path.join(_HERE, 'input_kernel.cc')]
 # -fno-math-errno lets the compiler vectorise the square roots. No
 # -march=native: the library may be shared by machines of other kinds.
 _FLAGS = ['-shared', '-fPIC', '-O3', '-fno-math-errno', '-fno-trapping-math',

@@ -15,7 +15,7 @@
 // in the same pass: 0 where x is not positive.
 //
 // float32 and bfloat16; bfloat16 is computed in float32 and rounded once.
-// Built and loaded with the other sources, by kernels.py; there are no GPU
+// Built and loaded with input_kernel.cc, by kernels.py; there are no GPU
 // kernels: on a GPU the model uses TensorFlow's ops (lrn.py).
 
 #include <algorithm>

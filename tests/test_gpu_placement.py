@@ -38,10 +38,9 @@ pytestmark = pytest.mark.skipif(
     'from its kernel registry')
 
 # Ops that run on the CPU by design, not each step's work: summaries (every
-# save_summaries_steps) and what feeds them. (The histograms of what is on
-# the CPU are this project's kernel's.)
-SUMMARY_OP_TYPES = {'ScalarSummary', 'HistogramSummary',
-                    'Cifar10HistogramSummary', 'ImageSummary', 'MergeSummary'}
+# save_summaries_steps) and what feeds them.
+SUMMARY_OP_TYPES = {'ScalarSummary', 'HistogramSummary', 'ImageSummary',
+                    'MergeSummary'}
 
 
 def _gpu_kernel_exists(op):

@@ -1,5 +1,4 @@
-"""What the speed work must not change: the training step, the distortions, and
-TensorBoard's histograms.
+"""What the speed work must not change: the training step, and the distortions.
 
 The model's training step on a fixed batch, from fixed weights, is pinned by
 data/model_step_golden.json: loss, gradients, updated weights and moving
@@ -403,100 +402,6 @@ def test_random_distortions_are_drawn_as_the_tutorials_ops_draw_them():
   assert abs(factors.mean() - 1.0) < 0.02
   # Each image draws its own.
   assert len(np.unique(deltas)) > 0.99 * count
-
-
-def _tensorflows_bucket_limits():
-  """TensorFlow's default histogram buckets' limits, as histogram.cc makes
-  them: from 1e-12, times 1.1 up to 1e20, then DBL_MAX; mirrored below 0."""
-  limits = [1e-12]
-  while limits[-1] * 1.1 < 1e20:
-    limits.append(limits[-1] * 1.1)
-  positive = np.array(limits + [np.finfo(np.float64).max])
-  return np.concatenate([-positive[::-1], [0.0], positive])
-
-
-def _histogram_cases(dtype):
-  """Values whose histograms are compared, each finite in `dtype`."""
-  rng = np.random.default_rng(9)
-  limits = _tensorflows_bucket_limits()[1:-1]  # Not +-DBL_MAX: see below.
-  cases = {
-      'normal': rng.normal(size=5000) * 3.0,
-      # relu's outputs: many zeros, of both signs.
-      'relu': np.concatenate([np.maximum(rng.normal(size=5000), 0.0),
-                              [-0.0] * 10]),
-      'wide': (np.exp(rng.uniform(-70.0, 70.0, size=5000)) *
-               rng.choice([-1.0, 1.0], size=5000)),
-      # Every limit, and the doubles either side of it.
-      'limits': np.concatenate([limits, np.nextafter(limits, np.inf),
-                                np.nextafter(limits, -np.inf)]),
-      'empty': np.zeros([0]),
-  }
-  largest = float(dtype.max)
-  return {name: np.clip(values, -largest, largest)
-          for name, values in cases.items()}
-
-
-@pytest.mark.parametrize('way', helpers.KERNEL_WAYS)
-@pytest.mark.parametrize('dtype', [tf.float32, tf.bfloat16, tf.float16,
-                                   tf.float64])
-def test_histograms_are_tensorflows_to_the_byte(way, dtype):
-  with tf.Graph().as_default():
-    summaries = []
-    for name, values in _histogram_cases(dtype).items():
-      values = tf.cast(tf.constant(values, tf.float64), dtype)
-      with helpers.built(way, 'Cifar10HistogramSummary'):
-        cifar10.histogram_summary(name, values)
-      summaries.append(tf.raw_ops.HistogramSummary(tag=name, values=values))
-    ours = tf.get_collection(tf.GraphKeys.SUMMARIES)
-    with tf.Session() as sess:
-      got, expected = sess.run([ours, summaries])
-  assert len(got) == 5
-  assert got == expected
-  # The buckets are these limits' (runs of empty ones merged): the cases
-  # reach both ends.
-  limits = set(_tensorflows_bucket_limits())
-  histograms = [tf.Summary.FromString(s).value[0].histo for s in got]
-  assert all(set(h.bucket_limit) <= limits for h in histograms)
-  assert sum(h.num for h in histograms) == 5000 * 3 + 10 + 3 * 1549
-
-
-@pytest.mark.parametrize('way', helpers.KERNEL_WAYS)
-@pytest.mark.parametrize('value, message', [
-    (np.nan, 'Nan in summary histogram for: histogram_summary'),
-    (np.inf, 'Infinity in Histogram for: histogram_summary'),
-    (-np.inf, 'Infinity in Histogram for: histogram_summary'),
-])
-def test_a_histogram_of_a_nan_or_an_infinity_fails_as_tensorflows(
-    way, value, message):
-  # cifar10_support.runtime tells the user their training diverged by it.
-  with tf.Graph().as_default():
-    with helpers.built(way, 'Cifar10HistogramSummary'):
-      cifar10.histogram_summary('weights', tf.constant([1.0, value, 2.0]))
-    with tf.Session() as sess:
-      with pytest.raises(tf.errors.InvalidArgumentError) as error:
-        sess.run(tf.get_collection(tf.GraphKeys.SUMMARIES))
-  assert message in error.value.message
-
-
-def test_a_histogram_of_the_largest_double_counts_it_in_the_last_bucket():
-  # TensorFlow's HistogramSummary writes past its buckets' end for it.
-  largest = np.finfo(np.float64).max
-  with tf.Graph().as_default():
-    with helpers.built('fused kernel', 'Cifar10HistogramSummary'):
-      cifar10.histogram_summary(
-          'x', tf.constant([largest, 1.0, -largest], tf.float64))
-    with tf.Session() as sess:
-      summary, = sess.run(tf.get_collection(tf.GraphKeys.SUMMARIES))
-  histogram = tf.Summary.FromString(summary).value[0].histo
-  assert (histogram.min, histogram.max, histogram.num) == (-largest, largest,
-                                                           3.0)
-  assert list(histogram.bucket_limit)[-1] == largest
-  assert list(histogram.bucket)[-1] == 1.0
-  # -DBL_MAX, the first limit, is in the bucket above it (values below the
-  # first limit would be in the first), as TensorFlow counts it.
-  assert list(histogram.bucket_limit)[:2] == list(
-      _tensorflows_bucket_limits()[:2])
-  assert list(histogram.bucket)[:2] == [0.0, 1.0]
 
 
 if __name__ == '__main__':
