@@ -1,14 +1,17 @@
 """tools/benchmark.py's parts that print what the README cites (not its speeds:
 figures are measured by running it, never asserted by a test)."""
 
+import datetime
 import json
 import os
 import re
 import subprocess
+import types
 
 import pytest
 
 import benchmark
+from cifar10_support import runtime
 import conftest
 from conftest import REPO_DIR
 from helpers import run_main
@@ -175,6 +178,29 @@ def test_a_comparison_measures_a_revision_in_turn_with_this_checkout(
   assert '  [met] training as fast as before, >= 0.9x (2.00x)' in targets
   assert '  [MISSED] peak memory no higher than before, within 2% (+100.0%)' in (
       targets)
+
+
+def test_training_figures_read_the_log_lines(monkeypatch):
+  # The steps after the warm-up (50): four stretches of 10 at 2,000
+  # examples/sec, and one with a summary step at 1,000. The median leaves
+  # that one out; the rate of all their time does not: 5 stretches of 1,280
+  # examples in 4 x 0.64 + 1.28 s.
+  rates = {10: 2000.0, 50: 2000.0, 60: 2000.0, 70: 2000.0, 80: 1000.0,
+           90: 2000.0, 100: 2000.0}
+  lines = [runtime.LOG_LINE_FORMAT % (
+      datetime.datetime(2026, 12, 7, 12, 0, 0, 1), step, 2.3, rate,
+      128 / rate) for step, rate in rates.items()] + ['Done training.']
+  monkeypatch.setattr(benchmark, 'FLAGS', types.SimpleNamespace(
+      steps=100, warmup_steps=50, batch_size=128, mixed_precision=False,
+      top_layers='fully_connected'))
+  monkeypatch.setattr(benchmark, '_run_script',
+                      lambda *args, **kwargs: (lines, 3.2, 810e6))
+  figures = benchmark._training_figures('tree', 'cifar10_train.py', [],
+                                        'data', 'train')
+  assert figures == {'examples_per_sec': 2000.0,
+                     'examples_per_sec_all_steps': pytest.approx(
+                         5 * 1280 / (4 * 0.64 + 1.28)),
+                     'first_step_secs': 3.2, 'peak_rss_mb': 810.0}
 
 
 def test_flops_per_training_image_from_the_graph():
