@@ -9,9 +9,9 @@ threads or memory:
 
 - training with the real input pipeline (cifar10_train.py as a user runs it,
   batch 128): median examples/sec of its log lines after a warm-up, the
-  rate of all those steps' time (the steps that write the summaries, every
-  100, included), seconds from launch to the first step (queue fill
-  included), peak resident memory;
+  rate of all those steps' time (the steps that write the summaries
+  included), seconds from launch to the first step (queue fill included),
+  peak resident memory;
 - training with --mixed_precision (bfloat16 on a CPU);
 - the training step on the real input pipeline and the same step on a batch
   already in memory, in one process, block by block in turn: how much the
@@ -43,6 +43,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -414,10 +415,10 @@ def _training_figures(tree, script, extra_args, data_dir, train_dir):
                                            lines)
            if m and int(m.group(1)) > FLAGS.warmup_steps]
   return {'examples_per_sec': float(np.median(rates)),
-          # Every logged stretch is as many steps: the rate of their whole
-          # time, the summary steps' (every --save_summaries_steps) included.
-          'examples_per_sec_all_steps': len(rates) / float(
-              np.sum(1.0 / np.array(rates))),
+          # Every logged stretch is as many steps, so the rate of their whole
+          # time, the summary steps' (every --save_summaries_steps) included,
+          # is the harmonic mean of their rates.
+          'examples_per_sec_all_steps': statistics.harmonic_mean(rates),
           'first_step_secs': first_step_secs,
           'peak_rss_mb': peak_rss / 1e6}
 
